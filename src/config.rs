@@ -1,0 +1,618 @@
+//! Reads the config JSON (plus a `postgres://` URL or Heroku's `DATABASE_URL`) into a validated
+//! [`Config`].
+//!
+//! Accepts the keys of singer-io's tap-postgres and pipelinewise-tap-postgres with the value forms
+//! they accept (`"5432"`, `"true"`, comma-separated lists), a few MeltanoLabs aliases, and what
+//! Heroku users have in hand (`database_url`, `DATABASE_URL`). Unknown keys are warnings.
+//! Owns no connection; `connect` turns a [`Config`] into one. Never puts a password in an error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, ErrorKind, Result, ResultExt};
+
+/// Rows fetched per round trip when the config does not say (singer-io's `itersize`).
+pub const DEFAULT_ITERSIZE_ROWS: u32 = 20_000;
+/// How long a connection attempt may take (singer-io's `connect_timeout`).
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 30;
+
+/// libpq's `sslmode` values, with libpq's meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP only.
+    Disable,
+    /// TLS when the server offers it, plain otherwise; no certificate checks.
+    Prefer,
+    /// TLS always; the certificate is checked only when `sslrootcert` is given (as libpq does).
+    Require,
+    /// TLS, certificate chain checked against `sslrootcert` (or the system store).
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate must name the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// Parses libpq's spelling.
+    pub fn parse(text: &str) -> Option<SslMode> {
+        Some(match text {
+            "disable" => SslMode::Disable,
+            "prefer" | "allow" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    /// libpq's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// The replication methods a stream may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationMethod {
+    /// Whole table every run (`SELECT cols FROM t`).
+    FullTable,
+    /// Key-based: `WHERE key >= bookmark ORDER BY key`.
+    Incremental,
+    /// Logical replication (not implemented yet).
+    LogBased,
+}
+
+impl ReplicationMethod {
+    /// Parses Singer's spelling (upper case, as catalogs and configs write it).
+    pub fn parse(text: &str) -> Option<ReplicationMethod> {
+        Some(match text {
+            "FULL_TABLE" => ReplicationMethod::FullTable,
+            "INCREMENTAL" => ReplicationMethod::Incremental,
+            "LOG_BASED" => ReplicationMethod::LogBased,
+            _ => return None,
+        })
+    }
+
+    /// Singer's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicationMethod::FullTable => "FULL_TABLE",
+            ReplicationMethod::Incremental => "INCREMENTAL",
+            ReplicationMethod::LogBased => "LOG_BASED",
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Clone)]
+pub struct Config {
+    /// Server host name or address.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// Role to log in as.
+    pub user: String,
+    /// Its password; never printed.
+    pub password: Option<String>,
+    /// Database used for the first connection (and the only one when `filter_dbs` names it).
+    pub dbname: String,
+    /// TLS policy.
+    pub sslmode: SslMode,
+    /// CA certificate file for verify-ca / verify-full (and require, as libpq does).
+    pub sslrootcert: Option<PathBuf>,
+    /// Connection attempt limit.
+    pub connect_timeout: Duration,
+    /// Databases to discover; `None` means every database the role may connect to.
+    pub filter_dbs: Option<Vec<String>>,
+    /// Schemas to discover; `None` means all but system schemas.
+    pub filter_schemas: Option<Vec<String>>,
+    /// Rows per fetch from the server-side cursor.
+    pub itersize: u32,
+    /// Method for selected streams whose metadata names none.
+    pub default_replication_method: Option<ReplicationMethod>,
+    /// Stop cleanly between batches after this long.
+    pub max_run_seconds: Option<u64>,
+    /// Destination stream names become `{schema}_{table}`.
+    pub include_schemas_in_destination_stream_name: bool,
+}
+
+impl std::fmt::Debug for Config {
+    /// Prints the endpoint without the password (see [`Config::endpoint`]).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Config({}, sslmode={})", self.endpoint(), self.sslmode.as_str())
+    }
+}
+
+/// One setting as `--about` and README.md describe it.
+pub struct Setting {
+    /// Config key.
+    pub name: &'static str,
+    /// JSON Schema type of the value (`string`, `integer`, `boolean`, `array`).
+    pub kind: &'static str,
+    /// One-line description.
+    pub description: &'static str,
+    /// Default, as JSON text, if any.
+    pub default: Option<&'static str>,
+    /// True for the password and the URL that holds one.
+    pub secret: bool,
+}
+
+/// Every setting tap-heroku reads, in the order README.md lists them.
+pub const SETTINGS: &[Setting] = &[
+    Setting { name: "host", kind: "string", description: "Server host name or address (Heroku: the Host of the credentials).", default: None, secret: false },
+    Setting { name: "port", kind: "integer", description: "Server port; a number or a numeric string.", default: Some("5432"), secret: false },
+    Setting { name: "user", kind: "string", description: "Role to log in as; a read-only credential is enough.", default: None, secret: false },
+    Setting { name: "password", kind: "string", description: "Password of the role.", default: None, secret: true },
+    Setting { name: "dbname", kind: "string", description: "Database for the first connection (alias: database).", default: None, secret: false },
+    Setting { name: "database_url", kind: "string", description: "postgres://user:password@host:port/dbname?sslmode=... URL; discrete keys override its parts. Without host and database_url, the DATABASE_URL environment variable is read.", default: None, secret: true },
+    Setting { name: "sslmode", kind: "string", description: "disable, prefer, require, verify-ca or verify-full, with libpq's meaning (alias: ssl_mode).", default: Some("\"require\""), secret: false },
+    Setting { name: "sslrootcert", kind: "string", description: "CA certificate file used to verify the server (verify-ca, verify-full; with require it enables verify-ca, as in libpq).", default: None, secret: false },
+    Setting { name: "ssl", kind: "boolean", description: "singer-io compatibility: true means sslmode=require, false means sslmode=prefer; ignored when sslmode is set.", default: None, secret: false },
+    Setting { name: "connect_timeout", kind: "integer", description: "Seconds a connection attempt may take.", default: Some("30"), secret: false },
+    Setting { name: "filter_dbs", kind: "string", description: "Comma-separated databases to discover (default: every database the role may connect to).", default: None, secret: false },
+    Setting { name: "filter_schemas", kind: "string", description: "Comma-separated schemas (or a JSON array) to discover (default: all but system schemas).", default: None, secret: false },
+    Setting { name: "itersize", kind: "integer", description: "Rows fetched from the server-side cursor per round trip.", default: Some("20000"), secret: false },
+    Setting { name: "default_replication_method", kind: "string", description: "FULL_TABLE or INCREMENTAL, for selected streams whose metadata names no replication-method.", default: None, secret: false },
+    Setting { name: "max_run_seconds", kind: "integer", description: "Stop cleanly between batches after this many seconds, with a resumable STATE.", default: None, secret: false },
+    Setting { name: "include_schemas_in_destination_stream_name", kind: "boolean", description: "Name destination streams {schema}_{table} instead of {table}.", default: Some("false"), secret: false },
+];
+
+/// Keys other taps accept that tap-heroku reads but does not act on; a notice, not an unknown key.
+const IGNORED_KEYS: &[&str] = &[
+    "debug_lsn",
+    "logical_poll_total_seconds",
+    "wal2json_message_format",
+    "break_at_end_lsn",
+    "tap_id",
+    "use_secondary",
+    "secondary_host",
+    "secondary_port",
+    "limit",
+    "ssl_enable",
+];
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    ///
+    /// # Errors
+    /// `Input` when the file is missing or unreadable, `Config` when it is not a JSON object,
+    /// a value has the wrong form, or a required key is missing.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .context(ErrorKind::Input, || format!("reading config {}", path.display()))
+            .map_err(|e| e.with_hint("Pass the path of an existing JSON file with --config."))?;
+        let value: Value = serde_json::from_str(&text)
+            .context(ErrorKind::Config, || format!("config {} is not valid JSON", path.display()))
+            .map_err(|e| e.with_hint("Fix the JSON syntax of the config file; it must be one object such as {\"host\": ..., \"user\": ...}."))?;
+        let Value::Object(map) = value else {
+            return Err(Error::new(ErrorKind::Config, format!("config {} is not a JSON object", path.display()))
+                .with_hint("The config file must hold one JSON object of settings."));
+        };
+        Config::from_map(&map, std::env::var("DATABASE_URL").ok().as_deref())
+            .map_err(|e| e.within(format!("config {}", path.display())))
+    }
+
+    /// Validates a parsed config object; `env_url` is the `DATABASE_URL` environment variable.
+    pub fn from_map(map: &Map<String, Value>, env_url: Option<&str>) -> Result<Config> {
+        for key in map.keys() {
+            if IGNORED_KEYS.contains(&key.as_str()) {
+                log::info!("config key {key} is accepted for compatibility and has no effect in tap-heroku");
+            } else if !is_known_key(key) {
+                log::warn!("unknown config key {key} is ignored");
+            }
+        }
+
+        let mut url = None;
+        if let Some(text) = opt_string(map, "database_url")?.or(opt_string(map, "sqlalchemy_url")?) {
+            url = Some(ConnUrl::parse(&text).map_err(|e| e.within("database_url"))?);
+        } else if !map.contains_key("host") {
+            if let Some(text) = env_url {
+                url = Some(ConnUrl::parse(text).map_err(|e| e.within("DATABASE_URL environment variable"))?);
+            }
+        }
+        let url = url.unwrap_or_default();
+
+        let host = opt_string(map, "host")?.or(url.host);
+        let port = match map.get("port") {
+            Some(v) if !v.is_null() => parse_port(v)?,
+            _ => url.port.unwrap_or(5432),
+        };
+        let user = opt_string(map, "user")?.or(url.user);
+        let password = opt_string(map, "password")?.or(url.password);
+        let dbname = opt_string(map, "dbname")?.or(opt_string(map, "database")?).or(url.dbname);
+
+        let mut missing = Vec::new();
+        if host.is_none() {
+            missing.push("host");
+        }
+        if user.is_none() {
+            missing.push("user");
+        }
+        if dbname.is_none() {
+            missing.push("dbname");
+        }
+        if !missing.is_empty() {
+            return Err(Error::new(ErrorKind::Config, format!("missing required keys: {}", missing.join(", ")))
+                .with_hint("Set host, port, user, password and dbname in the config, or database_url (Heroku: `heroku config:get DATABASE_URL`)."));
+        }
+
+        let sslmode = match opt_string(map, "sslmode")?.or(opt_string(map, "ssl_mode")?) {
+            Some(text) => parse_sslmode(&text)?,
+            None => match map.get("ssl") {
+                Some(v) if !v.is_null() => {
+                    if parse_bool(v, "ssl")? {
+                        SslMode::Require
+                    } else {
+                        SslMode::Prefer
+                    }
+                }
+                _ => match url.sslmode.as_deref() {
+                    Some(text) => parse_sslmode(text).map_err(|e| e.within("database_url"))?,
+                    None => SslMode::Require,
+                },
+            },
+        };
+        let sslrootcert = opt_string(map, "sslrootcert")?.or(url.sslrootcert).map(PathBuf::from);
+        if let Some(path) = &sslrootcert {
+            if !path.is_file() {
+                return Err(Error::new(ErrorKind::Config, format!("sslrootcert {} does not exist", path.display()))
+                    .with_hint("Point sslrootcert at a readable PEM file with the server's CA certificate, or remove the key."));
+            }
+        }
+
+        let connect_timeout = match map.get("connect_timeout") {
+            Some(v) if !v.is_null() => Duration::from_secs(parse_uint(v, "connect_timeout", 1, 3600)?),
+            _ => Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
+        };
+        let itersize = match map.get("itersize") {
+            Some(v) if !v.is_null() => parse_uint(v, "itersize", 1, 10_000_000)? as u32,
+            _ => DEFAULT_ITERSIZE_ROWS,
+        };
+        let max_run_seconds = match map.get("max_run_seconds") {
+            Some(v) if !v.is_null() => Some(parse_uint(v, "max_run_seconds", 0, u64::MAX / 2)?),
+            _ => None,
+        };
+        let default_replication_method = match opt_string(map, "default_replication_method")? {
+            Some(text) if !text.is_empty() => Some(ReplicationMethod::parse(&text.to_ascii_uppercase()).ok_or_else(|| {
+                Error::new(ErrorKind::Config, "default_replication_method is not FULL_TABLE, INCREMENTAL or LOG_BASED")
+                    .with_hint("Set default_replication_method to \"FULL_TABLE\" or \"INCREMENTAL\".")
+            })?),
+            _ => None,
+        };
+        let include_schemas_in_destination_stream_name = match map.get("include_schemas_in_destination_stream_name") {
+            Some(v) if !v.is_null() => parse_bool(v, "include_schemas_in_destination_stream_name")?,
+            _ => false,
+        };
+
+        Ok(Config {
+            host: host.unwrap_or_default(),
+            port,
+            user: user.unwrap_or_default(),
+            password,
+            dbname: dbname.unwrap_or_default(),
+            sslmode,
+            sslrootcert,
+            connect_timeout,
+            filter_dbs: parse_list(map, "filter_dbs")?,
+            filter_schemas: parse_list(map, "filter_schemas")?,
+            itersize,
+            default_replication_method,
+            max_run_seconds,
+            include_schemas_in_destination_stream_name,
+        })
+    }
+
+    /// `user@host:port/dbname`, without the password: safe for logs and errors.
+    pub fn endpoint(&self) -> String {
+        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+}
+
+/// True for every key tap-heroku reads, including aliases.
+fn is_known_key(key: &str) -> bool {
+    SETTINGS.iter().any(|s| s.name == key)
+        || matches!(key, "database" | "ssl_mode" | "sqlalchemy_url")
+}
+
+/// A string setting: JSON string (numbers are accepted and turned to text); null and absent are `None`.
+fn opt_string(map: &Map<String, Value>, key: &str) -> Result<Option<String>> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(Error::new(ErrorKind::Config, format!("{key} must be a string"))
+            .with_hint(format!("Write {key} as a JSON string, e.g. \"{key}\": \"...\"."))),
+    }
+}
+
+/// A boolean setting: `true`/`false` or the strings `"true"`/`"false"` (any case).
+fn parse_bool(value: &Value, key: &str) -> Result<bool> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") || s.is_empty() => Ok(false),
+        _ => Err(Error::new(ErrorKind::Config, format!("{key} must be true or false"))
+            .with_hint(format!("Write {key} as true, false, \"true\" or \"false\"."))),
+    }
+}
+
+/// An unsigned integer setting within `min..=max`: a JSON integer or a numeric string.
+fn parse_uint(value: &Value, key: &str, min: u64, max: u64) -> Result<u64> {
+    let parsed = match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    match parsed {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(Error::new(ErrorKind::Config, format!("{key} must be a whole number from {min} to {max}"))
+            .with_hint(format!("Write {key} as a number, e.g. \"{key}\": {}.", min.max(1)))),
+    }
+}
+
+/// `port`: 1..=65535, as a number or a numeric string.
+fn parse_port(value: &Value) -> Result<u16> {
+    Ok(parse_uint(value, "port", 1, 65535)? as u16)
+}
+
+/// `sslmode` text.
+fn parse_sslmode(text: &str) -> Result<SslMode> {
+    SslMode::parse(text).ok_or_else(|| {
+        Error::new(ErrorKind::Config, "sslmode is not one of disable, prefer, require, verify-ca, verify-full")
+            .with_hint("Set \"sslmode\": \"require\" (Heroku rejects unencrypted connections).")
+    })
+}
+
+/// A list setting: a comma-separated string (singer-io, pipelinewise) or an array of strings
+/// (MeltanoLabs). Items are trimmed; empty items dropped; an empty list means no filter.
+fn parse_list(map: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>> {
+    let items: Vec<String> = match map.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s.split(',').map(|p| p.trim().to_string()).collect(),
+        Some(Value::Array(values)) => {
+            let mut items = Vec::with_capacity(values.len());
+            for v in values {
+                match v {
+                    Value::String(s) => items.push(s.trim().to_string()),
+                    _ => {
+                        return Err(Error::new(ErrorKind::Config, format!("{key} must hold only strings"))
+                            .with_hint(format!("Write {key} as \"a,b\" or [\"a\", \"b\"].")));
+                    }
+                }
+            }
+            items
+        }
+        Some(_) => {
+            return Err(Error::new(ErrorKind::Config, format!("{key} must be a comma-separated string or an array"))
+                .with_hint(format!("Write {key} as \"a,b\" or [\"a\", \"b\"].")));
+        }
+    };
+    let items: Vec<String> = items.into_iter().filter(|s| !s.is_empty()).collect();
+    Ok(if items.is_empty() { None } else { Some(items) })
+}
+
+/// The parts of a `postgres://` URL.
+#[derive(Default, Debug, PartialEq)]
+struct ConnUrl {
+    /// Host (brackets of an IPv6 literal removed).
+    host: Option<String>,
+    /// Port.
+    port: Option<u16>,
+    /// User name.
+    user: Option<String>,
+    /// Password.
+    password: Option<String>,
+    /// Database name.
+    dbname: Option<String>,
+    /// `sslmode` query parameter.
+    sslmode: Option<String>,
+    /// `sslrootcert` query parameter.
+    sslrootcert: Option<String>,
+}
+
+impl ConnUrl {
+    /// Parses `postgres://` / `postgresql://` URLs. Errors never repeat the URL (it holds a password).
+    fn parse(text: &str) -> Result<ConnUrl> {
+        let bad = |what: &str| {
+            Error::new(ErrorKind::Config, format!("the URL {what}"))
+                .with_hint("Use the form postgres://user:password@host:5432/dbname?sslmode=require (what `heroku config:get DATABASE_URL` prints).")
+        };
+        let rest = text
+            .strip_prefix("postgres://")
+            .or_else(|| text.strip_prefix("postgresql://"))
+            .ok_or_else(|| bad("does not start with postgres:// or postgresql://"))?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, path) = match rest.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (rest, None),
+        };
+        let mut url = ConnUrl::default();
+        let hostport = match authority.rsplit_once('@') {
+            Some((userinfo, hostport)) => {
+                let (user, password) = match userinfo.split_once(':') {
+                    Some((u, p)) => (u, Some(p)),
+                    None => (userinfo, None),
+                };
+                url.user = non_empty(percent_decode(user).ok_or_else(|| bad("has a malformed user name"))?);
+                if let Some(p) = password {
+                    url.password = Some(percent_decode(p).ok_or_else(|| bad("has a malformed password"))?);
+                }
+                hostport
+            }
+            None => authority,
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| bad("has an unclosed [ in its host"))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        url.host = non_empty(percent_decode(host).ok_or_else(|| bad("has a malformed host"))?);
+        if let Some(p) = port.filter(|p| !p.is_empty()) {
+            url.port = Some(p.parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?);
+        }
+        if let Some(path) = path {
+            url.dbname = non_empty(percent_decode(path).ok_or_else(|| bad("has a malformed database name"))?);
+        }
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v).ok_or_else(|| bad("has a malformed query parameter"))?;
+            match k {
+                "sslmode" => url.sslmode = Some(v),
+                "sslrootcert" => url.sslrootcert = Some(v),
+                "user" => url.user = non_empty(v),
+                "password" => url.password = Some(v),
+                "dbname" => url.dbname = non_empty(v),
+                "host" => url.host = non_empty(v),
+                "port" => url.port = Some(v.parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?),
+                other => log::warn!("URL parameter {other} is ignored"),
+            }
+        }
+        Ok(url)
+    }
+}
+
+/// `Some(s)` unless `s` is empty.
+fn non_empty(s: String) -> Option<String> {
+    if s.is_empty() { None } else { Some(s) }
+}
+
+/// Decodes `%XX` escapes (and nothing else); `None` when an escape is malformed or the result is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Parses a config object literal.
+    fn parse(v: Value, env: Option<&str>) -> Result<Config> {
+        Config::from_map(v.as_object().unwrap(), env)
+    }
+
+    #[test]
+    fn singer_io_forms_are_accepted() {
+        let c = parse(json!({"host": "h", "port": "6543", "user": "u", "password": "p", "dbname": "d",
+            "ssl": "true", "itersize": "500", "include_schemas_in_destination_stream_name": "true",
+            "filter_dbs": "a, b", "default_replication_method": "FULL_TABLE"}), None).unwrap();
+        assert_eq!(c.port, 6543);
+        assert_eq!(c.sslmode, SslMode::Require);
+        assert_eq!(c.itersize, 500);
+        assert!(c.include_schemas_in_destination_stream_name);
+        assert_eq!(c.filter_dbs, Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(c.default_replication_method, Some(ReplicationMethod::FullTable));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d"}), None).unwrap();
+        assert_eq!(c.port, 5432);
+        assert_eq!(c.sslmode, SslMode::Require);
+        assert_eq!(c.itersize, DEFAULT_ITERSIZE_ROWS);
+        assert_eq!(c.filter_schemas, None);
+        assert_eq!(c.max_run_seconds, None);
+    }
+
+    #[test]
+    fn ssl_false_means_prefer_and_sslmode_wins() {
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d", "ssl": false}), None).unwrap();
+        assert_eq!(c.sslmode, SslMode::Prefer);
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d", "ssl": "true", "sslmode": "verify-full"}), None).unwrap();
+        assert_eq!(c.sslmode, SslMode::VerifyFull);
+    }
+
+    #[test]
+    fn filter_schemas_as_array_or_string() {
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d", "filter_schemas": ["s1", "s2"]}), None).unwrap();
+        assert_eq!(c.filter_schemas, Some(vec!["s1".into(), "s2".into()]));
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d", "filter_schemas": "s1,,s2 "}), None).unwrap();
+        assert_eq!(c.filter_schemas, Some(vec!["s1".into(), "s2".into()]));
+    }
+
+    #[test]
+    fn url_parts_and_overrides() {
+        let c = parse(json!({"database_url": "postgres://us%40r:p%3Ass@db.example.com:5433/my_db?sslmode=verify-full"}), None).unwrap();
+        assert_eq!((c.user.as_str(), c.password.as_deref(), c.host.as_str(), c.port, c.dbname.as_str()),
+            ("us@r", Some("p:ss"), "db.example.com", 5433, "my_db"));
+        assert_eq!(c.sslmode, SslMode::VerifyFull);
+        let c = parse(json!({"database_url": "postgresql://u:p@h/d", "dbname": "other", "sslmode": "disable"}), None).unwrap();
+        assert_eq!((c.dbname.as_str(), c.port, c.sslmode), ("other", 5432, SslMode::Disable));
+        let c = parse(json!({"database_url": "postgres://u@[::1]:6000/d"}), None).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("::1", 6000));
+    }
+
+    #[test]
+    fn env_database_url_used_only_without_host() {
+        let env = Some("postgres://eu:ep@eh:1234/ed");
+        let c = parse(json!({}), env).unwrap();
+        assert_eq!((c.host.as_str(), c.user.as_str(), c.dbname.as_str()), ("eh", "eu", "ed"));
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d"}), env).unwrap();
+        assert_eq!(c.host, "h");
+    }
+
+    #[test]
+    fn bad_values_are_config_errors_without_secrets() {
+        let cases = [
+            json!({"user": "u", "dbname": "d"}),
+            json!({"host": "h", "user": "u", "dbname": "d", "port": 70000}),
+            json!({"host": "h", "user": "u", "dbname": "d", "port": "abc"}),
+            json!({"host": "h", "user": "u", "dbname": "d", "port": true}),
+            json!({"host": "h", "user": "u", "dbname": "d", "sslmode": "sometimes"}),
+            json!({"host": "h", "user": "u", "dbname": "d", "itersize": 0}),
+            json!({"host": "h", "user": "u", "dbname": "d", "ssl": "maybe"}),
+            json!({"host": "h", "user": "u", "dbname": "d", "default_replication_method": "FAST"}),
+            json!({"host": "h", "user": "u", "dbname": "d", "sslrootcert": "/nonexistent/ca.crt"}),
+            json!({"database_url": "mysql://u:hunter2@h/d"}),
+            json!({"database_url": "postgres://u:hunter2@h:99999/d"}),
+            json!({"host": ["h"], "user": "u", "dbname": "d"}),
+        ];
+        for case in cases {
+            let err = parse(case.clone(), None).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{case}");
+            assert!(err.hint().is_some(), "{case}");
+            assert!(!err.chain().contains("hunter2"), "{case}");
+        }
+    }
+
+    #[test]
+    fn missing_keys_are_named() {
+        let err = parse(json!({"host": "h"}), None).unwrap_err();
+        assert_eq!(err.context(), "missing required keys: user, dbname");
+    }
+
+    #[test]
+    fn debug_hides_password() {
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d", "password": "hunter2"}), None).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(c.endpoint(), "u@h:5432/d");
+    }
+}

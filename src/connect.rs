@@ -1,0 +1,197 @@
+//! Turns a [`Config`] into live, read-only sessions: libpq's `sslmode` mapped onto an openssl
+//! connector, `application_name=tap-heroku`, a connect timeout, and session settings that make
+//! output independent of the server's and the role's TimeZone, DateStyle and IntervalStyle.
+//!
+//! Also owns [`classify`], the one place a `postgres::Error` becomes an [`Error`] with a hint.
+//! Never prints the password: errors name `user@host:port/dbname` only.
+
+use std::io;
+
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use postgres::error::SqlState;
+use postgres::{Client, NoTls};
+use postgres_openssl::MakeTlsConnector;
+
+use crate::config::{Config, SslMode};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Settings every session runs with. Read-only by default; output formats pinned so records do
+/// not depend on the role's or the server's settings; all are allowed on a hot standby.
+const SESSION_SETUP_SQL: &str = "set default_transaction_read_only = on; \
+     set timezone = 'UTC'; set datestyle = 'ISO, MDY'; set intervalstyle = 'iso_8601'; \
+     set extra_float_digits = 3; set bytea_output = 'hex'; set client_min_messages = 'warning'";
+
+/// What to connect with: the base `postgres::Config` and the TLS connector, built once and
+/// reused for every database discovery or sync visits.
+pub struct Connector {
+    /// Host, port, user, password, timeout, application name, sslmode (for the wire protocol).
+    base: postgres::Config,
+    /// `None` for `sslmode=disable`.
+    tls: Option<MakeTlsConnector>,
+    /// `user@host:port` for messages.
+    endpoint: String,
+    /// As configured, for hints.
+    sslmode: SslMode,
+}
+
+impl Connector {
+    /// Builds the connector; fails only when the CA file cannot be loaded.
+    pub fn new(config: &Config) -> Result<Connector> {
+        let mut base = postgres::Config::new();
+        base.host(&config.host)
+            .port(config.port)
+            .user(&config.user)
+            .application_name("tap-heroku")
+            .connect_timeout(config.connect_timeout);
+        if let Some(password) = &config.password {
+            base.password(password);
+        }
+        base.ssl_mode(match config.sslmode {
+            SslMode::Disable => postgres::config::SslMode::Disable,
+            SslMode::Prefer => postgres::config::SslMode::Prefer,
+            _ => postgres::config::SslMode::Require,
+        });
+        let tls = match config.sslmode {
+            SslMode::Disable => None,
+            mode => Some(tls_connector(config, mode)?),
+        };
+        if config.sslmode == SslMode::Disable {
+            log::warn!("sslmode=disable: the connection is not encrypted (Heroku rejects such connections)");
+        }
+        Ok(Connector {
+            base,
+            tls,
+            endpoint: format!("{}@{}:{}", config.user, config.host, config.port),
+            sslmode: config.sslmode,
+        })
+    }
+
+    /// Opens a session on `dbname` and applies [`SESSION_SETUP_SQL`].
+    ///
+    /// # Errors
+    /// Classified by [`classify`]: `Auth`, `Connect` or `Config` with a hint.
+    pub fn connect(&self, dbname: &str) -> Result<Client> {
+        let mut config = self.base.clone();
+        config.dbname(dbname);
+        let what = || format!("connecting to {}/{}", self.endpoint, dbname);
+        let mut client = match &self.tls {
+            Some(tls) => config.connect(tls.clone()),
+            None => config.connect(NoTls),
+        }
+        .map_err(|e| classify(e, &what(), self.sslmode))?;
+        client.batch_execute(SESSION_SETUP_SQL).map_err(|e| classify(e, &format!("setting up session on {}/{}", self.endpoint, dbname), self.sslmode))?;
+        Ok(client)
+    }
+}
+
+/// The openssl connector for `mode`: no verification for prefer/require (libpq's meaning) unless
+/// a root certificate is given, chain verification for verify-ca, chain and host name for verify-full.
+fn tls_connector(config: &Config, mode: SslMode) -> Result<MakeTlsConnector> {
+    let tls_error = |e: openssl::error::ErrorStack| {
+        Error::new(ErrorKind::Config, "setting up TLS").with_source(e)
+    };
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls_error)?;
+    let verify = match mode {
+        SslMode::VerifyCa | SslMode::VerifyFull => true,
+        SslMode::Require => config.sslrootcert.is_some(),
+        _ => false,
+    };
+    if verify {
+        match &config.sslrootcert {
+            Some(path) => builder.set_ca_file(path).map_err(|e| {
+                Error::new(ErrorKind::Config, format!("loading sslrootcert {}", path.display()))
+                    .with_source(e)
+                    .with_hint("Point sslrootcert at a PEM file holding the CA certificate of the server.")
+            })?,
+            None => builder.set_default_verify_paths().map_err(tls_error)?,
+        }
+        builder.set_verify(SslVerifyMode::PEER);
+    } else {
+        builder.set_verify(SslVerifyMode::NONE);
+    }
+    let mut connector = MakeTlsConnector::new(builder.build());
+    let check_host = mode == SslMode::VerifyFull;
+    connector.set_callback(move |connect_config, _domain| {
+        connect_config.set_verify_hostname(check_host);
+        Ok(())
+    });
+    Ok(connector)
+}
+
+/// Turns a `postgres::Error` met while `what` into an [`Error`] with the right kind and a hint.
+pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
+    let text = e.to_string();
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().clone();
+        let message = db.message().to_string();
+        let base = Error::new(kind_of(&code), what.to_string()).with_source(e);
+        return if code == SqlState::INVALID_PASSWORD {
+            base.with_hint("Check user and password in the config (Heroku: `heroku pg:credentials:url` shows the current ones; they change when credentials rotate).")
+        } else if code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION && message.contains("no encryption") {
+            Error::new(ErrorKind::Connect, what.to_string())
+                .with_source(db_error_only(message))
+                .with_hint("The server requires SSL: set \"sslmode\": \"require\" in the config (Heroku rejects unencrypted connections).")
+        } else if code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
+            base.with_hint("The server refused this user from this address; check user, host and the server's pg_hba.conf.")
+        } else if code == SqlState::INVALID_CATALOG_NAME {
+            Error::new(ErrorKind::Config, what.to_string())
+                .with_source(db_error_only(message))
+                .with_hint("Check dbname in the config; `\\l` in psql lists the databases.")
+        } else if code == SqlState::INSUFFICIENT_PRIVILEGE {
+            base.with_hint("Grant the role what it needs, e.g. GRANT SELECT ON ALL TABLES IN SCHEMA <schema> TO <role>, or deselect the stream.")
+        } else if code == SqlState::UNDEFINED_TABLE {
+            base.with_hint("The table no longer exists: run --discover again and update the catalog.")
+        } else if code == SqlState::UNDEFINED_COLUMN {
+            base.with_hint("A selected column no longer exists: run --discover again and update the catalog.")
+        } else if code == SqlState::QUERY_CANCELED {
+            base.with_hint("The statement was cancelled (statement_timeout?); raise the role's statement_timeout or lower itersize.")
+        } else if code == SqlState::TOO_MANY_CONNECTIONS {
+            base.with_hint("The server has no free connection slots; close other connections or retry later.")
+        } else {
+            base
+        };
+    }
+    if text.contains("server does not support TLS") {
+        return Error::new(ErrorKind::Connect, what.to_string())
+            .with_source(e)
+            .with_hint("The server does not offer SSL; set \"sslmode\": \"disable\" or \"prefer\" only if you trust the network (Heroku always offers SSL).");
+    }
+    if text.contains("TLS handshake") || text.contains("certificate") {
+        let hint = match sslmode {
+            SslMode::VerifyFull => "The server certificate failed verification: check sslrootcert and that host matches the certificate's name, or use \"sslmode\": \"require\" (Heroku's default certificates are not publicly verifiable).",
+            SslMode::VerifyCa => "The server certificate failed verification: check that sslrootcert holds the CA that signed it, or use \"sslmode\": \"require\".",
+            _ => "The TLS handshake failed; check sslrootcert and that the server's port speaks PostgreSQL.",
+        };
+        return Error::new(ErrorKind::Connect, what.to_string()).with_source(e).with_hint(hint);
+    }
+    let io_kind = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .map(io::Error::kind);
+    if e.is_closed() || io_kind.is_some() || text.contains("error connecting") || text.contains("timeout") {
+        let hint = match io_kind {
+            Some(io::ErrorKind::TimedOut) => "The server did not answer in time; check host and port, the network, or raise connect_timeout.",
+            Some(io::ErrorKind::ConnectionRefused) => "Nothing accepts connections at that host and port; check host and port in the config.",
+            _ => "Check host and port in the config and that the server is running and reachable.",
+        };
+        return Error::new(ErrorKind::Connect, what.to_string()).with_source(e).with_hint(hint);
+    }
+    Error::new(ErrorKind::Query, what.to_string()).with_source(e)
+}
+
+/// The exit-code family of a server error code.
+fn kind_of(code: &SqlState) -> ErrorKind {
+    if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INSUFFICIENT_PRIVILEGE {
+        ErrorKind::Auth
+    } else if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION || *code == SqlState::TOO_MANY_CONNECTIONS || *code == SqlState::CANNOT_CONNECT_NOW {
+        ErrorKind::Connect
+    } else if code.code().starts_with("08") {
+        ErrorKind::Connect
+    } else {
+        ErrorKind::Query
+    }
+}
+
+/// The server's message alone, as an error source (drops rust-postgres's `db error:` wrapper).
+fn db_error_only(message: String) -> io::Error {
+    io::Error::other(message)
+}

@@ -1,0 +1,321 @@
+//! Structure sync: pg_catalog queries -> [`Catalog`].
+//!
+//! For every database the role may connect to (narrowed by `filter_dbs`), a fixed number of
+//! queries (types, relations, columns, primary keys) reads pg_type, pg_class, pg_attribute,
+//! pg_index and pg_namespace; tables, partitioned tables, partitions, views and materialized
+//! views that the role can SELECT are turned into catalog entries, sorted by `tap_stream_id`.
+//! `sync` reuses [`load_types`] and [`load_relations`] to check a stream against the live table.
+
+use std::collections::HashMap;
+
+use postgres::Client;
+use serde_json::{Map, Value, json};
+
+use crate::catalog::{Catalog, CatalogStream, MetadataEntry};
+use crate::config::Config;
+use crate::connect::{Connector, classify};
+use crate::error::{Error, ErrorKind, Result};
+use crate::typemap::{self, TypeInfo, TypeMap};
+
+/// Schemas never discovered.
+const SYSTEM_SCHEMA_FILTER: &str =
+    "n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
+
+/// One column as pg_attribute describes it.
+#[derive(Clone, Debug)]
+pub struct Column {
+    /// `attname`.
+    pub name: String,
+    /// `atttypid`.
+    pub typid: u32,
+    /// `atttypmod`.
+    pub typmod: i32,
+    /// `format_type(atttypid, NULL)` (singer-io's `sql-datatype`; `bit(n)` for bit columns).
+    pub sql_datatype: String,
+    /// `format_type(atttypid, atttypmod)`: the type a bookmark parameter is cast to.
+    pub cast_type: String,
+}
+
+/// One table, view, materialized view or partition.
+#[derive(Clone, Debug)]
+pub struct Relation {
+    /// `pg_class.oid`.
+    pub oid: u32,
+    /// `nspname`.
+    pub schema: String,
+    /// `relname`.
+    pub name: String,
+    /// `relkind`: `r`, `p`, `v` or `m`.
+    pub relkind: u8,
+    /// `reltuples` (an estimate; -1 when never analyzed).
+    pub row_count: i64,
+    /// Columns the role can SELECT, by `attnum`.
+    pub columns: Vec<Column>,
+    /// Primary key columns in key order.
+    pub primary_key: Vec<String>,
+}
+
+impl Relation {
+    /// Views and materialized views (singer-io's `is-view`).
+    pub fn is_view(&self) -> bool {
+        matches!(self.relkind, b'v' | b'm')
+    }
+}
+
+/// Which relations to load.
+pub enum Scope<'a> {
+    /// Every relation, or those in these schemas.
+    Schemas(Option<&'a [String]>),
+    /// Exactly one relation.
+    Table {
+        /// Schema name.
+        schema: &'a str,
+        /// Relation name.
+        name: &'a str,
+    },
+}
+
+/// Runs `--discover`: every database the role may connect to, narrowed by `filter_dbs`.
+///
+/// # Errors
+/// Connection failures to the configured database are fatal; a database among several that
+/// refuses the connection is skipped with a warning (as singer-io does).
+pub fn discover(config: &Config, connector: &Connector) -> Result<Catalog> {
+    let mut first = connector.connect(&config.dbname)?;
+    let databases = list_databases(&mut first, config)?;
+    if databases.is_empty() {
+        return Err(Error::new(ErrorKind::Config, "no database to discover")
+            .with_hint("filter_dbs names no database this role may connect to; fix filter_dbs or grant CONNECT."));
+    }
+    let mut streams = Vec::new();
+    for db in &databases {
+        let started = std::time::Instant::now();
+        let found = if *db == config.dbname {
+            discover_database(&mut first, db, config)?
+        } else {
+            match connector.connect(db) {
+                Ok(mut client) => discover_database(&mut client, db, config)?,
+                Err(e) if databases.len() > 1 => {
+                    log::warn!("skipping database {db}: {}", e.chain());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        log::info!("discovered database {db}: {} streams in {:.2}s", found.len(), started.elapsed().as_secs_f64());
+        streams.extend(found);
+    }
+    streams.sort_by(|a, b| a.tap_stream_id.cmp(&b.tap_stream_id));
+    if streams.is_empty() {
+        log::warn!("discovered no tables or views the role can SELECT");
+    }
+    Ok(Catalog { streams })
+}
+
+/// Databases that are not templates, allow connections, and grant this role CONNECT, filtered
+/// by `filter_dbs`, sorted by name.
+pub fn list_databases(client: &mut Client, config: &Config) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "select datname::text from pg_database \
+             where not datistemplate and datallowconn and has_database_privilege(datname, 'CONNECT') \
+               and ($1::text[] is null or datname = any($1)) and datname <> 'rdsadmin' \
+             order by datname",
+            &[&config.filter_dbs],
+        )
+        .map_err(|e| classify(e, "listing databases", config.sslmode))?;
+    rows.iter()
+        .map(|r| r.try_get::<_, String>(0).map_err(|e| Error::new(ErrorKind::Internal, "reading pg_database").with_source(e)))
+        .collect()
+}
+
+/// The catalog entries of one database.
+fn discover_database(client: &mut Client, db: &str, config: &Config) -> Result<Vec<CatalogStream>> {
+    let types = load_types(client)?;
+    let relations = load_relations(client, Scope::Schemas(config.filter_schemas.as_deref()))?;
+    Ok(relations
+        .iter()
+        .filter(|r| !r.columns.is_empty())
+        .map(|r| catalog_entry(db, r, &types, config.include_schemas_in_destination_stream_name))
+        .collect())
+}
+
+/// Loads all of pg_type (one query).
+pub fn load_types(client: &mut Client) -> Result<TypeMap> {
+    let rows = client
+        .query(
+            "select oid, typname::text, typtype, typcategory, typelem, typbasetype, typtypmod from pg_type",
+            &[],
+        )
+        .map_err(|e| classify(e, "reading pg_type", crate::config::SslMode::Require))?;
+    let mut types = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let byte = |i: usize| -> Result<u8> { Ok(get::<i8>(row, i, "pg_type")? as u8) };
+        types.push(TypeInfo {
+            oid: get::<u32>(row, 0, "pg_type")?,
+            typname: get::<String>(row, 1, "pg_type")?,
+            typtype: byte(2)?,
+            typcategory: byte(3)?,
+            typelem: get::<u32>(row, 4, "pg_type")?,
+            typbasetype: get::<u32>(row, 5, "pg_type")?,
+            typtypmod: get::<i32>(row, 6, "pg_type")?,
+        });
+    }
+    Ok(TypeMap::new(types))
+}
+
+/// Loads relations, their readable columns and primary keys (three queries whatever the number
+/// of tables), sorted by schema and name.
+pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relation>> {
+    let (schemas, exact): (Option<Vec<String>>, Option<(String, String)>) = match scope {
+        Scope::Schemas(s) => (s.map(<[String]>::to_vec), None),
+        Scope::Table { schema, name } => (None, Some((schema.to_string(), name.to_string()))),
+    };
+    let (exact_schema, exact_name) = match &exact {
+        Some((s, n)) => (Some(s.clone()), Some(n.clone())),
+        None => (None, None),
+    };
+    let relation_filter = format!(
+        "c.relkind in ('r', 'p', 'v', 'm') and {SYSTEM_SCHEMA_FILTER} \
+         and ($1::text[] is null or n.nspname = any($1)) \
+         and ($2::text is null or (n.nspname = $2 and c.relname = $3)) \
+         and has_schema_privilege(n.oid, 'USAGE')"
+    );
+    let sslmode = crate::config::SslMode::Require;
+    let rel_rows = client
+        .query(
+            &format!(
+                "select c.oid, n.nspname::text, c.relname::text, c.relkind, c.reltuples::float8 \
+                 from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+                 where {relation_filter} order by n.nspname, c.relname"
+            ),
+            &[&schemas, &exact_schema, &exact_name],
+        )
+        .map_err(|e| classify(e, "reading pg_class", sslmode))?;
+    let col_rows = client
+        .query(
+            &format!(
+                "select a.attrelid, a.attname::text, a.atttypid, a.atttypmod, \
+                   case when a.atttypid = 'bit'::regtype and a.atttypmod > 1 then 'bit(' || a.atttypmod || ')' \
+                        else format_type(a.atttypid, null) end, \
+                   format_type(a.atttypid, a.atttypmod) \
+                 from pg_attribute a join pg_class c on c.oid = a.attrelid \
+                   join pg_namespace n on n.oid = c.relnamespace \
+                 where {relation_filter} and a.attnum > 0 and not a.attisdropped \
+                   and has_column_privilege(c.oid, a.attnum, 'SELECT') \
+                 order by a.attrelid, a.attnum"
+            ),
+            &[&schemas, &exact_schema, &exact_name],
+        )
+        .map_err(|e| classify(e, "reading pg_attribute", sslmode))?;
+    let key_rows = client
+        .query(
+            &format!(
+                "select i.indrelid, a.attname::text \
+                 from pg_index i join pg_class c on c.oid = i.indrelid \
+                   join pg_namespace n on n.oid = c.relnamespace \
+                   cross join lateral unnest(i.indkey::int2[]) with ordinality k(attnum, ord) \
+                   join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
+                 where i.indisprimary and {relation_filter} \
+                 order by i.indrelid, k.ord"
+            ),
+            &[&schemas, &exact_schema, &exact_name],
+        )
+        .map_err(|e| classify(e, "reading pg_index", sslmode))?;
+
+    let mut relations = Vec::with_capacity(rel_rows.len());
+    let mut index_of: HashMap<u32, usize> = HashMap::with_capacity(rel_rows.len());
+    for row in &rel_rows {
+        let oid = get::<u32>(row, 0, "pg_class")?;
+        index_of.insert(oid, relations.len());
+        relations.push(Relation {
+            oid,
+            schema: get(row, 1, "pg_class")?,
+            name: get(row, 2, "pg_class")?,
+            relkind: get::<i8>(row, 3, "pg_class")? as u8,
+            row_count: get::<f64>(row, 4, "pg_class")? as i64,
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+        });
+    }
+    for row in &col_rows {
+        if let Some(&i) = index_of.get(&get::<u32>(row, 0, "pg_attribute")?) {
+            relations[i].columns.push(Column {
+                name: get(row, 1, "pg_attribute")?,
+                typid: get(row, 2, "pg_attribute")?,
+                typmod: get(row, 3, "pg_attribute")?,
+                sql_datatype: get(row, 4, "pg_attribute")?,
+                cast_type: get(row, 5, "pg_attribute")?,
+            });
+        }
+    }
+    for row in &key_rows {
+        if let Some(&i) = index_of.get(&get::<u32>(row, 0, "pg_index")?) {
+            relations[i].primary_key.push(get(row, 1, "pg_index")?);
+        }
+    }
+    Ok(relations)
+}
+
+/// Reads column `i` of a catalog row; a type mismatch is a bug, not bad input.
+fn get<'a, T: postgres::types::FromSql<'a>>(row: &'a postgres::Row, i: usize, what: &str) -> Result<T> {
+    row.try_get(i).map_err(|e| Error::new(ErrorKind::Internal, format!("reading {what} column {i}")).with_source(e))
+}
+
+/// The singer-io `tap_stream_id`: `{db}-{schema}-{table}`.
+pub fn tap_stream_id(db: &str, schema: &str, table: &str) -> String {
+    format!("{db}-{schema}-{table}")
+}
+
+/// Builds one catalog entry (schema with `definitions`, `[]` and per-column metadata).
+pub fn catalog_entry(db: &str, relation: &Relation, types: &TypeMap, include_schemas: bool) -> CatalogStream {
+    let mut properties = Map::new();
+    let mut metadata = Vec::with_capacity(relation.columns.len() + 1);
+    let mut root = Map::new();
+    let keys: Vec<String> = relation.primary_key.iter().filter(|k| relation.columns.iter().any(|c| &c.name == *k)).cloned().collect();
+    root.insert("table-key-properties".into(), json!(keys));
+    root.insert("schema-name".into(), json!(relation.schema));
+    root.insert("database-name".into(), json!(db));
+    root.insert("row-count".into(), json!(relation.row_count));
+    root.insert("is-view".into(), json!(relation.is_view()));
+    root.insert("selected-by-default".into(), json!(false));
+    metadata.push(MetadataEntry { breadcrumb: vec![], metadata: root });
+    for column in &relation.columns {
+        let is_key = keys.contains(&column.name);
+        let mapped = typemap::map_column(types, column.typid, column.typmod);
+        let mut meta = Map::new();
+        meta.insert("sql-datatype".into(), json!(column.sql_datatype));
+        let schema = match mapped {
+            Some(mapped) => {
+                meta.insert("inclusion".into(), json!(if is_key { "automatic" } else { "available" }));
+                meta.insert("selected-by-default".into(), json!(true));
+                Value::Object(column_schema(mapped.schema, is_key))
+            }
+            None => {
+                meta.insert("inclusion".into(), json!("unsupported"));
+                meta.insert("selected-by-default".into(), json!(false));
+                json!({})
+            }
+        };
+        properties.insert(column.name.clone(), schema);
+        metadata.push(MetadataEntry { breadcrumb: vec!["properties".into(), column.name.clone()], metadata: meta });
+    }
+    let stream = if include_schemas { format!("{}_{}", relation.schema, relation.name) } else { relation.name.clone() };
+    CatalogStream {
+        table_name: relation.name.clone(),
+        stream,
+        metadata,
+        tap_stream_id: tap_stream_id(db, &relation.schema, &relation.name),
+        schema: json!({"type": "object", "properties": properties, "definitions": typemap::array_definitions()}),
+    }
+}
+
+/// A column's schema with `"null"` prepended to its types unless it is a key column.
+pub fn column_schema(mut schema: Map<String, Value>, is_key: bool) -> Map<String, Value> {
+    if !is_key {
+        if let Some(Value::Array(types)) = schema.get_mut("type") {
+            types.insert(0, json!("null"));
+        }
+    }
+    schema
+}

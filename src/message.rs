@@ -1,0 +1,121 @@
+//! `MessageWriter<W: Write>`: the Singer envelopes (SCHEMA, RECORD, STATE, ACTIVATE_VERSION), one
+//! JSON object per line, into a block-buffered writer that is flushed at each STATE and at the end.
+//!
+//! It knows the envelope, not how a value is encoded: `sync` fills each record body into a reused
+//! line buffer and hands over the whole line, so an error never leaves half a line on stdout.
+
+use std::io::{BufWriter, Write};
+
+use serde_json::{Value, json};
+
+use crate::encode::write_json_str;
+use crate::error::{ErrorKind, Result, ResultExt};
+
+/// Bytes buffered before stdout is written (also flushed at every STATE).
+pub const STDOUT_BUFFER_BYTES: usize = 1 << 20;
+
+/// Writes Singer messages.
+pub struct MessageWriter<W: Write> {
+    /// The buffered output.
+    out: BufWriter<W>,
+}
+
+/// The fixed parts of one stream's RECORD lines, rendered once per stream.
+pub struct RecordEnvelope {
+    /// `{"type":"RECORD","stream":"...","record":{`
+    pub prefix: Vec<u8>,
+    /// `},"version":V,"time_extracted":"..."}` and a newline.
+    pub suffix: Vec<u8>,
+}
+
+impl RecordEnvelope {
+    /// Renders the envelope of `stream` for `version` and `time_extracted`.
+    pub fn new(stream: &str, version: i64, time_extracted: &str) -> RecordEnvelope {
+        let mut prefix = b"{\"type\":\"RECORD\",\"stream\":".to_vec();
+        write_json_str(&mut prefix, stream);
+        prefix.extend_from_slice(b",\"record\":{");
+        let mut suffix = format!("}},\"version\":{version},\"time_extracted\":").into_bytes();
+        write_json_str(&mut suffix, time_extracted);
+        suffix.extend_from_slice(b"}\n");
+        RecordEnvelope { prefix, suffix }
+    }
+}
+
+impl<W: Write> MessageWriter<W> {
+    /// A writer over `inner` with a [`STDOUT_BUFFER_BYTES`] buffer.
+    pub fn new(inner: W) -> MessageWriter<W> {
+        MessageWriter { out: BufWriter::with_capacity(STDOUT_BUFFER_BYTES, inner) }
+    }
+
+    /// Writes a SCHEMA message.
+    pub fn write_schema(&mut self, stream: &str, schema: &Value, key_properties: &[String], bookmark_properties: &[String]) -> Result<()> {
+        let message = json!({
+            "type": "SCHEMA",
+            "stream": stream,
+            "schema": schema,
+            "key_properties": key_properties,
+            "bookmark_properties": bookmark_properties,
+        });
+        self.write_value(&message)
+    }
+
+    /// Writes a STATE message and flushes, so the target sees every record before the state.
+    pub fn write_state(&mut self, state: &Value) -> Result<()> {
+        self.write_value(&json!({"type": "STATE", "value": state}))?;
+        self.flush()
+    }
+
+    /// Writes an ACTIVATE_VERSION message.
+    pub fn write_activate_version(&mut self, stream: &str, version: i64) -> Result<()> {
+        self.write_value(&json!({"type": "ACTIVATE_VERSION", "stream": stream, "version": version}))
+    }
+
+    /// Appends one complete RECORD line (built with a [`RecordEnvelope`], newline included).
+    pub fn write_line(&mut self, line: &[u8]) -> Result<()> {
+        self.out.write_all(line).context(ErrorKind::Output, || "writing to stdout")
+    }
+
+    /// Flushes buffered messages to the underlying writer.
+    pub fn flush(&mut self) -> Result<()> {
+        self.out.flush().context(ErrorKind::Output, || "writing to stdout")
+    }
+
+    /// The underlying writer (tests read what was written).
+    #[cfg(test)]
+    pub fn into_inner(self) -> W {
+        self.out.into_inner().ok().expect("flush to a Vec succeeds")
+    }
+
+    /// Serializes `value` as one line.
+    fn write_value(&mut self, value: &Value) -> Result<()> {
+        let mut line = serde_json::to_vec(value).expect("messages serialize");
+        line.push(b'\n');
+        self.write_line(&line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_are_one_line_each() {
+        let mut w = MessageWriter::new(Vec::new());
+        w.write_schema("users", &json!({"type": "object", "properties": {}}), &["id".into()], &[]).unwrap();
+        let env = RecordEnvelope::new("us\"ers", 17, "2024-06-01T12:00:00.000000Z");
+        let mut line = env.prefix.clone();
+        line.extend_from_slice(b"\"id\":1");
+        line.extend_from_slice(&env.suffix);
+        w.write_line(&line).unwrap();
+        w.write_activate_version("users", 17).unwrap();
+        w.write_state(&json!({"bookmarks": {}})).unwrap();
+        let text = String::from_utf8(w.into_inner()).unwrap();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0]["key_properties"], json!(["id"]));
+        assert_eq!(lines[0]["bookmark_properties"], json!([]));
+        assert_eq!(lines[1], json!({"type": "RECORD", "stream": "us\"ers", "record": {"id": 1}, "version": 17, "time_extracted": "2024-06-01T12:00:00.000000Z"}));
+        assert_eq!(lines[2], json!({"type": "ACTIVATE_VERSION", "stream": "users", "version": 17}));
+        assert_eq!(lines[3], json!({"type": "STATE", "value": {"bookmarks": {}}}));
+    }
+}

@@ -1,0 +1,513 @@
+//! The data sync: selected streams -> SCHEMA, RECORD, STATE and ACTIVATE_VERSION on stdout.
+//!
+//! Two phases. **Plan**: before anything is written, every selected stream is checked against
+//! the live database (the table and each selected column still exist and are readable, their
+//! types can be encoded, the state's bookmark fits the key's type) and gets its encoders, its
+//! SCHEMA and its query. Catalog and state problems stop the run here with nothing written; a
+//! stream whose table or column vanished or became unreadable is skipped with an error line and
+//! the run exits non-zero after the other streams synced. **Sync**: each stream runs in its own
+//! read-only REPEATABLE READ transaction, reading a server-side portal `itersize` rows at a time;
+//! rows are encoded straight into one reused line buffer and STATE is written after each batch.
+//! Strategies: [`full_table`] and [`incremental`].
+
+mod full_table;
+mod incremental;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::{FromSql, ToSql, Type};
+use postgres::{Client, IsolationLevel};
+use serde_json::{Map, Value, json};
+
+use crate::catalog::{Catalog, SelectedStream, select_streams};
+use crate::config::{Config, ReplicationMethod};
+use crate::connect::{Connector, classify};
+use crate::discover::{self, Column, Scope};
+use crate::encode::{self, NOTE_INFINITY_CLAMPED, NOTE_YEAR_OUT_OF_RANGE, write_json_str};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{MessageWriter, RecordEnvelope};
+use crate::query;
+use crate::state::State;
+use crate::typemap::{self, Encoder, TypeMap};
+
+/// How often a progress line is logged during a long stream.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// How often singer-python's record_count METRIC is logged during a long stream.
+const METRIC_INTERVAL: Duration = Duration::from_secs(60);
+/// Most key columns a FULL_TABLE resume point can hold (wider keys sync without resume).
+const MAX_TRACKED_COLUMNS: usize = 8;
+
+/// One open session per database, with that database's types.
+struct Session {
+    /// The connection.
+    client: Client,
+    /// pg_type of that database.
+    types: TypeMap,
+}
+
+/// One column to emit.
+struct ColumnPlan {
+    /// Column name.
+    name: String,
+    /// `"name":` rendered once.
+    key: Vec<u8>,
+    /// SELECT-list entry.
+    select_item: String,
+    /// Encoder of its wire value.
+    encoder: Encoder,
+    /// Special values met (see `encode::NOTE_*`), for one warning per column.
+    notes: u8,
+}
+
+/// Everything needed to sync one stream, decided before any output.
+pub struct StreamPlan {
+    /// The catalog's view of the stream.
+    selected: SelectedStream,
+    /// Columns in SELECT order.
+    columns: Vec<ColumnPlan>,
+    /// SCHEMA message `schema`.
+    schema: Value,
+    /// Key columns for ordering/resuming a FULL_TABLE sync: (index into `columns`, cast type).
+    order_keys: Vec<(usize, String)>,
+    /// INCREMENTAL key: (index into `columns`, cast type).
+    replication_key: Option<(usize, String)>,
+    /// The bookmark this run starts from (already adopted from a pipelinewise-style id).
+    bookmark: Map<String, Value>,
+    /// estimated rows (reltuples), for progress.
+    row_estimate: i64,
+}
+
+/// Why a stream's sync ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// All rows were sent.
+    Complete,
+    /// `max_run_seconds` ran out; state is resumable.
+    OutOfTime,
+}
+
+/// Runs the sync of every selected stream.
+///
+/// # Errors
+/// Catalog/state problems before any output; connection or query failures during a stream
+/// (after its last complete line); and, at the end, the first error of any skipped stream.
+pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
+    let run_started = Instant::now();
+    let selected = select_streams(catalog, config, state.currently_syncing())?;
+    if selected.is_empty() {
+        log::warn!("no stream is selected in the catalog; nothing to sync");
+    }
+    let connector = Connector::new(config)?;
+    let mut sessions: HashMap<String, Session> = HashMap::new();
+    let mut plans = Vec::with_capacity(selected.len());
+    let mut skipped: Vec<Error> = Vec::new();
+    for stream in selected {
+        let session = match sessions.entry(stream.database.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut client = connector.connect(&stream.database)?;
+                let types = discover::load_types(&mut client)?;
+                e.insert(Session { client, types })
+            }
+        };
+        let id = stream.tap_stream_id.clone();
+        match plan_stream(session, stream, &mut state) {
+            Ok(plan) => plans.push(plan),
+            Err(e) if matches!(e.kind(), ErrorKind::Query | ErrorKind::Auth) => {
+                let e = e.within(format!("stream {id}"));
+                log::error!("skipping stream: {}", e.chain());
+                if let Some(hint) = e.hint() {
+                    log::error!("{hint}");
+                }
+                skipped.push(e);
+            }
+            Err(e) => return Err(e.within(format!("stream {id}"))),
+        }
+    }
+
+    let deadline = config.max_run_seconds.map(|s| run_started + Duration::from_secs(s));
+    let stdout = std::io::stdout();
+    let mut writer = MessageWriter::new(stdout.lock());
+    let mut out_of_time = false;
+    for plan in &mut plans {
+        let session = sessions.get_mut(&plan.selected.database).expect("planned streams have a session");
+        let id = plan.selected.tap_stream_id.clone();
+        let outcome = sync_stream(&mut session.client, plan, &mut state, &mut writer, config, deadline)
+            .map_err(|e| e.within(format!("stream {id}")))?;
+        if outcome == Outcome::OutOfTime {
+            log::info!("max_run_seconds reached; stopping with a resumable state");
+            out_of_time = true;
+            break;
+        }
+    }
+    if !out_of_time {
+        state.set_currently_syncing(None);
+    }
+    writer.write_state(&state.to_value())?;
+    writer.flush()?;
+    if let Some(first) = skipped.into_iter().next() {
+        return Err(first);
+    }
+    Ok(())
+}
+
+/// Checks one stream against the live table and decides its columns, query and SCHEMA.
+fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut State) -> Result<StreamPlan> {
+    let relations = discover::load_relations(
+        &mut session.client,
+        Scope::Table { schema: &selected.schema_name, name: &selected.table_name },
+    )?;
+    let relation = relations.into_iter().next().ok_or_else(|| {
+        Error::new(ErrorKind::Query, format!("table {}.{} no longer exists or the role cannot read it", selected.schema_name, selected.table_name))
+            .with_hint("Run --discover again and update the catalog, or grant the role SELECT on the table.")
+    })?;
+    if selected.columns.is_empty() {
+        return Err(Error::new(ErrorKind::Query, "no column is selected")
+            .with_hint("Select at least one column of the stream in the catalog, or deselect the stream."));
+    }
+    let live: HashMap<&str, &Column> = relation.columns.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut columns = Vec::with_capacity(selected.columns.len());
+    let mut properties = Map::new();
+    let mut cast_types = Vec::with_capacity(selected.columns.len());
+    for name in &selected.columns {
+        let column = live.get(name.as_str()).ok_or_else(|| {
+            Error::new(ErrorKind::Query, format!("selected column {name} no longer exists or the role cannot read it"))
+                .with_hint("Run --discover again and update the catalog, or grant the role SELECT on the column.")
+        })?;
+        let mapped = typemap::map_column(&session.types, column.typid, column.typmod).ok_or_else(|| {
+            Error::new(ErrorKind::Query, format!("column {name} now has type {}, which tap-heroku cannot encode", column.sql_datatype))
+                .with_hint("Deselect the column, or run --discover again and update the catalog.")
+        })?;
+        if let Some(was) = selected.sql_datatypes.get(name) {
+            if *was != column.sql_datatype {
+                log::warn!("stream {}: column {name} was {was} at discovery and is {} now; the SCHEMA message follows the database", selected.tap_stream_id, column.sql_datatype);
+            }
+        }
+        let is_key = selected.key_properties.contains(name);
+        properties.insert(name.clone(), Value::Object(discover::column_schema(mapped.schema, is_key)));
+        let mut key = Vec::with_capacity(name.len() + 3);
+        write_json_str(&mut key, name);
+        key.push(b':');
+        columns.push(ColumnPlan {
+            name: name.clone(),
+            key,
+            select_item: query::select_item(name, mapped.cast),
+            encoder: mapped.encoder,
+            notes: 0,
+        });
+        cast_types.push(column.cast_type.clone());
+    }
+    let schema = json!({"type": "object", "properties": properties, "definitions": typemap::array_definitions()});
+    let index_of = |name: &str| columns.iter().position(|c| c.name == name);
+
+    let alias = format!("{}-{}", selected.schema_name, selected.table_name);
+    let mut bookmark = state.take_bookmark(&selected.tap_stream_id, &alias);
+    let mut order_keys = Vec::new();
+    let mut replication_key = None;
+    match selected.method {
+        ReplicationMethod::FullTable => {
+            if bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != "FULL_TABLE") {
+                bookmark = Map::new();
+            }
+            if !selected.is_view && !relation.primary_key.is_empty() {
+                let keys: Option<Vec<usize>> = relation.primary_key.iter().map(|k| index_of(k)).collect();
+                if let Some(keys) = keys.filter(|k| k.len() <= MAX_TRACKED_COLUMNS) {
+                    order_keys = keys.into_iter().map(|i| (i, cast_types[i].clone())).collect();
+                }
+            }
+            if let Some(Value::Object(last)) = bookmark.get("last_pk_fetched") {
+                for (i, _) in &order_keys {
+                    let column = &columns[*i];
+                    check_bookmark_value(last.get(&column.name), &column.encoder, &column.name, "last_pk_fetched")?;
+                }
+            }
+        }
+        ReplicationMethod::Incremental => {
+            let key = selected.replication_key.as_deref().expect("INCREMENTAL streams have a key");
+            let i = index_of(key).expect("the replication key is a selected column");
+            let changed_method = bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != "INCREMENTAL");
+            let changed_key = bookmark.get("replication_key").and_then(Value::as_str).is_some_and(|k| k != key);
+            if changed_method || changed_key {
+                log::info!("stream {}: replication method or key changed; starting from the beginning", selected.tap_stream_id);
+                bookmark = Map::new();
+            }
+            check_bookmark_value(bookmark.get("replication_key_value"), &columns[i].encoder, key, "replication_key_value")?;
+            if !selected.is_view && !has_leading_index(&mut session.client, relation.oid, key)? {
+                log::warn!(
+                    "stream {}: replication key {key} has no index; each sync scans the whole table. Create one: create index on {} ({})",
+                    selected.tap_stream_id,
+                    query::qualified_name(&selected.schema_name, &selected.table_name),
+                    query::quote_ident(key)
+                );
+            }
+            replication_key = Some((i, cast_types[i].clone()));
+        }
+        ReplicationMethod::LogBased => unreachable!("select_streams refuses LOG_BASED"),
+    }
+    Ok(StreamPlan { selected, columns, schema, order_keys, replication_key, bookmark, row_estimate: relation.row_count })
+}
+
+/// True when some index of the table starts with `column`.
+fn has_leading_index(client: &mut Client, relid: u32, column: &str) -> Result<bool> {
+    let row = client
+        .query_one(
+            "select exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0] \
+             where i.indrelid = $1 and a.attname = $2)",
+            &[&relid, &column],
+        )
+        .map_err(|e| classify(e, "reading pg_index", crate::config::SslMode::Require))?;
+    row.try_get(0).map_err(|e| Error::new(ErrorKind::Internal, "reading pg_index").with_source(e))
+}
+
+/// The JSON kinds a column's values take, to check a bookmark before it is sent to the server.
+fn accepts_bookmark(encoder: &Encoder, value: &Value) -> bool {
+    match encoder {
+        Encoder::Int2 | Encoder::Int4 | Encoder::Int8 | Encoder::Oid => value.is_i64() || value.is_u64(),
+        Encoder::Float4 | Encoder::Float8 | Encoder::Numeric => value.is_number() || value.is_string(),
+        Encoder::Bool | Encoder::BitBool => value.is_boolean(),
+        Encoder::Array(_) | Encoder::Hstore => false,
+        _ => value.is_string(),
+    }
+}
+
+/// Refuses a bookmark value whose JSON type cannot be a value of the key column.
+fn check_bookmark_value(value: Option<&Value>, encoder: &Encoder, column: &str, field: &str) -> Result<()> {
+    match value {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) if accepts_bookmark(encoder, v) => Ok(()),
+        Some(_) => Err(Error::new(ErrorKind::State, format!("bookmark {field} does not fit the type of column {column}"))
+            .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning), or fix the value to one the column can hold.")),
+    }
+}
+
+/// The text a bookmark value is bound as (the server casts it to the key's type).
+fn bookmark_param(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Milliseconds since the Unix epoch: a new table version, as singer-io makes them.
+fn now_version() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs one stream with its strategy.
+fn sync_stream<W: Write>(
+    client: &mut Client,
+    plan: &mut StreamPlan,
+    state: &mut State,
+    writer: &mut MessageWriter<W>,
+    config: &Config,
+    deadline: Option<Instant>,
+) -> Result<Outcome> {
+    let id = plan.selected.tap_stream_id.clone();
+    log::info!("beginning sync of stream {id} ({})", plan.selected.method.as_str());
+    state.set_currently_syncing(Some(&id));
+    let bookmark_properties: Vec<String> = plan.selected.replication_key.iter().cloned().collect();
+    writer.write_schema(&plan.selected.stream, &plan.schema, &plan.selected.key_properties, &bookmark_properties)?;
+    let outcome = match plan.selected.method {
+        ReplicationMethod::FullTable => full_table::sync(client, plan, state, writer, config, deadline),
+        _ => incremental::sync(client, plan, state, writer, config, deadline),
+    }?;
+    for column in &plan.columns {
+        if column.notes & NOTE_INFINITY_CLAMPED != 0 {
+            log::warn!("stream {id}: column {} holds infinity, written as singer-io's sentinel 9999-12-31T23:59:59.999999+00:00 / 0001-01-01T00:00:00+00:00", column.name);
+        }
+        if column.notes & NOTE_YEAR_OUT_OF_RANGE != 0 {
+            log::warn!("stream {id}: column {} holds years outside 1..9999, written with ISO 8601 expanded years (e.g. -0044-03-15) that some targets reject", column.name);
+        }
+    }
+    Ok(outcome)
+}
+
+/// Where the rows of one stream go and how the bookmark follows them.
+struct RowSink {
+    /// Envelope of this stream's RECORD lines.
+    envelope: RecordEnvelope,
+    /// Reused line buffer.
+    line: Vec<u8>,
+    /// Columns whose last value is tracked (replication key or primary key), indices into `columns`.
+    tracked: Vec<usize>,
+    /// The JSON text of the tracked columns' values in the last row where they were not null.
+    last: Vec<Vec<u8>>,
+    /// Rows written so far in this stream.
+    row_count: u64,
+    /// Rows counted into METRIC lines so far.
+    metric_reported: u64,
+    /// Stream start, for rates.
+    started: Instant,
+    /// Last progress line.
+    last_progress: Instant,
+    /// Last METRIC line.
+    last_metric: Instant,
+    /// Destination stream name, for logs.
+    stream: String,
+    /// Estimated total rows.
+    row_estimate: i64,
+}
+
+/// A non-NULL wire value, borrowed from the row buffer, of any type.
+struct Raw<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+impl RowSink {
+    /// A sink for `plan`, tracking the given columns.
+    fn new(plan: &StreamPlan, version: i64, tracked: Vec<usize>) -> RowSink {
+        let time_extracted = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let now = Instant::now();
+        RowSink {
+            envelope: RecordEnvelope::new(&plan.selected.stream, version, &time_extracted),
+            line: Vec::with_capacity(4096),
+            last: vec![Vec::new(); tracked.len()],
+            tracked,
+            row_count: 0,
+            metric_reported: 0,
+            started: now,
+            last_progress: now,
+            last_metric: now,
+            stream: plan.selected.stream.clone(),
+            row_estimate: plan.row_estimate,
+        }
+    }
+
+    /// Encodes one row into a RECORD line and writes it.
+    fn write_row<W: Write>(&mut self, row: &postgres::Row, columns: &mut [ColumnPlan], writer: &mut MessageWriter<W>) -> Result<()> {
+        self.line.clear();
+        self.line.extend_from_slice(&self.envelope.prefix);
+        let mut spans = [(0usize, 0usize); MAX_TRACKED_COLUMNS];
+        for (i, column) in columns.iter_mut().enumerate() {
+            if i > 0 {
+                self.line.push(b',');
+            }
+            self.line.extend_from_slice(&column.key);
+            let start = self.line.len();
+            let raw: Option<Raw<'_>> = row.try_get(i).map_err(|e| {
+                Error::new(ErrorKind::Internal, format!("reading column {}", column.name)).with_source(e)
+            })?;
+            match raw {
+                None => self.line.extend_from_slice(b"null"),
+                Some(Raw(bytes)) => encode::encode_value(&column.encoder, bytes, &mut self.line, &mut column.notes).map_err(|e| {
+                    Error::new(ErrorKind::Encode, format!("encoding column {} ({:?})", column.name, column.encoder))
+                        .with_source(e)
+                        .with_hint("This value could not be encoded faithfully; please report it, or deselect the column.")
+                })?,
+            }
+            if let Some(t) = self.tracked.iter().position(|&c| c == i) {
+                if t < spans.len() {
+                    spans[t] = (start, self.line.len());
+                }
+            }
+        }
+        self.line.extend_from_slice(&self.envelope.suffix);
+        for (t, (start, end)) in spans.iter().take(self.tracked.len()).enumerate() {
+            let text = &self.line[*start..*end];
+            if text != b"null" {
+                self.last[t].clear();
+                self.last[t].extend_from_slice(text);
+            }
+        }
+        writer.write_line(&self.line)?;
+        self.row_count += 1;
+        Ok(())
+    }
+
+    /// The last non-null value of tracked column `t`, as JSON.
+    fn last_value(&self, t: usize) -> Option<Value> {
+        let text = self.last.get(t).filter(|v| !v.is_empty())?;
+        serde_json::from_slice(text).ok()
+    }
+
+    /// Logs progress and METRIC lines when their intervals have passed (or always, at the end).
+    fn report(&mut self, done: bool) {
+        let now = Instant::now();
+        if !done && now.duration_since(self.last_progress) >= PROGRESS_INTERVAL {
+            self.last_progress = now;
+            let secs = now.duration_since(self.started).as_secs_f64().max(1e-9);
+            let of = if self.row_estimate > 0 {
+                format!(" of ~{} ({:.0}%)", self.row_estimate, 100.0 * self.row_count as f64 / self.row_estimate as f64)
+            } else {
+                String::new()
+            };
+            log::info!("stream {}: {} rows{of}, {:.0} rows/s", self.stream, self.row_count, self.row_count as f64 / secs);
+        }
+        if done || now.duration_since(self.last_metric) >= METRIC_INTERVAL {
+            self.last_metric = now;
+            let value = self.row_count - self.metric_reported;
+            self.metric_reported = self.row_count;
+            let mut tags = Vec::new();
+            write_json_str(&mut tags, &self.stream);
+            log::info!(
+                "METRIC: {{\"type\": \"counter\", \"metric\": \"record_count\", \"value\": {value}, \"tags\": {{\"endpoint\": {}}}}}",
+                String::from_utf8_lossy(&tags)
+            );
+        }
+        if done {
+            let secs = self.started.elapsed().as_secs_f64();
+            log::info!("synced stream {}: {} rows in {:.2}s ({:.0} rows/s)", self.stream, self.row_count, secs, self.row_count as f64 / secs.max(1e-9));
+        }
+    }
+}
+
+/// Runs `sql` with `params` in a read-only REPEATABLE READ transaction, reading a portal
+/// `itersize` rows at a time; after each batch calls `on_batch` (which writes STATE). Stops
+/// early with [`Outcome::OutOfTime`] when the deadline passes between batches.
+fn run_query<W: Write>(
+    client: &mut Client,
+    sql: &str,
+    params: &[String],
+    columns: &mut [ColumnPlan],
+    sink: &mut RowSink,
+    writer: &mut MessageWriter<W>,
+    config: &Config,
+    deadline: Option<Instant>,
+    mut on_batch: impl FnMut(&RowSink, &mut MessageWriter<W>) -> Result<()>,
+) -> Result<Outcome> {
+    let query_error = |e: postgres::Error| classify(e, "reading rows", config.sslmode);
+    log::debug!("query: {sql}");
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(query_error)?;
+    let statement = tx.prepare_typed(sql, &vec![Type::TEXT; params.len()]).map_err(query_error)?;
+    let bound: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    let portal = tx.bind(&statement, &bound).map_err(query_error)?;
+    let batch = i32::try_from(config.itersize).unwrap_or(i32::MAX);
+    loop {
+        let mut rows = tx.query_portal_raw(&portal, batch).map_err(query_error)?;
+        let mut in_batch = 0i64;
+        while let Some(row) = rows.next().map_err(query_error)? {
+            sink.write_row(&row, columns, writer)?;
+            in_batch += 1;
+        }
+        drop(rows);
+        on_batch(sink, writer)?;
+        sink.report(false);
+        if in_batch < i64::from(batch) {
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            tx.commit().map_err(query_error)?;
+            sink.report(true);
+            return Ok(Outcome::OutOfTime);
+        }
+    }
+    tx.commit().map_err(query_error)?;
+    sink.report(true);
+    Ok(Outcome::Complete)
+}

@@ -1,0 +1,453 @@
+//! PostgreSQL type -> JSON Schema, `sql-datatype` and [`Encoder`], decided once per column.
+//!
+//! Pure: works on the `pg_type` rows discovery loaded ([`TypeInfo`]), holds no client.
+
+/// How one column's wire value (binary format, as the server sends it for the column's
+/// SELECT expression) is turned into JSON text. Chosen once per column at plan time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Encoder {
+    /// `bool`: one byte -> `true`/`false`.
+    Bool,
+    /// `int2` -> JSON integer.
+    Int2,
+    /// `int4` -> JSON integer.
+    Int4,
+    /// `int8` -> JSON integer.
+    Int8,
+    /// `oid` (unsigned 32-bit) -> JSON integer.
+    Oid,
+    /// `float4` -> shortest round-trip JSON number; NaN/±Infinity as strings.
+    Float4,
+    /// `float8` -> shortest round-trip JSON number; NaN/±Infinity as strings.
+    Float8,
+    /// `numeric` (also `money::numeric`) -> JSON number with exactly PostgreSQL's digits;
+    /// NaN/±Infinity as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`.
+    Numeric,
+    /// Any UTF-8 text on the wire (text, varchar, bpchar, name, citext, enum labels, `"char"`,
+    /// and every column the SELECT casts `::text`) -> JSON string.
+    Text,
+    /// `json`: its text -> JSON string holding that text (singer-io's form).
+    Json,
+    /// `jsonb`: version byte 1 then text -> JSON string holding that text.
+    Jsonb,
+    /// `bytea` -> JSON string of lowercase hex digits, no `\x` prefix.
+    Bytea,
+    /// `uuid` -> `"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"` lowercase.
+    Uuid,
+    /// `date` -> `"YYYY-MM-DDT00:00:00+00:00"`.
+    Date,
+    /// `time` -> `"HH:MM:SS[.ffffff]"`.
+    Time,
+    /// `timetz` -> `"HH:MM:SS[.ffffff]+HH:MM"`.
+    TimeTz,
+    /// `timestamp` -> `"YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00"`.
+    Timestamp,
+    /// `timestamptz` -> `"YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00"` (UTC).
+    TimestampTz,
+    /// `interval` -> ISO 8601 duration exactly as PostgreSQL's `IntervalStyle = iso_8601` prints it.
+    Interval,
+    /// `bit(1)` -> `true`/`false` (singer-io's mapping).
+    BitBool,
+    /// `bit(n)`, `varbit` -> JSON string of `0`/`1` characters.
+    BitString,
+    /// `hstore` -> JSON object of string keys to string or null values.
+    Hstore,
+    /// Any array: nested JSON lists (one level per dimension), NULL elements as `null`,
+    /// each element encoded by the inner encoder.
+    Array(Box<Encoder>),
+}
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value, json};
+
+/// One row of `pg_type`, as discovery loads it.
+#[derive(Clone, Debug)]
+pub struct TypeInfo {
+    /// `pg_type.oid`.
+    pub oid: u32,
+    /// `typname`.
+    pub typname: String,
+    /// `typtype`: `b` base, `c` composite, `d` domain, `e` enum, `p` pseudo, `r` range, `m` multirange.
+    pub typtype: u8,
+    /// `typcategory` (`A` for arrays).
+    pub typcategory: u8,
+    /// `typelem`: element type of an array type.
+    pub typelem: u32,
+    /// `typbasetype`: base type of a domain.
+    pub typbasetype: u32,
+    /// `typtypmod`: the typmod a domain applies to its base type.
+    pub typtypmod: i32,
+}
+
+/// All `pg_type` rows of one database, by oid.
+#[derive(Clone, Debug, Default)]
+pub struct TypeMap {
+    /// Rows by oid.
+    by_oid: HashMap<u32, TypeInfo>,
+}
+
+/// How the SELECT list reads a column, so that the server sends a wire format we decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cast {
+    /// The column as it is (binary format of its own type).
+    None,
+    /// `col::text`: types whose text form is their faithful value (inet, xml, ranges, ...).
+    Text,
+    /// `col::text[]`: arrays of such types.
+    TextArray,
+    /// `col::numeric`: money, so output does not carry lc_monetary's symbols and separators.
+    Numeric,
+    /// `col::numeric[]`: money arrays.
+    NumericArray,
+}
+
+/// What tap-heroku does with one column: its JSON Schema (without `null`), how the SELECT reads
+/// it and how its value is encoded. `None` from [`map_column`] means unsupported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColumnType {
+    /// JSON Schema of a non-null value, e.g. `{"type": ["integer"], "minimum": ..}`.
+    pub schema: Map<String, Value>,
+    /// Cast in the SELECT list.
+    pub cast: Cast,
+    /// Encoder of the (cast) wire value.
+    pub encoder: Encoder,
+}
+
+/// Well-known oids of built-in types (stable across PostgreSQL versions).
+mod oid {
+    pub const BOOL: u32 = 16;
+    pub const BYTEA: u32 = 17;
+    pub const CHAR: u32 = 18;
+    pub const NAME: u32 = 19;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const OID: u32 = 26;
+    pub const JSON: u32 = 114;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const MONEY: u32 = 790;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const DATE: u32 = 1082;
+    pub const TIME: u32 = 1083;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const INTERVAL: u32 = 1186;
+    pub const TIMETZ: u32 = 1266;
+    pub const BIT: u32 = 1560;
+    pub const VARBIT: u32 = 1562;
+    pub const NUMERIC: u32 = 1700;
+    pub const UUID: u32 = 2950;
+    pub const JSONB: u32 = 3802;
+}
+
+/// Names of the recursive array definitions every stream schema carries (singer-io's).
+pub const ARRAY_DEFINITIONS: [(&str, &str, bool); 6] = [
+    ("sdc_recursive_integer_array", "integer", false),
+    ("sdc_recursive_number_array", "number", false),
+    ("sdc_recursive_string_array", "string", false),
+    ("sdc_recursive_boolean_array", "boolean", false),
+    ("sdc_recursive_timestamp_array", "string", true),
+    ("sdc_recursive_object_array", "object", false),
+];
+
+/// The `definitions` block of every stream schema: singer-io's six recursive array schemas.
+/// `sdc_recursive_number_array` also admits strings, for the elements NaN and ±Infinity.
+pub fn array_definitions() -> Value {
+    let mut defs = Map::new();
+    for (name, base, is_timestamp) in ARRAY_DEFINITIONS {
+        let types = if base == "number" { json!(["null", "number", "string", "array"]) } else { json!(["null", base, "array"]) };
+        let mut def = Map::new();
+        def.insert("type".into(), types);
+        if is_timestamp {
+            def.insert("format".into(), json!("date-time"));
+        }
+        def.insert("items".into(), json!({"$ref": format!("#/definitions/{name}")}));
+        defs.insert(name.into(), Value::Object(def));
+    }
+    Value::Object(defs)
+}
+
+impl TypeMap {
+    /// Builds the map from loaded rows.
+    pub fn new(rows: impl IntoIterator<Item = TypeInfo>) -> TypeMap {
+        TypeMap { by_oid: rows.into_iter().map(|t| (t.oid, t)).collect() }
+    }
+
+    /// The row for `oid`.
+    pub fn get(&self, oid: u32) -> Option<&TypeInfo> {
+        self.by_oid.get(&oid)
+    }
+
+    /// Follows domains down to their base type, carrying the innermost declared typmod.
+    fn resolve_domain(&self, mut oid: u32, mut typmod: i32) -> Option<(&TypeInfo, i32)> {
+        for _ in 0..32 {
+            let t = self.get(oid)?;
+            if t.typtype != b'd' {
+                return Some((t, typmod));
+            }
+            if typmod < 0 {
+                typmod = t.typtypmod;
+            }
+            oid = t.typbasetype;
+        }
+        None
+    }
+}
+
+/// Maps one column type (`atttypid`, `atttypmod`) to what we emit, or `None` when we cannot
+/// encode it faithfully (composite and pseudo types, arrays of those).
+pub fn map_column(types: &TypeMap, typid: u32, typmod: i32) -> Option<ColumnType> {
+    let (t, typmod) = types.resolve_domain(typid, typmod)?;
+    if t.typcategory == b'A' && t.typelem != 0 {
+        let (elem, elem_typmod) = types.resolve_domain(t.typelem, typmod)?;
+        let inner = map_scalar(types, elem, elem_typmod)?;
+        let definition = array_definition_for(&inner);
+        let cast = match inner.cast {
+            Cast::None => Cast::None,
+            Cast::Text => Cast::TextArray,
+            Cast::Numeric => Cast::NumericArray,
+            Cast::TextArray | Cast::NumericArray => return None,
+        };
+        let mut schema = Map::new();
+        schema.insert("type".into(), json!(["array"]));
+        schema.insert("items".into(), json!({"$ref": format!("#/definitions/{definition}")}));
+        return Some(ColumnType { schema, cast, encoder: Encoder::Array(Box::new(inner.encoder)) });
+    }
+    map_scalar(types, t, typmod)
+}
+
+/// The recursive definition an array of `inner` refers to.
+fn array_definition_for(inner: &ColumnType) -> &'static str {
+    match &inner.encoder {
+        Encoder::Int2 | Encoder::Int4 | Encoder::Int8 | Encoder::Oid => "sdc_recursive_integer_array",
+        Encoder::Float4 | Encoder::Float8 | Encoder::Numeric => "sdc_recursive_number_array",
+        Encoder::Bool | Encoder::BitBool => "sdc_recursive_boolean_array",
+        Encoder::Date | Encoder::Timestamp | Encoder::TimestampTz => "sdc_recursive_timestamp_array",
+        Encoder::Hstore => "sdc_recursive_object_array",
+        _ => "sdc_recursive_string_array",
+    }
+}
+
+/// Maps a non-array, non-domain type.
+fn map_scalar(types: &TypeMap, t: &TypeInfo, typmod: i32) -> Option<ColumnType> {
+    let _ = types;
+    let plain = |ty: &str, encoder: Encoder| {
+        let mut schema = Map::new();
+        schema.insert("type".into(), json!([ty]));
+        Some(ColumnType { schema, cast: Cast::None, encoder })
+    };
+    let with_format = |encoder: Encoder| {
+        let mut schema = Map::new();
+        schema.insert("type".into(), json!(["string"]));
+        schema.insert("format".into(), json!("date-time"));
+        Some(ColumnType { schema, cast: Cast::None, encoder })
+    };
+    let integer = |min: &str, max: &str, encoder: Encoder| {
+        let mut schema = Map::new();
+        schema.insert("type".into(), json!(["integer"]));
+        schema.insert("minimum".into(), number(min));
+        schema.insert("maximum".into(), number(max));
+        Some(ColumnType { schema, cast: Cast::None, encoder })
+    };
+    let as_text = || {
+        let mut schema = Map::new();
+        schema.insert("type".into(), json!(["string"]));
+        Some(ColumnType { schema, cast: Cast::Text, encoder: Encoder::Text })
+    };
+    match t.typtype {
+        b'e' => return plain("string", Encoder::Text),
+        b'r' | b'm' => return as_text(),
+        b'c' | b'p' | b'd' => return None,
+        _ => {}
+    }
+    match t.oid {
+        oid::BOOL => plain("boolean", Encoder::Bool),
+        oid::INT2 => integer("-32768", "32767", Encoder::Int2),
+        oid::INT4 => integer("-2147483648", "2147483647", Encoder::Int4),
+        oid::INT8 => integer("-9223372036854775808", "9223372036854775807", Encoder::Int8),
+        oid::OID => integer("0", "4294967295", Encoder::Oid),
+        oid::FLOAT4 => number_or_special(Encoder::Float4),
+        oid::FLOAT8 => number_or_special(Encoder::Float8),
+        oid::NUMERIC => numeric(typmod),
+        oid::MONEY => Some(ColumnType { schema: type_only("number"), cast: Cast::Numeric, encoder: Encoder::Numeric }),
+        oid::VARCHAR | oid::BPCHAR => {
+            let mut schema = type_only("string");
+            if typmod >= 4 {
+                schema.insert("maxLength".into(), json!(typmod - 4));
+            }
+            Some(ColumnType { schema, cast: Cast::None, encoder: Encoder::Text })
+        }
+        oid::TEXT | oid::NAME | oid::CHAR => plain("string", Encoder::Text),
+        oid::UUID => plain("string", Encoder::Uuid),
+        oid::JSON => plain("string", Encoder::Json),
+        oid::JSONB => plain("string", Encoder::Jsonb),
+        oid::BYTEA => plain("string", Encoder::Bytea),
+        oid::DATE => with_format(Encoder::Date),
+        oid::TIMESTAMP => with_format(Encoder::Timestamp),
+        oid::TIMESTAMPTZ => with_format(Encoder::TimestampTz),
+        oid::TIME => plain("string", Encoder::Time),
+        oid::TIMETZ => plain("string", Encoder::TimeTz),
+        oid::INTERVAL => plain("string", Encoder::Interval),
+        oid::BIT if typmod == 1 => plain("boolean", Encoder::BitBool),
+        oid::BIT | oid::VARBIT => plain("string", Encoder::BitString),
+        _ if t.typname == "citext" => plain("string", Encoder::Text),
+        _ if t.typname == "hstore" => {
+            let mut schema = type_only("object");
+            schema.insert("properties".into(), json!({}));
+            Some(ColumnType { schema, cast: Cast::None, encoder: Encoder::Hstore })
+        }
+        // Every other base type (inet, cidr, macaddr, xml, tsvector, geometric, pg_lsn,
+        // extension types such as PostGIS geometry or ltree) is read as its text form, which is
+        // exactly what the database holds.
+        _ => as_text(),
+    }
+}
+
+/// `{"type": [ty]}`.
+fn type_only(ty: &str) -> Map<String, Value> {
+    let mut schema = Map::new();
+    schema.insert("type".into(), json!([ty]));
+    schema
+}
+
+/// A number that may also be one of the strings `NaN`, `Infinity`, `-Infinity`.
+fn number_or_special(encoder: Encoder) -> Option<ColumnType> {
+    let mut schema = Map::new();
+    schema.insert("type".into(), json!(["number", "string"]));
+    Some(ColumnType { schema, cast: Cast::None, encoder })
+}
+
+/// `numeric(p,s)` gets singer-io's bounds (`maximum 10^(p-s)` exclusive, `multipleOf 10^-s`);
+/// unconstrained `numeric` gets none (singer-io's caps would reject values the column holds).
+fn numeric(typmod: i32) -> Option<ColumnType> {
+    let mut column = number_or_special(Encoder::Numeric)?;
+    if typmod >= 4 {
+        let precision = ((typmod - 4) >> 16) & 0xffff;
+        // PostgreSQL 15 allows negative scales, stored in 11 bits two's complement.
+        let raw_scale = (typmod - 4) & 0x7ff;
+        let scale = if raw_scale & 0x400 != 0 { raw_scale - 0x800 } else { raw_scale };
+        let digits = precision - scale;
+        if digits >= 0 && scale >= 0 {
+            let max = format!("1{}", "0".repeat(digits as usize));
+            let schema = &mut column.schema;
+            schema.insert("exclusiveMaximum".into(), json!(true));
+            schema.insert("maximum".into(), number(&max));
+            let step = if scale == 0 { "1".to_string() } else { format!("0.{}1", "0".repeat(scale as usize - 1)) };
+            schema.insert("multipleOf".into(), number(&step));
+            schema.insert("exclusiveMinimum".into(), json!(true));
+            schema.insert("minimum".into(), number(&format!("-{max}")));
+        }
+    }
+    Some(column)
+}
+
+/// A JSON number from its exact decimal text (serde_json keeps it digit for digit).
+fn number(text: &str) -> Value {
+    serde_json::from_str(text).expect("number literal built from digits")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A map with the built-in types the tests need plus a domain, an enum, hstore and arrays.
+    fn types() -> TypeMap {
+        let t = |oid, name: &str, typtype: u8, cat: u8, elem, base, typmod| TypeInfo {
+            oid, typname: name.into(), typtype, typcategory: cat, typelem: elem, typbasetype: base, typtypmod: typmod,
+        };
+        TypeMap::new([
+            t(16, "bool", b'b', b'B', 0, 0, -1),
+            t(23, "int4", b'b', b'N', 0, 0, -1),
+            t(1007, "_int4", b'b', b'A', 23, 0, -1),
+            t(1700, "numeric", b'b', b'N', 0, 0, -1),
+            t(1231, "_numeric", b'b', b'A', 1700, 0, -1),
+            t(1043, "varchar", b'b', b'S', 0, 0, -1),
+            t(790, "money", b'b', b'N', 0, 0, -1),
+            t(869, "inet", b'b', b'I', 0, 0, -1),
+            t(1041, "_inet", b'b', b'A', 869, 0, -1),
+            t(1560, "bit", b'b', b'V', 0, 0, -1),
+            t(90001, "mood", b'e', b'E', 0, 0, -1),
+            t(90002, "_mood", b'b', b'A', 90001, 0, -1),
+            t(90003, "price", b'd', b'N', 0, 1700, (10 << 16 | 2) + 4),
+            t(90004, "hstore", b'b', b'U', 0, 0, -1),
+            t(90005, "pair", b'c', b'C', 0, 0, -1),
+            t(90006, "_pair", b'b', b'A', 90005, 0, -1),
+            t(3904, "int4range", b'r', b'R', 0, 0, -1),
+        ])
+    }
+
+    #[test]
+    fn integers_carry_ranges() {
+        let c = map_column(&types(), 23, -1).unwrap();
+        assert_eq!(Value::Object(c.schema).to_string(), r#"{"maximum":2147483647,"minimum":-2147483648,"type":["integer"]}"#);
+        assert_eq!(c.encoder, Encoder::Int4);
+    }
+
+    #[test]
+    fn numeric_bounds_follow_singer_io() {
+        let c = map_column(&types(), 1700, (12 << 16 | 2) + 4).unwrap();
+        assert_eq!(Value::Object(c.schema).to_string(),
+            r#"{"exclusiveMaximum":true,"exclusiveMinimum":true,"maximum":10000000000,"minimum":-10000000000,"multipleOf":0.01,"type":["number","string"]}"#);
+        let c = map_column(&types(), 1700, -1).unwrap();
+        assert_eq!(Value::Object(c.schema).to_string(), r#"{"type":["number","string"]}"#);
+        let c = map_column(&types(), 1700, (1000 << 16) + 4).unwrap();
+        assert_eq!(c.schema["maximum"].to_string().len(), 1001);
+        assert_eq!(c.schema["multipleOf"].to_string(), "1");
+    }
+
+    #[test]
+    fn domains_resolve_to_base_with_their_typmod() {
+        let c = map_column(&types(), 90003, -1).unwrap();
+        assert_eq!(c.encoder, Encoder::Numeric);
+        assert_eq!(c.schema["multipleOf"].to_string(), "0.01");
+    }
+
+    #[test]
+    fn varchar_length_bit_and_money() {
+        let c = map_column(&types(), 1043, 255 + 4).unwrap();
+        assert_eq!(c.schema["maxLength"], json!(255));
+        assert_eq!(map_column(&types(), 1560, 1).unwrap().encoder, Encoder::BitBool);
+        assert_eq!(map_column(&types(), 1560, 8).unwrap().encoder, Encoder::BitString);
+        let m = map_column(&types(), 790, -1).unwrap();
+        assert_eq!((m.cast, m.encoder), (Cast::Numeric, Encoder::Numeric));
+    }
+
+    #[test]
+    fn arrays_use_recursive_definitions_and_casts() {
+        let a = map_column(&types(), 1007, -1).unwrap();
+        assert_eq!(Value::Object(a.schema).to_string(), r##"{"items":{"$ref":"#/definitions/sdc_recursive_integer_array"},"type":["array"]}"##);
+        assert_eq!(a.encoder, Encoder::Array(Box::new(Encoder::Int4)));
+        let a = map_column(&types(), 1041, -1).unwrap();
+        assert_eq!((a.cast, a.encoder), (Cast::TextArray, Encoder::Array(Box::new(Encoder::Text))));
+        let e = map_column(&types(), 90002, -1).unwrap();
+        assert_eq!(e.cast, Cast::None);
+        assert_eq!(map_column(&types(), 1231, -1).unwrap().schema["items"]["$ref"], json!("#/definitions/sdc_recursive_number_array"));
+    }
+
+    #[test]
+    fn enums_ranges_hstore_text_casts() {
+        assert_eq!(map_column(&types(), 90001, -1).unwrap().encoder, Encoder::Text);
+        assert_eq!(map_column(&types(), 3904, -1).unwrap().cast, Cast::Text);
+        assert_eq!(map_column(&types(), 869, -1).unwrap().cast, Cast::Text);
+        assert_eq!(map_column(&types(), 90004, -1).unwrap().encoder, Encoder::Hstore);
+    }
+
+    #[test]
+    fn composites_and_unknown_oids_are_unsupported() {
+        assert_eq!(map_column(&types(), 90005, -1), None);
+        assert_eq!(map_column(&types(), 90006, -1), None);
+        assert_eq!(map_column(&types(), 424242, -1), None);
+    }
+
+    #[test]
+    fn definitions_are_singer_io_shaped() {
+        let d = array_definitions();
+        assert_eq!(d["sdc_recursive_timestamp_array"].to_string(),
+            r##"{"format":"date-time","items":{"$ref":"#/definitions/sdc_recursive_timestamp_array"},"type":["null","string","array"]}"##);
+        assert_eq!(d.as_object().unwrap().len(), 6);
+    }
+}
