@@ -1,0 +1,8 @@
+//! Integration tests: one binary, run against the Heroku-like servers `tests/run.sh` starts.
+
+mod support;
+
+mod discover;
+mod errors;
+mod sync;
+mod types;

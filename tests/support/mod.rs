@@ -1,0 +1,395 @@
+//! Shared fixtures of the integration tests: the Heroku-like server that `tests/run.sh` starts
+//! (SSL, scram passwords, read-only roles), a fresh database and role per test, and `tap()`,
+//! which runs the real binary and parses what it printed.
+//!
+//! A missing server is a failure naming `tests/run.sh`, never a silent pass.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Once;
+
+use postgres::{Client, NoTls};
+use serde_json::{Value, json};
+
+/// Password of every per-test reader role.
+pub const READER_PASSWORD: &str = "reader-Secret-9";
+
+/// The servers `tests/server.sh` started, from the `TAP_HEROKU_TEST_*` variables.
+pub struct Server {
+    /// 127.0.0.1
+    pub host: String,
+    /// Primary (SSL required) port.
+    pub port: u16,
+    /// Hot standby port.
+    pub standby_port: u16,
+    /// Port of the server without SSL.
+    pub plain_port: u16,
+    /// Unix socket directory (admin setup without SSL).
+    pub socket_dir: String,
+    /// Superuser.
+    pub admin_user: String,
+    /// Its password.
+    pub admin_password: String,
+    /// CA that signed the server certificate.
+    pub ca: String,
+    /// An unrelated CA.
+    pub other_ca: String,
+}
+
+/// Reads one required variable.
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the integration tests with tests/run.sh, which starts the Heroku-like PostgreSQL they need")
+    })
+}
+
+/// The test servers.
+pub fn server() -> Server {
+    let port = |n: &str| var(n).parse::<u16>().expect("port variable is a number");
+    Server {
+        host: var("TAP_HEROKU_TEST_HOST"),
+        port: port("TAP_HEROKU_TEST_PORT"),
+        standby_port: port("TAP_HEROKU_TEST_STANDBY_PORT"),
+        plain_port: port("TAP_HEROKU_TEST_PLAIN_PORT"),
+        socket_dir: var("TAP_HEROKU_TEST_SOCKET_DIR"),
+        admin_user: var("TAP_HEROKU_TEST_ADMIN_USER"),
+        admin_password: var("TAP_HEROKU_TEST_ADMIN_PASSWORD"),
+        ca: var("TAP_HEROKU_TEST_CA"),
+        other_ca: var("TAP_HEROKU_TEST_OTHER_CA"),
+    }
+}
+
+/// A superuser connection over the unix socket of the server on `port`.
+pub fn admin_client(port: u16, dbname: &str) -> Client {
+    let s = server();
+    postgres::Config::new()
+        .host(&s.socket_dir)
+        .port(port)
+        .user(&s.admin_user)
+        .dbname(dbname)
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("connecting as admin to {dbname} on port {port}: {e}"))
+}
+
+/// Makes sure no test database is reachable through PUBLIC's CONNECT on `postgres`.
+fn lock_down_postgres_db() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        admin_client(server().port, "postgres")
+            .batch_execute("revoke connect on database postgres from public")
+            .expect("revoking connect on postgres");
+    });
+}
+
+/// A fresh database with its own read-only login role (same name), dropped on `Drop`.
+/// The role may CONNECT to its databases only, so discovery "of every database the role may
+/// connect to" sees exactly this test's databases even while other tests run.
+pub struct TestDb {
+    /// Database name.
+    pub name: String,
+    /// Reader role name.
+    pub role: String,
+    /// Databases created with [`TestDb::sibling`] to drop along with this one.
+    owns_role: bool,
+}
+
+impl TestDb {
+    /// Creates role and database.
+    pub fn new() -> TestDb {
+        lock_down_postgres_db();
+        let name = format!("tap_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = admin_client(server().port, "postgres");
+        for sql in [
+            format!("create role {name} login password '{READER_PASSWORD}'"),
+            format!("create database {name}"),
+            format!("revoke connect on database {name} from public"),
+            format!("grant connect on database {name} to {name}"),
+        ] {
+            admin.batch_execute(&sql).unwrap_or_else(|e| panic!("creating test database: {e}: {sql}"));
+        }
+        TestDb { name: name.clone(), role: name, owns_role: true }
+    }
+
+    /// Another database the same role may connect to (for multi-database tests).
+    pub fn sibling(&self, suffix: &str) -> TestDb {
+        let name = format!("{}_{suffix}", self.name);
+        let mut admin = admin_client(server().port, "postgres");
+        for sql in [
+            format!("create database {name}"),
+            format!("revoke connect on database {name} from public"),
+            format!("grant connect on database {name} to {}", self.role),
+        ] {
+            admin.batch_execute(&sql).unwrap_or_else(|e| panic!("creating sibling database: {e}: {sql}"));
+        }
+        TestDb { name, role: self.role.clone(), owns_role: false }
+    }
+
+    /// A superuser session on this database.
+    pub fn admin(&self) -> Client {
+        admin_client(server().port, &self.name)
+    }
+
+    /// Runs SQL as the superuser.
+    pub fn exec(&self, sql: &str) {
+        self.admin().batch_execute(sql).unwrap_or_else(|e| panic!("fixture SQL failed: {e}\n{sql}"));
+    }
+
+    /// Gives the reader role USAGE on every non-system schema and SELECT on every table in them:
+    /// the GRANTs a read-only Heroku credential has.
+    pub fn grant_reader(&self) {
+        self.exec(&format!(
+            "do $$ declare s text; begin \
+               for s in select nspname from pg_namespace where nspname not like 'pg\\_%' and nspname <> 'information_schema' loop \
+                 execute format('grant usage on schema %I to {role}', s); \
+                 execute format('grant select on all tables in schema %I to {role}', s); \
+               end loop; end $$;",
+            role = self.role
+        ));
+    }
+
+    /// The reader's config for this database (sslmode require by default).
+    pub fn config(&self) -> Value {
+        let s = server();
+        json!({"host": s.host, "port": s.port, "user": self.role, "password": READER_PASSWORD, "dbname": self.name})
+    }
+
+    /// The reader's config merged with `extra`, written to a file.
+    pub fn config_file(&self, extra: Value) -> PathBuf {
+        let mut config = self.config();
+        for (k, v) in extra.as_object().expect("extra config is an object") {
+            config[k] = v.clone();
+        }
+        write_json(&config)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let mut admin = admin_client(server().port, "postgres");
+        let _ = admin.batch_execute(&format!("drop database if exists {} with (force)", self.name));
+        if self.owns_role {
+            for db in admin
+                .query("select datname::text from pg_database where datname like $1", &[&format!("{}\\_%", self.name)])
+                .unwrap_or_default()
+            {
+                let db: String = db.get(0);
+                let _ = admin.batch_execute(&format!("drop database if exists {db} with (force)"));
+            }
+            let _ = admin.batch_execute(&format!("drop role if exists {}", self.role));
+        }
+    }
+}
+
+/// Writes JSON to a fresh temporary file and returns its path.
+pub fn write_json(value: &Value) -> PathBuf {
+    write_text(&value.to_string())
+}
+
+/// Writes text to a fresh temporary file and returns its path.
+pub fn write_text(text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("tap-heroku-tests");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, text).expect("writing temp file");
+    path
+}
+
+/// What one run of the binary printed.
+pub struct TapOutput {
+    /// stdout as text.
+    pub stdout: String,
+    /// stderr as text.
+    pub stderr: String,
+    /// Exit code.
+    pub code: i32,
+}
+
+impl TapOutput {
+    /// stdout parsed as one JSON message per line; panics on a partial or non-JSON line.
+    pub fn messages(&self) -> Vec<Value> {
+        assert!(self.stdout.is_empty() || self.stdout.ends_with('\n'), "stdout does not end with a full line:\n{}", self.stdout);
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}\nstderr:\n{}", self.stderr)))
+            .collect()
+    }
+
+    /// The `record`s of RECORD messages of `stream`.
+    pub fn records(&self, stream: &str) -> Vec<Value> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m["type"] == "RECORD" && m["stream"] == stream)
+            .map(|m| m["record"].clone())
+            .collect()
+    }
+
+    /// The value of the last STATE message.
+    pub fn last_state(&self) -> Value {
+        self.messages().into_iter().filter(|m| m["type"] == "STATE").last().expect("a STATE message")["value"].clone()
+    }
+
+    /// Asserts exit code 0, printing stderr otherwise.
+    pub fn success(self) -> TapOutput {
+        assert_eq!(self.code, 0, "tap-heroku failed:\n{}", self.stderr);
+        self
+    }
+
+    /// Asserts a failure with `code`, a `tap-heroku: error:` line containing `needle`, a hint
+    /// line, and nothing on stdout but whole lines.
+    pub fn fails_with(self, code: i32, needle: &str) -> TapOutput {
+        assert_eq!(self.code, code, "expected exit code {code}; stderr:\n{}", self.stderr);
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("tap-heroku: error: "))
+            .unwrap_or_else(|| panic!("no error line in stderr:\n{}", self.stderr));
+        assert!(line.contains(needle), "error line does not mention {needle:?}: {line}");
+        let _ = self.messages();
+        self
+    }
+}
+
+/// Runs the binary with `args`, no `DATABASE_URL` in its environment.
+pub fn tap(args: &[&str]) -> TapOutput {
+    tap_env(args, &[])
+}
+
+/// Runs the binary with `args` and extra environment variables.
+pub fn tap_env(args: &[&str], env: &[(&str, &str)]) -> TapOutput {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-heroku"));
+    cmd.args(args).env_remove("DATABASE_URL").env_remove("RUST_LOG").stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running tap-heroku");
+    TapOutput {
+        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code().unwrap_or(-1),
+    }
+}
+
+/// Runs `--discover` with `config` and returns the catalog.
+pub fn discover(config: &PathBuf) -> Value {
+    let out = tap(&["--config", config.to_str().unwrap(), "--discover"]).success();
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("catalog is not JSON ({e}):\n{}", out.stdout))
+}
+
+/// The catalog entry whose `table_name` is `table`.
+pub fn stream_mut<'a>(catalog: &'a mut Value, table: &str) -> &'a mut Value {
+    catalog["streams"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|s| s["table_name"] == table)
+        .unwrap_or_else(|| panic!("no stream for table {table}"))
+}
+
+/// Selects `table` in `catalog` with `method` (and `replication-key` when given).
+pub fn select(catalog: &mut Value, table: &str, method: &str, key: Option<&str>) {
+    let stream = stream_mut(catalog, table);
+    let root = &mut stream["metadata"][0]["metadata"];
+    root["selected"] = json!(true);
+    root["replication-method"] = json!(method);
+    if let Some(k) = key {
+        root["replication-key"] = json!(k);
+    }
+}
+
+/// Sets `selected` on one column of `table`.
+pub fn select_column(catalog: &mut Value, table: &str, column: &str, selected: bool) {
+    let stream = stream_mut(catalog, table);
+    for entry in stream["metadata"].as_array_mut().unwrap() {
+        if entry["breadcrumb"] == json!(["properties", column]) {
+            entry["metadata"]["selected"] = json!(selected);
+            return;
+        }
+    }
+    panic!("no column {column} in {table}");
+}
+
+/// Runs a sync with `config`, `catalog` and optionally `state`.
+pub fn sync(config: &PathBuf, catalog: &Value, state: Option<&Value>) -> TapOutput {
+    let catalog_path = write_json(catalog);
+    let mut args = vec!["--config".to_string(), config.display().to_string(), "--catalog".into(), catalog_path.display().to_string()];
+    if let Some(state) = state {
+        args.push("--state".into());
+        args.push(write_json(state).display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tap(&args)
+}
+
+/// Checks every RECORD against its stream's latest SCHEMA: property names, JSON types (with
+/// `$ref` into `definitions`), integer bounds and maxLength. Panics with the offending record.
+pub fn assert_records_match_schemas(messages: &[Value]) {
+    let mut schemas = std::collections::HashMap::new();
+    for m in messages {
+        match m["type"].as_str() {
+            Some("SCHEMA") => {
+                schemas.insert(m["stream"].as_str().unwrap().to_string(), m["schema"].clone());
+            }
+            Some("RECORD") => {
+                let schema = schemas.get(m["stream"].as_str().unwrap()).expect("RECORD after its SCHEMA");
+                for (k, v) in m["record"].as_object().unwrap() {
+                    let prop = schema["properties"].get(k).unwrap_or_else(|| panic!("record key {k} not in schema: {m}"));
+                    assert!(validates(v, prop, schema), "value of {k} does not match {prop}: {m}");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A small JSON Schema check: type lists, items (with `$ref`), minimum/maximum, maxLength.
+fn validates(v: &Value, schema: &Value, root: &Value) -> bool {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.trim_start_matches("#/definitions/");
+        return validates(v, &root["definitions"][name], root);
+    }
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::Array(t)) => t.iter().filter_map(Value::as_str).collect(),
+        Some(Value::String(t)) => vec![t.as_str()],
+        _ => return true,
+    };
+    let kind = match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let ok = types.contains(&kind) || (kind == "integer" && types.contains(&"number"));
+    if !ok {
+        return false;
+    }
+    if let Value::Number(n) = v {
+        let text = n.to_string();
+        let value: f64 = text.parse().unwrap();
+        if let Some(max) = schema.get("maximum").and_then(|m| m.to_string().parse::<f64>().ok()) {
+            if value > max {
+                return false;
+            }
+        }
+        if let Some(min) = schema.get("minimum").and_then(|m| m.to_string().parse::<f64>().ok()) {
+            if value < min {
+                return false;
+            }
+        }
+    }
+    if let (Value::String(s), Some(max)) = (v, schema.get("maxLength").and_then(Value::as_u64)) {
+        if s.chars().count() as u64 > max {
+            return false;
+        }
+    }
+    if let Value::Array(items) = v {
+        if let Some(item_schema) = schema.get("items") {
+            return items.iter().all(|i| validates(i, item_schema, root));
+        }
+    }
+    true
+}
