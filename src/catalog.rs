@@ -285,12 +285,11 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
             .with_hint("Their rows would mix in one target table: change the \"stream\" value of one of them in the catalog, or set include_schemas_in_destination_stream_name to true."));
         }
     }
-    if let Some(current) = currently_syncing {
-        if let Some(pos) = selected.iter().position(|s| s.tap_stream_id == current) {
+    if let Some(current) = currently_syncing
+        && let Some(pos) = selected.iter().position(|s| s.tap_stream_id == current) {
             let s = selected.remove(pos);
             selected.insert(0, s);
         }
-    }
     Ok(selected)
 }
 

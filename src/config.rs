@@ -212,11 +212,10 @@ impl Config {
         let mut url = None;
         if let Some(text) = opt_string(map, "database_url")?.or(opt_string(map, "sqlalchemy_url")?) {
             url = Some(ConnUrl::parse(&text).map_err(|e| e.within("database_url"))?);
-        } else if !map.contains_key("host") {
-            if let Some(text) = env_url {
+        } else if !map.contains_key("host")
+            && let Some(text) = env_url {
                 url = Some(ConnUrl::parse(text).map_err(|e| e.within("DATABASE_URL environment variable"))?);
             }
-        }
         let url = url.unwrap_or_default();
 
         let host = opt_string(map, "host")?.or(url.host);
@@ -260,12 +259,11 @@ impl Config {
             },
         };
         let sslrootcert = opt_string(map, "sslrootcert")?.or(url.sslrootcert).map(PathBuf::from);
-        if let Some(path) = &sslrootcert {
-            if !path.is_file() {
+        if let Some(path) = &sslrootcert
+            && !path.is_file() {
                 return Err(Error::new(ErrorKind::Config, format!("sslrootcert {} does not exist", path.display()))
                     .with_hint("Point sslrootcert at a readable PEM file with the server's CA certificate, or remove the key."));
             }
-        }
 
         let connect_timeout = match map.get("connect_timeout") {
             Some(v) if !v.is_null() => Duration::from_secs(parse_uint(v, "connect_timeout", 1, 3600)?),
@@ -321,10 +319,12 @@ fn is_known_key(key: &str) -> bool {
         || matches!(key, "database" | "ssl_mode" | "sqlalchemy_url")
 }
 
-/// A string setting: JSON string (numbers are accepted and turned to text); null and absent are `None`.
+/// A string setting: JSON string (numbers are accepted and turned to text); null, absent and
+/// empty are `None`.
 fn opt_string(map: &Map<String, Value>, key: &str) -> Result<Option<String>> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(_) => Err(Error::new(ErrorKind::Config, format!("{key} must be a string"))
@@ -345,6 +345,13 @@ fn parse_bool(value: &Value, key: &str) -> Result<bool> {
 
 /// An unsigned integer setting within `min..=max`: a JSON integer or a numeric string.
 fn parse_uint(value: &Value, key: &str, min: u64, max: u64) -> Result<u64> {
+    let example = match key {
+        "port" => 5432,
+        "itersize" => 20000,
+        "connect_timeout" => 30,
+        "max_run_seconds" => 3600,
+        _ => min.max(1),
+    };
     let parsed = match value {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse::<u64>().ok(),
@@ -353,7 +360,7 @@ fn parse_uint(value: &Value, key: &str, min: u64, max: u64) -> Result<u64> {
     match parsed {
         Some(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(Error::new(ErrorKind::Config, format!("{key} must be a whole number from {min} to {max}"))
-            .with_hint(format!("Write {key} as a number, e.g. \"{key}\": {}.", min.max(1)))),
+            .with_hint(format!("Write {key} as a number, e.g. \"{key}\": {example}."))),
     }
 }
 

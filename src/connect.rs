@@ -120,7 +120,15 @@ fn tls_connector(config: &Config, mode: SslMode) -> Result<MakeTlsConnector> {
 
 /// Turns a `postgres::Error` met while `what` into an [`Error`] with the right kind and a hint.
 pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
-    let text = e.to_string();
+    // rust-postgres keeps the interesting part (TLS refusal, openssl's reason, "password
+    // missing") in the source chain, not in its own Display text.
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
     if let Some(db) = e.as_db_error() {
         let code = db.code().clone();
         let message = db.message().to_string();
@@ -151,6 +159,11 @@ pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
             base
         };
     }
+    if text.contains("password missing") {
+        return Error::new(ErrorKind::Auth, what.to_string())
+            .with_source(e)
+            .with_hint("The server asks for a password: set \"password\" in the config (or put it in database_url).");
+    }
     if text.contains("server does not support TLS") {
         return Error::new(ErrorKind::Connect, what.to_string())
             .with_source(e)
@@ -159,7 +172,7 @@ pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
     if text.contains("TLS handshake") || text.contains("certificate") {
         let hint = match sslmode {
             SslMode::VerifyFull => "The server certificate failed verification: check sslrootcert and that host matches the certificate's name, or use \"sslmode\": \"require\" (Heroku's default certificates are not publicly verifiable).",
-            SslMode::VerifyCa => "The server certificate failed verification: check that sslrootcert holds the CA that signed it, or use \"sslmode\": \"require\".",
+            SslMode::VerifyCa | SslMode::Require if text.contains("certificate verify failed") => "The server certificate failed verification: check that sslrootcert holds the CA that signed it, or remove sslrootcert and use \"sslmode\": \"require\" to encrypt without verifying.",
             _ => "The TLS handshake failed; check sslrootcert and that the server's port speaks PostgreSQL.",
         };
         return Error::new(ErrorKind::Connect, what.to_string()).with_source(e).with_hint(hint);
@@ -182,9 +195,11 @@ pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
 fn kind_of(code: &SqlState) -> ErrorKind {
     if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INSUFFICIENT_PRIVILEGE {
         ErrorKind::Auth
-    } else if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION || *code == SqlState::TOO_MANY_CONNECTIONS || *code == SqlState::CANNOT_CONNECT_NOW {
-        ErrorKind::Connect
-    } else if code.code().starts_with("08") {
+    } else if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        || *code == SqlState::TOO_MANY_CONNECTIONS
+        || *code == SqlState::CANNOT_CONNECT_NOW
+        || code.code().starts_with("08")
+    {
         ErrorKind::Connect
     } else {
         ErrorKind::Query

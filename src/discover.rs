@@ -312,10 +312,9 @@ pub fn catalog_entry(db: &str, relation: &Relation, types: &TypeMap, include_sch
 
 /// A column's schema with `"null"` prepended to its types unless it is a key column.
 pub fn column_schema(mut schema: Map<String, Value>, is_key: bool) -> Map<String, Value> {
-    if !is_key {
-        if let Some(Value::Array(types)) = schema.get_mut("type") {
+    if !is_key
+        && let Some(Value::Array(types)) = schema.get_mut("type") {
             types.insert(0, json!("null"));
         }
-    }
     schema
 }

@@ -32,12 +32,6 @@ pub struct DecodeError {
     reason: &'static str,
 }
 
-impl DecodeError {
-    /// The lowercase phrase naming the defect.
-    pub fn reason(&self) -> &'static str {
-        self.reason
-    }
-}
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1535,7 +1529,6 @@ mod tests {
         let (got, _) = run(&Encoder::Text, &[0xff]);
         let e = got.unwrap_err();
         assert_eq!(e.to_string(), "invalid utf-8 in text value");
-        assert_eq!(e.reason(), e.to_string());
         assert_eq!(run(&Encoder::Int4, &[]).0.unwrap_err().to_string(), "wrong length for a fixed-size value");
         assert_eq!(run(&Encoder::Numeric, &[0, 1]).0.unwrap_err().to_string(), "truncated value");
     }

@@ -114,8 +114,8 @@ impl Error {
         };
         while let Some(c) = cause {
             let text = c.to_string();
-            // rust-postgres nests "db error: X" around X; print each distinct layer once.
-            if !text.is_empty() && !line.ends_with(&text) {
+            // rust-postgres and openssl repeat a cause inside its wrapper; print each layer once.
+            if !text.is_empty() && !line.contains(&text) {
                 line.push_str(": ");
                 line.push_str(&text);
             }

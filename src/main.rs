@@ -39,12 +39,19 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => {
             use clap::error::ErrorKind as Clap;
-            let code = match e.kind() {
-                Clap::DisplayHelp | Clap::DisplayVersion => 0,
-                _ => ErrorKind::Usage.exit_code(),
-            };
-            let _ = e.print();
-            return ExitCode::from(code);
+            if matches!(e.kind(), Clap::DisplayHelp | Clap::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // clap's own block is several lines; keep our one-line error and one-line hint.
+            let detail = e.to_string();
+            let message: Vec<&str> = detail
+                .lines()
+                .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                .map(|l| l.trim().trim_start_matches("error: "))
+                .collect();
+            report(&Error::new(ErrorKind::Usage, message.join(" ")).with_hint("Run `tap-heroku --help` to see the flags."));
+            return ExitCode::from(ErrorKind::Usage.exit_code());
         }
     };
     init_logging(args.log_level);

@@ -6,7 +6,8 @@
 
 use std::io::{BufWriter, Write};
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::encode::write_json_str;
 use crate::error::{ErrorKind, Result, ResultExt};
@@ -49,25 +50,18 @@ impl<W: Write> MessageWriter<W> {
 
     /// Writes a SCHEMA message.
     pub fn write_schema(&mut self, stream: &str, schema: &Value, key_properties: &[String], bookmark_properties: &[String]) -> Result<()> {
-        let message = json!({
-            "type": "SCHEMA",
-            "stream": stream,
-            "schema": schema,
-            "key_properties": key_properties,
-            "bookmark_properties": bookmark_properties,
-        });
-        self.write_value(&message)
+        self.write_message(&Message::Schema { stream, schema, key_properties, bookmark_properties })
     }
 
     /// Writes a STATE message and flushes, so the target sees every record before the state.
     pub fn write_state(&mut self, state: &Value) -> Result<()> {
-        self.write_value(&json!({"type": "STATE", "value": state}))?;
+        self.write_message(&Message::State { value: state })?;
         self.flush()
     }
 
     /// Writes an ACTIVATE_VERSION message.
     pub fn write_activate_version(&mut self, stream: &str, version: i64) -> Result<()> {
-        self.write_value(&json!({"type": "ACTIVATE_VERSION", "stream": stream, "version": version}))
+        self.write_message(&Message::ActivateVersion { stream, version })
     }
 
     /// Appends one complete RECORD line (built with a [`RecordEnvelope`], newline included).
@@ -86,17 +80,47 @@ impl<W: Write> MessageWriter<W> {
         self.out.into_inner().ok().expect("flush to a Vec succeeds")
     }
 
-    /// Serializes `value` as one line.
-    fn write_value(&mut self, value: &Value) -> Result<()> {
-        let mut line = serde_json::to_vec(value).expect("messages serialize");
+    /// Serializes `message` as one line.
+    fn write_message(&mut self, message: &Message<'_>) -> Result<()> {
+        let mut line = serde_json::to_vec(message).expect("messages serialize");
         line.push(b'\n');
         self.write_line(&line)
     }
 }
 
+/// The non-RECORD messages, serialized with `type` first as singer-python writes them.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+enum Message<'a> {
+    /// SCHEMA.
+    Schema {
+        /// Destination stream name.
+        stream: &'a str,
+        /// JSON Schema of its records.
+        schema: &'a Value,
+        /// Primary key columns.
+        key_properties: &'a [String],
+        /// The replication key, if any.
+        bookmark_properties: &'a [String],
+    },
+    /// STATE.
+    State {
+        /// The state document.
+        value: &'a Value,
+    },
+    /// ACTIVATE_VERSION.
+    ActivateVersion {
+        /// Destination stream name.
+        stream: &'a str,
+        /// The table version to activate.
+        version: i64,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn envelopes_are_one_line_each() {
@@ -110,6 +134,7 @@ mod tests {
         w.write_activate_version("users", 17).unwrap();
         w.write_state(&json!({"bookmarks": {}})).unwrap();
         let text = String::from_utf8(w.into_inner()).unwrap();
+        assert!(text.starts_with("{\"type\":\"SCHEMA\",\"stream\":\"users\""), "{text}");
         let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 4);
         assert_eq!(lines[0]["key_properties"], json!(["id"]));

@@ -46,23 +46,25 @@ impl State {
             None | Some(Value::Null) => {}
             Some(Value::Object(bookmarks)) => {
                 for (id, bookmark) in bookmarks {
-                    let Value::Object(b) = bookmark else {
-                        return Err(bad(format!("the bookmark of stream {id} is not an object")));
+                    let problem = match bookmark {
+                        Value::Object(b) => {
+                            let is = |key: &str, ok: fn(&Value) -> bool| b.get(key).is_none_or(|v| v.is_null() || ok(v));
+                            if !is("version", |v| v.as_i64().is_some()) {
+                                Some("has a version that is not a whole number")
+                            } else if !is("last_pk_fetched", Value::is_object) {
+                                Some("has a last_pk_fetched that is not an object")
+                            } else if !is("replication_key", Value::is_string) {
+                                Some("has a replication_key that is not a string")
+                            } else {
+                                None
+                            }
+                        }
+                        _ => Some("is not an object"),
                     };
-                    if let Some(v) = b.get("version") {
-                        if !v.is_null() && v.as_i64().is_none() {
-                            return Err(bad(format!("the bookmark of stream {id} has a version that is not a whole number")));
-                        }
-                    }
-                    if let Some(v) = b.get("last_pk_fetched") {
-                        if !v.is_null() && !v.is_object() {
-                            return Err(bad(format!("the bookmark of stream {id} has a last_pk_fetched that is not an object")));
-                        }
-                    }
-                    if let Some(v) = b.get("replication_key") {
-                        if !v.is_null() && !v.is_string() {
-                            return Err(bad(format!("the bookmark of stream {id} has a replication_key that is not a string")));
-                        }
+                    if let Some(problem) = problem {
+                        return Err(Error::new(ErrorKind::State, format!("the bookmark of stream {id} {problem}")).with_hint(format!(
+                            "Fix the bookmark of {id} in the state file, or remove it to sync that stream from the beginning."
+                        )));
                     }
                 }
             }

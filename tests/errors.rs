@@ -1,1 +1,514 @@
-//! placeholder
+//! Failure modes end to end: every bad connection, config, command line, catalog and state
+//! gives its documented exit code, one `tap-heroku: error: ` line followed by a hint sentence
+//! naming what to fix, and (for bad input) an empty stdout; passwords never appear in output.
+//! Also the TLS modes that must succeed, `database_url`/`DATABASE_URL`, and `--about`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::support::{self, READER_PASSWORD, TapOutput, TestDb, admin_client, server, tap, tap_env, write_json, write_text};
+
+/// A wrong password distinctive enough that finding it in output cannot be a coincidence.
+const WRONG_PASSWORD: &str = "Wr0ng-Pa55-XYZ";
+
+/// The path as a command-line argument.
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// A path no file exists at.
+fn missing_path() -> PathBuf {
+    std::env::temp_dir().join("tap-heroku-tests").join(format!("missing-{}.json", uuid::Uuid::new_v4().simple()))
+}
+
+/// A TCP port on 127.0.0.1 where nothing listens (bound, read, released).
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("binding a free port").local_addr().unwrap().port()
+}
+
+/// Runs `--discover` with `config` written to a file.
+fn discover_with(config: &Value) -> TapOutput {
+    tap(&["--config", arg(&write_json(config)), "--discover"])
+}
+
+/// `config` with `extra`'s keys set (a `null` removes the key).
+fn merged(config: &Value, extra: Value) -> Value {
+    let mut out = config.clone();
+    for (k, v) in extra.as_object().expect("extra is an object") {
+        if v.is_null() {
+            out.as_object_mut().unwrap().remove(k);
+        } else {
+            out[k] = v.clone();
+        }
+    }
+    out
+}
+
+/// Asserts a failure in the documented format: exit `code`; exactly one `tap-heroku: error: `
+/// line, containing every `needles`; right after it, as the last stderr line, a hint sentence
+/// containing every `hint_words` (case-sensitive); stdout empty (bad input is caught before
+/// anything is written). `label` names the case in panics.
+fn assert_refused(out: &TapOutput, label: &str, code: i32, needles: &[&str], hint_words: &[&str]) {
+    let ctx = || format!("[{label}] exit {}\nstderr:\n{}\nstdout:\n{}", out.code, out.stderr, out.stdout);
+    assert_eq!(out.code, code, "wrong exit code, expected {code}: {}", ctx());
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    let errors: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].starts_with("tap-heroku: error: ")).collect();
+    assert_eq!(errors.len(), 1, "expected exactly one error line: {}", ctx());
+    let line = lines[errors[0]];
+    for n in needles {
+        assert!(line.contains(n), "error line does not mention {n:?}: {}", ctx());
+    }
+    let hint = lines.get(errors[0] + 1).copied().unwrap_or_else(|| panic!("no hint line after the error line: {}", ctx()));
+    assert_eq!(errors[0] + 2, lines.len(), "the hint must be the last stderr line: {}", ctx());
+    assert!(
+        hint.len() > 10 && hint.trim_end().ends_with('.') && !hint.starts_with("tap-heroku:") && !hint.starts_with(char::is_whitespace),
+        "hint is not a sentence: {hint:?}: {}",
+        ctx()
+    );
+    for w in hint_words {
+        assert!(hint.contains(w), "hint does not mention {w:?}: {}", ctx());
+    }
+    assert!(out.stdout.is_empty(), "stdout must be empty: {}", ctx());
+}
+
+/// Asserts that none of `secrets` appears in stdout or stderr.
+fn assert_hidden(out: &TapOutput, label: &str, secrets: &[&str]) {
+    for s in secrets {
+        assert!(!out.stdout.contains(s), "[{label}] stdout contains the secret {s:?}:\n{}", out.stdout);
+        assert!(!out.stderr.contains(s), "[{label}] stderr contains the secret {s:?}:\n{}", out.stderr);
+    }
+}
+
+/// Asserts exit 0 and a catalog on stdout that lists `tap_stream_id`.
+fn assert_catalog_lists(out: &TapOutput, label: &str, tap_stream_id: &str) {
+    assert_eq!(out.code, 0, "[{label}] discovery failed:\n{}", out.stderr);
+    let catalog: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("[{label}] stdout is not a catalog ({e}):\n{}", out.stdout));
+    let ids: Vec<&str> = catalog["streams"].as_array().expect("streams array").iter().filter_map(|s| s["tap_stream_id"].as_str()).collect();
+    assert!(ids.contains(&tap_stream_id), "[{label}] catalog lacks {tap_stream_id}: {ids:?}");
+}
+
+/// A database with `public.items (id int primary key, n int, note text)` holding three rows,
+/// readable by its role; returns it with its config file and its discovered catalog.
+fn items_db() -> (TestDb, PathBuf, Value) {
+    let db = TestDb::new();
+    db.exec("create table items (id int primary key, n int not null, note text); \
+             insert into items select g, g * 10, 'row ' || g from generate_series(1, 3) g");
+    db.grant_reader();
+    let config = db.config_file(json!({}));
+    let catalog = support::discover(&config);
+    (db, config, catalog)
+}
+
+/// `catalog` with `table` selected as `method` (and `key`), then `edit` applied to its `[]` metadata.
+fn selected(catalog: &Value, table: &str, method: &str, key: Option<&str>, edit: impl FnOnce(&mut Value)) -> Value {
+    let mut c = catalog.clone();
+    support::select(&mut c, table, method, key);
+    edit(&mut support::stream_mut(&mut c, table)["metadata"][0]["metadata"]);
+    c
+}
+
+/// A table case of a refused run: label, file text (`None`: a missing file), exit code,
+/// words of the error line, words of the hint.
+type FileCase<'a> = (&'a str, Option<String>, i32, Vec<&'a str>, &'a [&'a str]);
+
+/// A TLS case: sslmode, sslrootcert, host, and `Ok` or `Err(words of the hint)`.
+type TlsCase<'a> = (&'a str, &'a str, &'a str, Result<(), &'a [&'a str]>);
+
+/// A run of the secrets test: label, expected exit code, arguments, extra environment.
+type SecretRun<'a> = (&'a str, i32, Vec<String>, Vec<(&'a str, String)>);
+
+/// A login role with [`READER_PASSWORD`] on the server without SSL (the per-test roles exist
+/// only on the primary); dropped on `Drop`.
+struct PlainRole {
+    /// Role name.
+    name: String,
+}
+
+impl PlainRole {
+    /// Creates the role.
+    fn new() -> PlainRole {
+        let name = format!("tap_plain_{}", uuid::Uuid::new_v4().simple());
+        admin_client(server().plain_port, "postgres")
+            .batch_execute(&format!("create role {name} login password '{READER_PASSWORD}'"))
+            .expect("creating a role on the plain server");
+        PlainRole { name }
+    }
+
+    /// Its config for the plain server's `postgres` database with `sslmode`.
+    fn config(&self, sslmode: &str) -> Value {
+        let s = server();
+        json!({"host": s.host, "port": s.plain_port, "user": self.name, "password": READER_PASSWORD,
+               "dbname": "postgres", "filter_dbs": "postgres", "sslmode": sslmode})
+    }
+}
+
+impl Drop for PlainRole {
+    fn drop(&mut self) {
+        let _ = admin_client(server().plain_port, "postgres").batch_execute(&format!("drop role if exists {}", self.name));
+    }
+}
+
+// ---- connections -------------------------------------------------------------------------
+
+#[test]
+fn wrong_password_is_an_auth_error_without_echoing_passwords() {
+    let db = TestDb::new();
+    let out = discover_with(&merged(&db.config(), json!({"password": WRONG_PASSWORD})));
+    assert_refused(&out, "wrong password", 77, &["password authentication failed", &db.role], &["password"]);
+    assert_hidden(&out, "wrong password", &[WRONG_PASSWORD, READER_PASSWORD]);
+}
+
+#[test]
+fn missing_password_is_reported_as_a_credentials_problem() {
+    let db = TestDb::new();
+    let out = discover_with(&merged(&db.config(), json!({"password": null})));
+    assert!(out.code == 77 || out.code == 78, "no password must be an auth (77) or config (78) error, got {}:\n{}", out.code, out.stderr);
+    assert_refused(&out, "no password", out.code, &["password"], &["password"]);
+}
+
+#[test]
+fn unknown_database_is_a_config_error() {
+    let db = TestDb::new();
+    let missing = format!("{}_missing", db.name);
+    let out = discover_with(&merged(&db.config(), json!({"dbname": missing})));
+    assert_refused(&out, "unknown dbname", 78, &[&missing], &["dbname"]);
+}
+
+#[test]
+fn unreachable_hosts_are_connect_errors() {
+    let db = TestDb::new();
+    let port = closed_port();
+    let out = discover_with(&merged(&db.config(), json!({"port": port, "connect_timeout": 5})));
+    assert_refused(&out, "closed port", 69, &[&format!("127.0.0.1:{port}")], &["host", "port"]);
+
+    let out = discover_with(&merged(&db.config(), json!({"host": "no-such-host.invalid", "connect_timeout": 5})));
+    assert_refused(&out, "unresolvable host", 69, &["no-such-host.invalid"], &["host"]);
+}
+
+#[test]
+fn sslmode_disable_against_the_ssl_only_server() {
+    let db = TestDb::new();
+    let out = discover_with(&merged(&db.config(), json!({"sslmode": "disable"})));
+    assert_refused(&out, "disable vs SSL-only", 69, &[&db.role], &["requires SSL", "sslmode", "require"]);
+}
+
+#[test]
+fn sslmode_require_against_a_server_without_ssl() {
+    let s = server();
+    let out = discover_with(&json!({"host": s.host, "port": s.plain_port, "user": "nobody", "password": WRONG_PASSWORD, "dbname": "postgres"}));
+    assert_refused(&out, "require vs plain", 69, &["TLS"], &["SSL", "sslmode"]);
+    assert_hidden(&out, "require vs plain", &[WRONG_PASSWORD]);
+}
+
+#[test]
+fn certificate_verification_modes() {
+    let db = TestDb::new();
+    db.exec("create table tls_probe (id int primary key)");
+    db.grant_reader();
+    let id = format!("{}-public-tls_probe", db.name);
+    let s = server();
+    let cases: [TlsCase; 6] = [
+        ("verify-full", &s.ca, "127.0.0.1", Err(&["host", "sslrootcert"])),
+        ("verify-full", &s.ca, "localhost", Ok(())),
+        ("verify-ca", &s.other_ca, "127.0.0.1", Err(&["sslrootcert"])),
+        ("verify-ca", &s.ca, "127.0.0.1", Ok(())),
+        ("require", &s.ca, "127.0.0.1", Ok(())),
+        ("require", &s.other_ca, "127.0.0.1", Err(&["sslrootcert"])),
+    ];
+    for (mode, ca, host, expect) in cases {
+        let label = format!("{mode} {ca} {host}");
+        let out = discover_with(&merged(&db.config(), json!({"sslmode": mode, "sslrootcert": ca, "host": host})));
+        match expect {
+            Ok(()) => assert_catalog_lists(&out, &label, &id),
+            Err(hint) => assert_refused(&out, &label, 69, &["TLS"], hint),
+        }
+    }
+}
+
+#[test]
+fn prefer_and_disable_work_against_a_server_without_ssl() {
+    let role = PlainRole::new();
+    let out = discover_with(&role.config("prefer"));
+    assert_eq!(out.code, 0, "prefer against the plain server:\n{}", out.stderr);
+    assert!(serde_json::from_str::<Value>(&out.stdout).expect("a catalog")["streams"].is_array());
+    assert!(!out.stderr.contains("not encrypted"), "prefer gives no disable warning:\n{}", out.stderr);
+
+    let out = discover_with(&role.config("disable"));
+    assert_eq!(out.code, 0, "disable against the plain server:\n{}", out.stderr);
+    assert!(
+        out.stderr.lines().any(|l| l.starts_with("WARN") && l.contains("not encrypted")),
+        "disable warns that the connection is not encrypted:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn database_url_in_config_and_environment() {
+    let db = TestDb::new();
+    db.exec("create table url_probe (id int primary key)");
+    db.grant_reader();
+    let id = format!("{}-public-url_probe", db.name);
+    let s = server();
+    let url = |password: &str| format!("postgres://{}:{password}@{}:{}/{}?sslmode=require", db.role, s.host, s.port, db.name);
+
+    let out = discover_with(&json!({"database_url": url(READER_PASSWORD)}));
+    assert_catalog_lists(&out, "database_url", &id);
+    assert_hidden(&out, "database_url", &[READER_PASSWORD]);
+
+    let config = write_json(&json!({}));
+    let out = tap_env(&["--config", arg(&config), "--discover"], &[("DATABASE_URL", &url(READER_PASSWORD))]);
+    assert_catalog_lists(&out, "DATABASE_URL", &id);
+
+    let out = discover_with(&json!({"database_url": url(WRONG_PASSWORD)}));
+    assert_refused(&out, "database_url wrong password", 77, &["password authentication failed"], &["password"]);
+    assert_hidden(&out, "database_url wrong password", &[WRONG_PASSWORD, READER_PASSWORD]);
+
+    let out = tap_env(&["--config", arg(&config), "--discover"], &[("DATABASE_URL", &url(WRONG_PASSWORD))]);
+    assert_refused(&out, "DATABASE_URL wrong password", 77, &["password authentication failed"], &["password"]);
+    assert_hidden(&out, "DATABASE_URL wrong password", &[WRONG_PASSWORD, READER_PASSWORD]);
+}
+
+// ---- config file ---------------------------------------------------------------------------
+
+#[test]
+fn config_file_problems() {
+    let base = json!({"host": "127.0.0.1", "port": closed_port(), "user": "u", "password": WRONG_PASSWORD, "dbname": "d"});
+    let with = |extra: Value| Some(merged(&base, extra).to_string());
+    // (label, file text or None for a missing file, exit code, error line needles, hint words)
+    let cases: Vec<FileCase> = vec![
+        ("missing file", None, 66, vec!["reading config"], &["--config"]),
+        ("not JSON", Some("host = x".into()), 78, vec!["not valid JSON"], &["JSON"]),
+        ("JSON array", Some("[1, 2]".into()), 78, vec!["not a JSON object"], &["object"]),
+        ("missing keys", Some(r#"{"host": "x"}"#.into()), 78, vec!["user", "dbname"], &["user", "dbname"]),
+        ("port text", with(json!({"port": "abc"})), 78, vec!["port"], &["port"]),
+        ("port too big", with(json!({"port": 70000})), 78, vec!["port"], &["port"]),
+        ("port bool", with(json!({"port": true})), 78, vec!["port"], &["port"]),
+        ("bad sslmode", with(json!({"sslmode": "sometimes"})), 78, vec!["sslmode"], &["sslmode"]),
+        ("missing sslrootcert", with(json!({"sslrootcert": "/nonexistent/ca.crt"})), 78, vec!["sslrootcert", "/nonexistent/ca.crt"], &["sslrootcert"]),
+        (
+            "mysql url",
+            Some(json!({"database_url": format!("mysql://u:{WRONG_PASSWORD}@h/d")}).to_string()),
+            78,
+            vec!["database_url", "postgres://"],
+            &["postgres://"],
+        ),
+    ];
+    for (label, text, code, needles, hint) in cases {
+        let path = match text {
+            Some(t) => write_text(&t),
+            None => missing_path(),
+        };
+        let out = tap(&["--config", arg(&path), "--discover"]);
+        assert_refused(&out, label, code, &needles, hint);
+        assert_hidden(&out, label, &[WRONG_PASSWORD]);
+    }
+}
+
+#[test]
+fn unknown_config_key_is_a_warning() {
+    let db = TestDb::new();
+    let out = discover_with(&merged(&db.config(), json!({"colour": "ultramarine-7"})));
+    assert_eq!(out.code, 0, "an unknown key is not fatal:\n{}", out.stderr);
+    assert!(out.stderr.lines().any(|l| l.starts_with("WARN") && l.contains("colour")), "a warning names the key:\n{}", out.stderr);
+    assert!(!out.stderr.contains("ultramarine-7"), "the value is not echoed:\n{}", out.stderr);
+}
+
+// ---- command line --------------------------------------------------------------------------
+
+#[test]
+fn command_line_usage_errors() {
+    let config = write_json(&json!({"host": "127.0.0.1", "port": closed_port(), "user": "u", "dbname": "d"}));
+    let catalog = write_json(&json!({"streams": []}));
+    // (args, error line needles, hint words)
+    let cases: [(&[&str], &[&str], &[&str]); 4] = [
+        (&[], &["--config is required"], &["--config"]),
+        (&["--bogus"], &["--bogus"], &["--help"]),
+        (&["--catalog", arg(&catalog)], &["--config is required"], &["--config"]),
+        (&["--config", arg(&config)], &["nothing to do"], &["--discover", "--catalog"]),
+    ];
+    for (args, needles, hint) in cases {
+        let out = tap(args);
+        assert_refused(&out, &format!("{args:?}"), 64, needles, hint);
+    }
+}
+
+#[test]
+fn help_and_version_succeed_on_stdout() {
+    let out = tap(&["--help"]).success();
+    assert!(out.stdout.contains("--config") && out.stdout.contains("--discover") && out.stdout.contains("--catalog"), "{}", out.stdout);
+    let out = tap(&["--version"]).success();
+    assert!(out.stdout.starts_with("tap-heroku ") && out.stdout.trim().len() > "tap-heroku ".len(), "{}", out.stdout);
+}
+
+#[test]
+fn properties_is_the_legacy_name_of_catalog() {
+    let (_db, config, catalog) = items_db();
+    let catalog = write_json(&selected(&catalog, "items", "FULL_TABLE", None, |_| {}));
+    let by_catalog = tap(&["--config", arg(&config), "--catalog", arg(&catalog)]).success();
+    let by_properties = tap(&["--config", arg(&config), "--properties", arg(&catalog)]).success();
+    let records = by_catalog.records("items");
+    assert_eq!(records.len(), 3, "{}", by_catalog.stdout);
+    assert_eq!(by_properties.records("items"), records);
+    let kinds = |o: &TapOutput| o.messages().iter().map(|m| m["type"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(kinds(&by_properties), kinds(&by_catalog));
+}
+
+// ---- catalog -------------------------------------------------------------------------------
+
+#[test]
+fn bad_catalogs_are_refused_before_any_output() {
+    let (db, config, catalog) = items_db();
+    let id = format!("{}-public-items", db.name);
+    let catalog_with = |method: &str, key: Option<&str>| Some(selected(&catalog, "items", method, key, |_| {}).to_string());
+    let without_key = selected(&catalog, "items", "INCREMENTAL", None, |root| {
+        root.as_object_mut().unwrap().remove("replication-key");
+    });
+    // (label, catalog text or None for a missing file, exit code, error line needles, hint words)
+    let cases: Vec<FileCase> = vec![
+        ("missing file", None, 66, vec!["reading catalog"], &["catalog"]),
+        ("not JSON", Some("{streams".into()), 65, vec!["not valid JSON"], &["catalog"]),
+        ("no streams", Some("{}".into()), 65, vec!["streams"], &["catalog"]),
+        ("bad method", catalog_with("SOMETIMES", None), 65, vec![&id, "SOMETIMES"], &["replication-method"]),
+        ("incremental without key", Some(without_key.to_string()), 65, vec![&id, "replication-key"], &["replication-key"]),
+        ("key not a column", catalog_with("INCREMENTAL", Some("no_such_col")), 65, vec![&id, "no_such_col"], &["replication-key"]),
+    ];
+    for (label, text, code, needles, hint) in cases {
+        let path = match text {
+            Some(t) => write_text(&t),
+            None => missing_path(),
+        };
+        let out = tap(&["--config", arg(&config), "--catalog", arg(&path)]);
+        assert_refused(&out, label, code, &needles, hint);
+    }
+}
+
+#[test]
+fn same_destination_stream_name_twice_is_refused() {
+    let db = TestDb::new();
+    db.exec("create schema a; create schema b; \
+             create table a.dup (id int primary key); create table b.dup (id int primary key); \
+             insert into a.dup values (1); insert into b.dup values (2)");
+    db.grant_reader();
+    let mut catalog = support::discover(&db.config_file(json!({})));
+    for s in catalog["streams"].as_array_mut().unwrap() {
+        assert_eq!(s["stream"], json!("dup"), "both tables discover as stream dup");
+        s["metadata"][0]["metadata"]["selected"] = json!(true);
+        s["metadata"][0]["metadata"]["replication-method"] = json!("FULL_TABLE");
+    }
+    let out = support::sync(&db.config_file(json!({})), &catalog, None);
+    let (ida, idb) = (format!("{}-a-dup", db.name), format!("{}-b-dup", db.name));
+    assert_refused(&out, "duplicate stream", 65, &[&ida, &idb, "dup"], &["\"stream\"", "include_schemas_in_destination_stream_name"]);
+
+    // The hint's second remedy works.
+    let out = support::sync(&db.config_file(json!({"include_schemas_in_destination_stream_name": true})), &catalog, None).success();
+    assert_eq!((out.records("a_dup"), out.records("b_dup")), (vec![json!({"id": 1})], vec![json!({"id": 2})]));
+}
+
+#[test]
+fn catalog_without_selected_stream_writes_only_state() {
+    let (_db, config, catalog) = items_db();
+    let out = support::sync(&config, &catalog, None).success();
+    let messages = out.messages();
+    assert_eq!(messages.len(), 1, "only a STATE line: {}", out.stdout);
+    assert_eq!(messages[0]["type"], json!("STATE"));
+    assert!(out.stderr.lines().any(|l| l.starts_with("WARN") && l.contains("no stream is selected")), "{}", out.stderr);
+}
+
+// ---- state ---------------------------------------------------------------------------------
+
+#[test]
+fn bad_states_are_refused_before_any_output() {
+    let (db, config, catalog) = items_db();
+    let id = format!("{}-public-items", db.name);
+    let catalog = write_json(&selected(&catalog, "items", "INCREMENTAL", Some("n"), |_| {}));
+    let bookmark = |b: Value| json!({"bookmarks": {id.clone(): b}}).to_string();
+    // (label, state text, error line needles, hint words)
+    let cases: Vec<(&str, String, Vec<&str>, &[&str])> = vec![
+        ("not JSON", "{bookmarks".into(), vec!["not valid JSON"], &["state"]),
+        ("array", "[]".into(), vec!["not a JSON object"], &["state"]),
+        ("version soon", bookmark(json!({"version": "soon"})), vec![&id, "version"], &["state"]),
+        (
+            "text bookmark for integer key",
+            bookmark(json!({"last_replication_method": "INCREMENTAL", "replication_key": "n", "replication_key_value": "abc"})),
+            vec![&id, "column n"],
+            &["bookmark"],
+        ),
+    ];
+    for (label, text, needles, hint) in cases {
+        let out = tap(&["--config", arg(&config), "--catalog", arg(&catalog), "--state", arg(&write_text(&text))]);
+        assert_refused(&out, label, 65, &needles, hint);
+    }
+    // The same catalog with a fitting bookmark syncs the rows after it.
+    let state = bookmark(json!({"last_replication_method": "INCREMENTAL", "replication_key": "n", "replication_key_value": 20}));
+    let out = tap(&["--config", arg(&config), "--catalog", arg(&catalog), "--state", arg(&write_text(&state))]).success();
+    assert_eq!(out.records("items").iter().map(|r| r["n"].clone()).collect::<Vec<_>>(), vec![json!(20), json!(30)]);
+}
+
+// ---- secrets -------------------------------------------------------------------------------
+
+#[test]
+fn password_never_appears_in_output() {
+    const SECRET: &str = "Distinct-S3cret-Q7vK";
+    let (db, _, catalog) = items_db();
+    db.exec(&format!("alter role {} password '{SECRET}'", db.role));
+    let s = server();
+    let config = merged(&db.config(), json!({"password": SECRET}));
+    let with = |extra: Value| write_json(&merged(&config, extra));
+    let url = |port: u16, query: &str| format!("postgres://{}:{SECRET}@{}:{port}/{}{query}", db.role, s.host, db.name);
+    let url_file = |url: String| write_json(&json!({"database_url": url}));
+    let discover = |config: PathBuf| vec!["--config".to_string(), arg(&config).into(), "--discover".into()];
+    let sync = |extra: &[&str]| {
+        let catalog = write_json(&selected(&catalog, "items", "INCREMENTAL", Some("n"), |_| {}));
+        let mut args = vec!["--config".to_string(), arg(&with(json!({}))).into(), "--catalog".into(), arg(&catalog).into()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let bad_state = write_json(&json!({"bookmarks": {format!("{}-public-items", db.name): {"replication_key": "n", "replication_key_value": "abc"}}}));
+    let no_host = || with(json!({"host": null, "port": null, "user": null, "password": null, "dbname": null}));
+
+    // (label, expected exit code, args, extra environment)
+    let runs: Vec<SecretRun> = vec![
+        ("discover", 0, discover(with(json!({}))), vec![]),
+        ("discover at trace level", 0, discover(with(json!({}))), vec![("RUST_LOG", "trace".into())]),
+        ("sync at debug level", 0, sync(&["--log-level", "debug"]), vec![]),
+        ("bad state", 65, sync(&["--state", arg(&bad_state)]), vec![]),
+        ("unknown dbname", 78, discover(with(json!({"dbname": "no_such_db_q7"}))), vec![]),
+        ("sslmode disable", 69, discover(with(json!({"sslmode": "disable"}))), vec![]),
+        ("verify-full mismatch", 69, discover(with(json!({"sslmode": "verify-full", "sslrootcert": s.ca}))), vec![]),
+        ("closed port", 69, discover(with(json!({"port": closed_port()}))), vec![]),
+        ("bad port", 78, discover(with(json!({"port": "abc"}))), vec![]),
+        ("database_url", 0, discover(url_file(url(s.port, ""))), vec![]),
+        ("database_url closed port", 69, discover(url_file(url(closed_port(), ""))), vec![]),
+        ("database_url bad sslmode", 78, discover(url_file(url(s.port, "?sslmode=sometimes"))), vec![]),
+        ("database_url bad scheme", 78, discover(url_file(url(s.port, "").replacen("postgres", "mysql", 1))), vec![]),
+        ("DATABASE_URL", 0, discover(no_host()), vec![("DATABASE_URL", url(s.port, ""))]),
+        ("DATABASE_URL no SSL", 69, discover(no_host()), vec![("DATABASE_URL", url(s.port, "?sslmode=disable"))]),
+        ("about with config", 0, vec!["--about".into(), "--config".into(), arg(&with(json!({}))).into()], vec![]),
+    ];
+    for (label, code, args, env) in runs {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out = tap_env(&args, &env);
+        assert_eq!(out.code, code, "[{label}] exit code; stderr:\n{}", out.stderr);
+        assert_hidden(&out, label, &[SECRET]);
+    }
+}
+
+#[test]
+fn about_describes_settings_and_marks_secrets() {
+    let out = tap(&["--about", "--format", "json"]).success();
+    assert_hidden(&out, "about json", &[READER_PASSWORD, WRONG_PASSWORD]);
+    let about: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("--about is not JSON ({e}):\n{}", out.stdout));
+    let props = &about["settings"]["properties"];
+    assert_eq!(props["password"]["secret"], json!(true), "{about}");
+    assert_eq!(props["database_url"]["secret"], json!(true), "{about}");
+    assert_ne!(props["host"]["secret"], json!(true), "{about}");
+    assert_eq!(about["name"], json!("tap-heroku"));
+
+    let out = tap(&["--about", "--format", "markdown"]).success();
+    let rows: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with('|')).collect();
+    assert!(rows.len() >= 3 && rows[1].starts_with("|---"), "a Markdown table with header and separator:\n{}", out.stdout);
+    assert!(rows.iter().any(|r| r.starts_with("| password |") && r.contains("secret")), "{}", out.stdout);
+}

@@ -7,13 +7,11 @@
 //! plain `select cols from t` and start over (with a new version) when interrupted.
 
 use std::io::Write;
-use std::time::Instant;
 
 use postgres::Client;
 use serde_json::{Map, Value, json};
 
-use super::{Outcome, RowSink, StreamPlan, bookmark_param, now_version, run_query};
-use crate::config::Config;
+use super::{Limits, Outcome, RowSink, StreamPlan, bookmark_param, now_version, run_query};
 use crate::error::Result;
 use crate::message::MessageWriter;
 use crate::query::{self, KeyColumn};
@@ -25,8 +23,7 @@ pub(super) fn sync<W: Write>(
     plan: &mut StreamPlan,
     state: &mut State,
     writer: &mut MessageWriter<W>,
-    config: &Config,
-    deadline: Option<Instant>,
+    limits: &Limits<'_>,
 ) -> Result<Outcome> {
     let id = plan.selected.tap_stream_id.clone();
     let stream = plan.selected.stream.clone();
@@ -72,7 +69,7 @@ pub(super) fn sync<W: Write>(
     let params = resume_from.unwrap_or_default();
     let tracked: Vec<usize> = plan.order_keys.iter().map(|(i, _)| *i).collect();
     let mut sink = RowSink::new(plan, version, tracked);
-    let outcome = run_query(client, &sql, &params, &mut plan.columns, &mut sink, writer, config, deadline, |sink, writer| {
+    let outcome = run_query(client, (&sql, &params), &mut plan.columns, &mut sink, writer, limits, |sink, writer| {
         if !key_names.is_empty() {
             let mut last = Map::new();
             for (t, name) in key_names.iter().enumerate() {

@@ -6,13 +6,11 @@
 //! is NULL sort last and are sent on the first run only, as in tap-postgres.
 
 use std::io::Write;
-use std::time::Instant;
 
 use postgres::Client;
 use serde_json::{Value, json};
 
-use super::{Outcome, RowSink, StreamPlan, bookmark_param, now_version, run_query};
-use crate::config::Config;
+use super::{Limits, Outcome, RowSink, StreamPlan, bookmark_param, now_version, run_query};
 use crate::error::Result;
 use crate::message::MessageWriter;
 use crate::query::{self, KeyColumn};
@@ -24,8 +22,7 @@ pub(super) fn sync<W: Write>(
     plan: &mut StreamPlan,
     state: &mut State,
     writer: &mut MessageWriter<W>,
-    config: &Config,
-    deadline: Option<Instant>,
+    limits: &Limits<'_>,
 ) -> Result<Outcome> {
     let id = plan.selected.tap_stream_id.clone();
     let stream = plan.selected.stream.clone();
@@ -46,7 +43,7 @@ pub(super) fn sync<W: Write>(
     let sql = query::incremental(&items, &plan.selected.schema_name, &plan.selected.table_name, &key, start_value.is_some());
     let params: Vec<String> = start_value.into_iter().collect();
     let mut sink = RowSink::new(plan, version, vec![key_index]);
-    let outcome = run_query(client, &sql, &params, &mut plan.columns, &mut sink, writer, config, deadline, |sink, writer| {
+    let outcome = run_query(client, (&sql, &params), &mut plan.columns, &mut sink, writer, limits, |sink, writer| {
         if let Some(v) = sink.last_value(0) {
             bookmark.insert("replication_key_value".into(), v);
         }

@@ -80,6 +80,14 @@ pub struct StreamPlan {
     row_estimate: i64,
 }
 
+/// What bounds a run: the config (batch size, sslmode for messages) and `max_run_seconds`.
+pub struct Limits<'a> {
+    /// The validated config.
+    config: &'a Config,
+    /// When to stop between batches.
+    deadline: Option<Instant>,
+}
+
 /// Why a stream's sync ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
@@ -128,14 +136,14 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
         }
     }
 
-    let deadline = config.max_run_seconds.map(|s| run_started + Duration::from_secs(s));
+    let limits = Limits { config, deadline: config.max_run_seconds.map(|s| run_started + Duration::from_secs(s)) };
     let stdout = std::io::stdout();
     let mut writer = MessageWriter::new(stdout.lock());
     let mut out_of_time = false;
     for plan in &mut plans {
         let session = sessions.get_mut(&plan.selected.database).expect("planned streams have a session");
         let id = plan.selected.tap_stream_id.clone();
-        let outcome = sync_stream(&mut session.client, plan, &mut state, &mut writer, config, deadline)
+        let outcome = sync_stream(&mut session.client, plan, &mut state, &mut writer, &limits)
             .map_err(|e| e.within(format!("stream {id}")))?;
         if outcome == Outcome::OutOfTime {
             log::info!("max_run_seconds reached; stopping with a resumable state");
@@ -181,11 +189,10 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
             Error::new(ErrorKind::Query, format!("column {name} now has type {}, which tap-heroku cannot encode", column.sql_datatype))
                 .with_hint("Deselect the column, or run --discover again and update the catalog.")
         })?;
-        if let Some(was) = selected.sql_datatypes.get(name) {
-            if *was != column.sql_datatype {
+        if let Some(was) = selected.sql_datatypes.get(name)
+            && *was != column.sql_datatype {
                 log::warn!("stream {}: column {name} was {was} at discovery and is {} now; the SCHEMA message follows the database", selected.tap_stream_id, column.sql_datatype);
             }
-        }
         let is_key = selected.key_properties.contains(name);
         properties.insert(name.clone(), Value::Object(discover::column_schema(mapped.schema, is_key)));
         let mut key = Vec::with_capacity(name.len() + 3);
@@ -278,7 +285,7 @@ fn check_bookmark_value(value: Option<&Value>, encoder: &Encoder, column: &str, 
     match value {
         None | Some(Value::Null) => Ok(()),
         Some(v) if accepts_bookmark(encoder, v) => Ok(()),
-        Some(_) => Err(Error::new(ErrorKind::State, format!("bookmark {field} does not fit the type of column {column}"))
+        Some(_) => Err(Error::new(ErrorKind::State, format!("the state's bookmark {field} does not fit the type of column {column}"))
             .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning), or fix the value to one the column can hold.")),
     }
 }
@@ -302,8 +309,7 @@ fn sync_stream<W: Write>(
     plan: &mut StreamPlan,
     state: &mut State,
     writer: &mut MessageWriter<W>,
-    config: &Config,
-    deadline: Option<Instant>,
+    limits: &Limits<'_>,
 ) -> Result<Outcome> {
     let id = plan.selected.tap_stream_id.clone();
     log::info!("beginning sync of stream {id} ({})", plan.selected.method.as_str());
@@ -311,8 +317,8 @@ fn sync_stream<W: Write>(
     let bookmark_properties: Vec<String> = plan.selected.replication_key.iter().cloned().collect();
     writer.write_schema(&plan.selected.stream, &plan.schema, &plan.selected.key_properties, &bookmark_properties)?;
     let outcome = match plan.selected.method {
-        ReplicationMethod::FullTable => full_table::sync(client, plan, state, writer, config, deadline),
-        _ => incremental::sync(client, plan, state, writer, config, deadline),
+        ReplicationMethod::FullTable => full_table::sync(client, plan, state, writer, limits),
+        _ => incremental::sync(client, plan, state, writer, limits),
     }?;
     for column in &plan.columns {
         if column.notes & NOTE_INFINITY_CLAMPED != 0 {
@@ -406,11 +412,10 @@ impl RowSink {
                         .with_hint("This value could not be encoded faithfully; please report it, or deselect the column.")
                 })?,
             }
-            if let Some(t) = self.tracked.iter().position(|&c| c == i) {
-                if t < spans.len() {
+            if let Some(t) = self.tracked.iter().position(|&c| c == i)
+                && t < spans.len() {
                     spans[t] = (start, self.line.len());
                 }
-            }
         }
         self.line.extend_from_slice(&self.envelope.suffix);
         for (t, (start, end)) in spans.iter().take(self.tracked.len()).enumerate() {
@@ -467,16 +472,14 @@ impl RowSink {
 /// early with [`Outcome::OutOfTime`] when the deadline passes between batches.
 fn run_query<W: Write>(
     client: &mut Client,
-    sql: &str,
-    params: &[String],
+    (sql, params): (&str, &[String]),
     columns: &mut [ColumnPlan],
     sink: &mut RowSink,
     writer: &mut MessageWriter<W>,
-    config: &Config,
-    deadline: Option<Instant>,
+    limits: &Limits<'_>,
     mut on_batch: impl FnMut(&RowSink, &mut MessageWriter<W>) -> Result<()>,
 ) -> Result<Outcome> {
-    let query_error = |e: postgres::Error| classify(e, "reading rows", config.sslmode);
+    let query_error = |e: postgres::Error| classify(e, "reading rows", limits.config.sslmode);
     log::debug!("query: {sql}");
     let mut tx = client
         .build_transaction()
@@ -487,7 +490,7 @@ fn run_query<W: Write>(
     let statement = tx.prepare_typed(sql, &vec![Type::TEXT; params.len()]).map_err(query_error)?;
     let bound: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     let portal = tx.bind(&statement, &bound).map_err(query_error)?;
-    let batch = i32::try_from(config.itersize).unwrap_or(i32::MAX);
+    let batch = i32::try_from(limits.config.itersize).unwrap_or(i32::MAX);
     loop {
         let mut rows = tx.query_portal_raw(&portal, batch).map_err(query_error)?;
         let mut in_batch = 0i64;
@@ -501,7 +504,7 @@ fn run_query<W: Write>(
         if in_batch < i64::from(batch) {
             break;
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if limits.deadline.is_some_and(|d| Instant::now() >= d) {
             tx.commit().map_err(query_error)?;
             sink.report(true);
             return Ok(Outcome::OutOfTime);

@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Once;
 
@@ -227,7 +227,7 @@ impl TapOutput {
 
     /// The value of the last STATE message.
     pub fn last_state(&self) -> Value {
-        self.messages().into_iter().filter(|m| m["type"] == "STATE").last().expect("a STATE message")["value"].clone()
+        self.messages().into_iter().rfind(|m| m["type"] == "STATE").expect("a STATE message")["value"].clone()
     }
 
     /// Asserts exit code 0, printing stderr otherwise.
@@ -272,7 +272,7 @@ pub fn tap_env(args: &[&str], env: &[(&str, &str)]) -> TapOutput {
 }
 
 /// Runs `--discover` with `config` and returns the catalog.
-pub fn discover(config: &PathBuf) -> Value {
+pub fn discover(config: &Path) -> Value {
     let out = tap(&["--config", config.to_str().unwrap(), "--discover"]).success();
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("catalog is not JSON ({e}):\n{}", out.stdout))
 }
@@ -311,7 +311,7 @@ pub fn select_column(catalog: &mut Value, table: &str, column: &str, selected: b
 }
 
 /// Runs a sync with `config`, `catalog` and optionally `state`.
-pub fn sync(config: &PathBuf, catalog: &Value, state: Option<&Value>) -> TapOutput {
+pub fn sync(config: &Path, catalog: &Value, state: Option<&Value>) -> TapOutput {
     let catalog_path = write_json(catalog);
     let mut args = vec!["--config".to_string(), config.display().to_string(), "--catalog".into(), catalog_path.display().to_string()];
     if let Some(state) = state {
@@ -370,26 +370,18 @@ fn validates(v: &Value, schema: &Value, root: &Value) -> bool {
     if let Value::Number(n) = v {
         let text = n.to_string();
         let value: f64 = text.parse().unwrap();
-        if let Some(max) = schema.get("maximum").and_then(|m| m.to_string().parse::<f64>().ok()) {
-            if value > max {
-                return false;
-            }
-        }
-        if let Some(min) = schema.get("minimum").and_then(|m| m.to_string().parse::<f64>().ok()) {
-            if value < min {
-                return false;
-            }
-        }
-    }
-    if let (Value::String(s), Some(max)) = (v, schema.get("maxLength").and_then(Value::as_u64)) {
-        if s.chars().count() as u64 > max {
+        let bound = |key: &str| schema.get(key).and_then(|m| m.to_string().parse::<f64>().ok());
+        if bound("maximum").is_some_and(|max| value > max) || bound("minimum").is_some_and(|min| value < min) {
             return false;
         }
     }
-    if let Value::Array(items) = v {
-        if let Some(item_schema) = schema.get("items") {
+    if let (Value::String(s), Some(max)) = (v, schema.get("maxLength").and_then(Value::as_u64))
+        && s.chars().count() as u64 > max {
+            return false;
+        }
+    if let Value::Array(items) = v
+        && let Some(item_schema) = schema.get("items") {
             return items.iter().all(|i| validates(i, item_schema, root));
         }
-    }
     true
 }
