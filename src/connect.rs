@@ -16,8 +16,9 @@ use crate::config::{Config, SslMode};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Settings every session runs with. Read-only by default; output formats pinned so records do
-/// not depend on the role's or the server's settings; all are allowed on a hot standby.
-const SESSION_SETUP_SQL: &str = "set default_transaction_read_only = on; \
+/// not depend on the role's or the server's settings (`search_path` too: regclass and regtype
+/// values, and `format_type` names, are qualified relative to it); all are allowed on a hot standby.
+const SESSION_SETUP_SQL: &str = "set default_transaction_read_only = on; set search_path = public; \
      set timezone = 'UTC'; set datestyle = 'ISO, MDY'; set intervalstyle = 'iso_8601'; \
      set extra_float_digits = 3; set bytea_output = 'hex'; set client_min_messages = 'warning'";
 

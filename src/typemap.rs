@@ -281,7 +281,10 @@ fn map_scalar(types: &TypeMap, t: &TypeInfo, typmod: i32) -> Option<ColumnType> 
             }
             Some(ColumnType { schema, cast: Cast::None, encoder: Encoder::Text })
         }
-        oid::TEXT | oid::NAME | oid::CHAR => plain("string", Encoder::Text),
+        oid::TEXT | oid::NAME => plain("string", Encoder::Text),
+        // `"char"` is one raw byte: 0 means empty and bytes >= 128 are not UTF-8; its text form
+        // (`\303`) is what the database shows.
+        oid::CHAR => as_text(),
         oid::UUID => plain("string", Encoder::Uuid),
         oid::JSON => plain("string", Encoder::Json),
         oid::JSONB => plain("string", Encoder::Jsonb),
