@@ -3,8 +3,9 @@
 //! Owns the byte-level decoding behind every [`Encoder`] and the exact text each one writes:
 //! NUMERIC digit for digit as `numeric_out` prints it, dates and timestamps as Python's
 //! `isoformat` prints them (singer-io's form), intervals as `IntervalStyle = iso_8601` prints
-//! them, arrays as nested lists. Every length is bounds-checked: malformed bytes give a
-//! [`DecodeError`], never a panic, and output stays proportional to the input.
+//! them, inet/cidr as `network_out` prints them, arrays as nested lists. Every length is
+//! bounds-checked: malformed bytes give a [`DecodeError`], never a panic, and output stays
+//! proportional to the input.
 //!
 //! Not owned here: NULL cells (the caller writes `null`), choosing the encoder (`typemap`),
 //! and warning text (the caller reads the `NOTE_*` bits and warns once per column).
@@ -146,6 +147,7 @@ pub fn encode_value(encoder: &Encoder, raw: &[u8], out: &mut Vec<u8>, notes: &mu
             out.push(b'"');
         }
         Encoder::Hstore => write_hstore(out, raw)?,
+        Encoder::Inet => write_inet(out, raw)?,
         Encoder::Array(inner) => write_array(out, inner, raw, notes)?,
     }
     Ok(())
@@ -728,6 +730,120 @@ fn write_hstore(out: &mut Vec<u8>, raw: &[u8]) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// `inet`/`cidr` family byte for IPv4 (`PGSQL_AF_INET`).
+const PGSQL_AF_INET: u8 = 2;
+/// `inet`/`cidr` family byte for IPv6 (`PGSQL_AF_INET6`).
+const PGSQL_AF_INET6: u8 = 3;
+
+/// Appends an inet or cidr exactly as PostgreSQL's `network_out` prints it, as a JSON string.
+///
+/// Wire (`network_send`): family, netmask bits, is_cidr (0/1), address length (4 or 16), then
+/// the address bytes. `network_out` prints `pg_inet_net_ntop` (the netmask only when it is not
+/// the full width) and, for cidr, appends the netmask when that left it out. A cidr with host
+/// bits set (which `cidr_recv` rejects and the server never sends) prints as it is.
+fn write_inet(out: &mut Vec<u8>, raw: &[u8]) -> Result<(), DecodeError> {
+    let mut r = Reader::new(raw);
+    let [family, bits, is_cidr, nb] = r.array()?;
+    let (size, max_bits) = match family {
+        PGSQL_AF_INET => (4, 32),
+        PGSQL_AF_INET6 => (16, 128),
+        _ => return Err(err("invalid inet address family")),
+    };
+    if bits > max_bits {
+        return Err(err("inet netmask length out of range"));
+    }
+    if is_cidr > 1 {
+        return Err(err("invalid inet cidr flag"));
+    }
+    if usize::from(nb) != size {
+        return Err(err("wrong inet address length for its family"));
+    }
+    let addr = r.take(size)?;
+    r.finish()?;
+    out.push(b'"');
+    match <&[u8; 16]>::try_from(addr) {
+        Ok(v6) => write_ipv6(out, v6),
+        Err(_) => write_ipv4(out, addr),
+    }
+    if bits != max_bits || is_cidr == 1 {
+        out.push(b'/');
+        write_u64(out, bits.into());
+    }
+    out.push(b'"');
+    Ok(())
+}
+
+/// Appends octets in dotted decimal, all of them (`inet_net_ntop_ipv4`, `decoct`).
+fn write_ipv4(out: &mut Vec<u8>, octets: &[u8]) {
+    for (i, &o) in octets.iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        write_u64(out, o.into());
+    }
+}
+
+/// Appends an IPv6 address as PostgreSQL's `inet_net_ntop_ipv6` prints it (without netmask):
+/// lowercase hex words without leading zeros, the first longest run of two or more zero words
+/// as `::`, and the last four bytes as dotted decimal for `::a.b.c.d` (six leading zero words)
+/// and `::ffff:a.b.c.d` (five, then 0xffff).
+fn write_ipv6(out: &mut Vec<u8>, addr: &[u8; 16]) {
+    let words: [u16; 8] = std::array::from_fn(|i| u16::from_be_bytes([addr[2 * i], addr[2 * i + 1]]));
+    // A later run replaces the best only when strictly longer, so ties go to the first.
+    let (mut best_base, mut best_len) = (0, 0);
+    let (mut cur_base, mut cur_len) = (0, 0);
+    for (i, &w) in words.iter().enumerate() {
+        if w == 0 {
+            if cur_len == 0 {
+                cur_base = i;
+            }
+            cur_len += 1;
+            if cur_len > best_len {
+                (best_base, best_len) = (cur_base, cur_len);
+            }
+        } else {
+            cur_len = 0;
+        }
+    }
+    if best_len < 2 {
+        best_len = 0;
+    }
+    let in_run = |i: usize| best_len > 0 && (best_base..best_base + best_len).contains(&i);
+    for (i, &w) in words.iter().enumerate() {
+        if in_run(i) {
+            if i == best_base {
+                out.push(b':');
+            }
+            continue;
+        }
+        if i != 0 {
+            out.push(b':');
+        }
+        // The C code also names `best.len == 7 && words[7] != 1`, but word 6 then lies inside
+        // the run, so that branch is never reached (`::2` prints as `::2`).
+        if i == 6 && best_len > 0 && best_base == 0 && (best_len == 6 || (best_len == 5 && words[5] == 0xffff)) {
+            write_ipv4(out, &addr[12..]);
+            break;
+        }
+        write_hex_word(out, w);
+    }
+    if best_len > 0 && best_base + best_len == words.len() {
+        out.push(b':');
+    }
+}
+
+/// Appends `w` in lowercase hex without leading zeros (`%x`).
+fn write_hex_word(out: &mut Vec<u8>, w: u16) {
+    let mut started = false;
+    for shift in [12u16, 8, 4, 0] {
+        let nibble = (w >> shift) & 0xF;
+        if started || nibble != 0 || shift == 0 {
+            out.push(HEX[usize::from(nibble)]);
+            started = true;
+        }
+    }
+}
+
 /// Appends an array as nested JSON lists, one level per dimension, elements in row-major
 /// order encoded by `inner`. Lower bounds are dropped; any array with no elements is `[]`,
 /// as PostgreSQL itself makes every zero-element array dimensionless.
@@ -938,6 +1054,118 @@ mod tests {
                 "0001000000000000ffff",
                 "0000000080000000",
                 "0000000000010000",
+            ],
+        );
+    }
+
+    /// `inet_send`/`cidr_send` and the plain output (`concat(v)`, which calls `network_out`).
+    const INETS: &[(&str, &str)] = &[
+                ("022000040a000001", "\"10.0.0.1\""), // inet '10.0.0.1'
+                ("02180004c0a80001", "\"192.168.0.1/24\""), // inet '192.168.0.1/24'
+                ("0200000400000000", "\"0.0.0.0/0\""), // inet '0.0.0.0/0'
+                ("02200004ffffffff", "\"255.255.255.255\""), // inet '255.255.255.255'
+                ("0220000400000000", "\"0.0.0.0\""), // inet '0.0.0.0'
+                ("022000040a000001", "\"10.0.0.1\""), // inet '10.0.0.1/32'
+                ("021f000401020304", "\"1.2.3.4/31\""), // inet '1.2.3.4/31'
+                ("020800047f000001", "\"127.0.0.1/8\""), // inet '127.0.0.1/8'
+                ("020801040a000000", "\"10.0.0.0/8\""), // cidr '10.0.0.0/8'
+                ("02180104c0a80000", "\"192.168.0.0/24\""), // cidr '192.168.0.0/24'
+                ("0200010400000000", "\"0.0.0.0/0\""), // cidr '0.0.0.0/0'
+                ("022001040a000001", "\"10.0.0.1/32\""), // cidr '10.0.0.1/32'
+                ("021001040a010000", "\"10.1.0.0/16\""), // cidr '10.1'
+                ("0380001000000000000000000000000000000000", "\"::\""), // inet '::'
+                ("0380001000000000000000000000000000000001", "\"::1\""), // inet '::1'
+                ("0380001000000000000000000000000000000001", "\"::1\""), // inet '::1/128'
+                ("03400010fe800000000000000000000000000001", "\"fe80::1/64\""), // inet 'fe80::1/64'
+                ("0380001020010db8000000000000000000000000", "\"2001:db8::\""), // inet '2001:db8::'
+                ("0380001020010db8000000000001000000000001", "\"2001:db8::1:0:0:1\""), // inet '2001:db8:0:0:1:0:0:1'
+                ("0380001020010000000000010000000000000001", "\"2001:0:0:1::1\""), // inet '2001:0:0:1::1'
+                ("0380001000000000000000000000ffff01020304", "\"::ffff:1.2.3.4\""), // inet '::ffff:1.2.3.4'
+                ("0378001000000000000000000000ffff01020304", "\"::ffff:1.2.3.4/120\""), // inet '::ffff:1.2.3.4/120'
+                ("0380001000000000000000000000000001020304", "\"::1.2.3.4\""), // inet '::1.2.3.4'
+                ("038000100000000000000000ffff000001020304", "\"::ffff:0:102:304\""), // inet '::ffff:0:1.2.3.4'
+                ("0380001000010000000000000000000000000000", "\"1::\""), // inet '1::'
+                ("0380001000010002000300040005000600070008", "\"1:2:3:4:5:6:7:8\""), // inet '1:2:3:4:5:6:7:8'
+                ("0380001000010000000000000000000000000008", "\"1::8\""), // inet '1:0:0:0:0:0:0:8'
+                ("0380001000000000000000000000000000000002", "\"::2\""), // inet '::2'
+                ("0380001000000000000000000000ffff00000000", "\"::ffff:0.0.0.0\""), // inet '::ffff:0.0.0.0'
+                ("0380001000000000000000000000ffff00000001", "\"::ffff:0.0.0.1\""), // inet '::ffff:0.0.0.1'
+                ("0380001000000000000000000000000000000102", "\"::102\""), // inet '::0.0.1.2'
+                ("0380001000000000000000000000000100000000", "\"::1:0:0\""), // inet '::1:0:0'
+                ("038000100000000000000000000000000000ffff", "\"::ffff\""), // inet '::ffff'
+                ("03800010000000000000000000000000ffff0000", "\"::255.255.0.0\""), // inet '::ffff:0'
+                ("0380001000000000000000000000fffe01020304", "\"::fffe:102:304\""), // inet '::fffe:1.2.3.4'
+                ("0380001000000000000000000001ffff01020304", "\"::1:ffff:102:304\""), // inet '0:0:0:0:1:ffff:1.2.3.4'
+                ("0380001000010000000200000003000000040000", "\"1:0:2:0:3:0:4:0\""), // inet '1:0:2:0:3:0:4:0'
+                ("0380001000010000000000020000000000000003", "\"1:0:0:2::3\""), // inet '1:0:0:2:0:0:0:3'
+                ("0380001000010000000000000002000000000003", "\"1::2:0:0:3\""), // inet '1:0:0:0:2:0:0:3'
+                ("0380001000000001000000000000000000000000", "\"0:1::\""), // inet '0:1:0:0:0:0:0:0'
+                ("0380001000000000000100000000000000000000", "\"0:0:1::\""), // inet '0:0:1:0:0:0:0:0'
+                ("03800010abcdef0123456789abcdef0123456789", "\"abcd:ef01:2345:6789:abcd:ef01:2345:6789\""), // inet 'ABCD:EF01:2345:6789:ABCD:EF01:2345:6789'
+                ("0300001000000000000000000000000000000000", "\"::/0\""), // inet '::/0'
+                ("0300001000000000000000000000000000000001", "\"::1/0\""), // inet '::1/0'
+                ("030a0010fe800000000000000000000000000000", "\"fe80::/10\""), // inet 'fe80::/10'
+                ("0360001000000000000000000000ffff01020304", "\"::ffff:1.2.3.4/96\""), // inet '::ffff:1.2.3.4/96'
+                ("037f001000000000000000000000000000000000", "\"::/127\""), // inet '0:0:0:0:0:0:0:0/127'
+                ("0380001000010000000000000000000000000000", "\"1::\""), // inet '1:0:0:0:0:0:0:0/128'
+                ("0380001000000000000000000000000100000000", "\"::1:0:0\""), // inet '0:0:0:0:0:1:0:0'
+                ("0380001000000000000000000000000000010000", "\"::0.1.0.0\""), // inet '0:0:0:0:0:0:1:0'
+                ("0380001000000000000000000000000000000100", "\"::100\""), // inet '0:0:0:0:0:0:0:100'
+                ("0320011020010db8000000000000000000000000", "\"2001:db8::/32\""), // cidr '2001:db8::/32'
+                ("0300011000000000000000000000000000000000", "\"::/0\""), // cidr '::/0'
+                ("0380011000000000000000000000000000000001", "\"::1/128\""), // cidr '::1/128'
+                ("0378011000000000000000000000ffff01020300", "\"::ffff:1.2.3.0/120\""), // cidr '::ffff:1.2.3.0/120'
+                ("03400110fe800000000000000000000000000000", "\"fe80::/64\""), // cidr 'fe80::/64'
+                ("0360011000000000000000000000ffff00000000", "\"::ffff:0.0.0.0/96\""), // cidr '::ffff:0.0.0.0/96'
+                ("0350011020010db8000000000001000000000000", "\"2001:db8:0:0:1::/80\""), // cidr '2001:db8:0:0:1::/80'
+    ];
+
+    #[test]
+    fn inet_and_cidr_match_network_out() {
+        assert!(INETS.len() >= 30);
+        check(Encoder::Inet, INETS);
+        check(
+            Encoder::Inet,
+            &[
+                // The longest outputs.
+                ("03000010ffffffffffffffffffffffffffffffff", "\"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/0\""),
+                ("03800010000000000000000000000000ffffffff", "\"::255.255.255.255\""),
+                ("0300001000000000000000000000ffffffffffff", "\"::ffff:255.255.255.255/0\""),
+                // Hand-made: a cidr with host bits set (cidr_recv rejects it) prints as it is.
+                ("021801040a000001", "\"10.0.0.1/24\""),
+                ("03000110ffffffffffffffffffffffffffffffff", "\"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/0\""),
+            ],
+        );
+        check_rejects(
+            Encoder::Inet,
+            &[
+                "",
+                "02",
+                "022000",
+                "02200004",
+                "022000040a0000",
+                "0380001000000000000000000000000000000000000001",
+                // Trailing bytes.
+                "022000040a00000100",
+                "038000100000000000000000000000000000000100",
+                // Address length wrong for the family.
+                "0220001000000000000000000000000000000001",
+                "038000040a000001",
+                "022000050a00000100",
+                "022000000a000001",
+                // Netmask longer than the address.
+                "022100040a000001",
+                "02ff00040a000001",
+                "0381001000000000000000000000000000000001",
+                "03ff001000000000000000000000000000000001",
+                // Unknown families: AF_UNSPEC, AF_INET6 of some libcs, anything else.
+                "002000040a000001",
+                "012000040a000001",
+                "0a80001000000000000000000000000000000001",
+                "ff2000040a000001",
+                // is_cidr other than 0/1.
+                "022002040a000001",
+                "0220ff040a000001",
             ],
         );
     }
@@ -1344,6 +1572,16 @@ mod tests {
                 r#"["101","1"]"#,
             ),
             (
+                array(Encoder::Inet),
+                "00000001000000010000036500000004000000010000000802180004c0a80001000000140380001000000000000000000000000000000001ffffffff00000008022000040a000001",
+                r#"["192.168.0.1/24","::1",null,"10.0.0.1"]"#,
+            ),
+            (
+                array(Encoder::Inet),
+                "00000001000000000000028a000000020000000100000008020801040a000000000000140320011020010db8000000000000000000000000",
+                r#"["10.0.0.0/8","2001:db8::/32"]"#,
+            ),
+            (
                 array(Encoder::Hstore),
                 "00000001000000010000400500000002000000010000000e0000000100000001610000000131ffffffff",
                 r#"[{"a":"1"},null]"#,
@@ -1415,6 +1653,7 @@ mod tests {
             (Encoder::Hstore, "00000003000000016100000001310000000162ffffffff00000002c3a900000003782279".into()),
             (Encoder::Hstore, "00000000".into()),
         ];
+        samples.extend(INETS.iter().map(|(hex, _)| (Encoder::Inet, hex.to_string())));
         samples.extend(NUMERICS.iter().map(|(hex, _)| (Encoder::Numeric, hex.to_string())));
         samples.extend(arrays().into_iter().map(|(e, hex, _)| (e, hex.to_string())));
         samples
@@ -1494,10 +1733,12 @@ mod tests {
             Encoder::BitBool,
             Encoder::BitString,
             Encoder::Hstore,
+            Encoder::Inet,
             array(Encoder::Int4),
             array(Encoder::Numeric),
             array(Encoder::Text),
             array(Encoder::Hstore),
+            array(Encoder::Inet),
             array(array(Encoder::Int2)),
         ];
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);

@@ -52,6 +52,9 @@ pub enum Encoder {
     BitString,
     /// `hstore` -> JSON object of string keys to string or null values.
     Hstore,
+    /// `inet` and `cidr` -> their output function's text, as psql shows them: `"10.0.0.1"`,
+    /// `"192.168.0.1/24"`, `"::ffff:1.2.3.4"`; cidr always with its netmask (`"10.0.0.0/8"`).
+    Inet,
     /// Any array: nested JSON lists (one level per dimension), NULL elements as `null`,
     /// each element encoded by the inner encoder.
     Array(Box<Encoder>),
@@ -92,7 +95,7 @@ pub struct TypeMap {
 pub enum Cast {
     /// The column as it is (binary format of its own type).
     None,
-    /// `col::text`: types whose text form is their faithful value (inet, xml, ranges, ...).
+    /// `col::text`: types whose text form is their faithful value (xml, ranges, macaddr, ...).
     Text,
     /// `col::text[]`: arrays of such types.
     TextArray,
@@ -128,7 +131,9 @@ mod oid {
     pub const JSON: u32 = 114;
     pub const FLOAT4: u32 = 700;
     pub const FLOAT8: u32 = 701;
+    pub const CIDR: u32 = 650;
     pub const MONEY: u32 = 790;
+    pub const INET: u32 = 869;
     pub const BPCHAR: u32 = 1042;
     pub const VARCHAR: u32 = 1043;
     pub const DATE: u32 = 1082;
@@ -286,6 +291,9 @@ fn map_scalar(types: &TypeMap, t: &TypeInfo, typmod: i32) -> Option<ColumnType> 
         // (`\303`) is what the database shows.
         oid::CHAR => as_text(),
         oid::UUID => plain("string", Encoder::Uuid),
+        // Not `::text`: `text(inet)` always shows the netmask (`10.0.0.1/32`), unlike inet's
+        // output function, which psql, pg_dump and other taps show.
+        oid::INET | oid::CIDR => plain("string", Encoder::Inet),
         oid::JSON => plain("string", Encoder::Json),
         oid::JSONB => plain("string", Encoder::Jsonb),
         oid::BYTEA => plain("string", Encoder::Bytea),
@@ -303,7 +311,7 @@ fn map_scalar(types: &TypeMap, t: &TypeInfo, typmod: i32) -> Option<ColumnType> 
             schema.insert("properties".into(), json!({}));
             Some(ColumnType { schema, cast: Cast::None, encoder: Encoder::Hstore })
         }
-        // Every other base type (inet, cidr, macaddr, xml, tsvector, geometric, pg_lsn,
+        // Every other base type (macaddr, xml, tsvector, geometric, pg_lsn,
         // extension types such as PostGIS geometry or ltree) is read as its text form, which is
         // exactly what the database holds.
         _ => as_text(),
@@ -372,6 +380,10 @@ mod tests {
             t(790, "money", b'b', b'N', 0, 0, -1),
             t(869, "inet", b'b', b'I', 0, 0, -1),
             t(1041, "_inet", b'b', b'A', 869, 0, -1),
+            t(650, "cidr", b'b', b'I', 0, 0, -1),
+            t(651, "_cidr", b'b', b'A', 650, 0, -1),
+            t(90007, "addr", b'd', b'I', 0, 869, -1),
+            t(90008, "addrs", b'd', b'A', 0, 1041, -1),
             t(1560, "bit", b'b', b'V', 0, 0, -1),
             t(90001, "mood", b'e', b'E', 0, 0, -1),
             t(90002, "_mood", b'b', b'A', 90001, 0, -1),
@@ -380,6 +392,7 @@ mod tests {
             t(90005, "pair", b'c', b'C', 0, 0, -1),
             t(90006, "_pair", b'b', b'A', 90005, 0, -1),
             t(3904, "int4range", b'r', b'R', 0, 0, -1),
+            t(3905, "_int4range", b'b', b'A', 3904, 0, -1),
         ])
     }
 
@@ -424,7 +437,7 @@ mod tests {
         let a = map_column(&types(), 1007, -1).unwrap();
         assert_eq!(Value::Object(a.schema).to_string(), r##"{"items":{"$ref":"#/definitions/sdc_recursive_integer_array"},"type":["array"]}"##);
         assert_eq!(a.encoder, Encoder::Array(Box::new(Encoder::Int4)));
-        let a = map_column(&types(), 1041, -1).unwrap();
+        let a = map_column(&types(), 3905, -1).unwrap();
         assert_eq!((a.cast, a.encoder), (Cast::TextArray, Encoder::Array(Box::new(Encoder::Text))));
         let e = map_column(&types(), 90002, -1).unwrap();
         assert_eq!(e.cast, Cast::None);
@@ -435,8 +448,25 @@ mod tests {
     fn enums_ranges_hstore_text_casts() {
         assert_eq!(map_column(&types(), 90001, -1).unwrap().encoder, Encoder::Text);
         assert_eq!(map_column(&types(), 3904, -1).unwrap().cast, Cast::Text);
-        assert_eq!(map_column(&types(), 869, -1).unwrap().cast, Cast::Text);
         assert_eq!(map_column(&types(), 90004, -1).unwrap().encoder, Encoder::Hstore);
+    }
+
+    #[test]
+    fn inet_and_cidr_decode_their_binary_form() {
+        for oid in [869, 650, 90007] {
+            let c = map_column(&types(), oid, -1).unwrap();
+            assert_eq!((c.cast, &c.encoder), (Cast::None, &Encoder::Inet), "{oid}");
+            assert_eq!(Value::Object(c.schema).to_string(), r#"{"type":["string"]}"#, "{oid}");
+        }
+        for oid in [1041, 651, 90008] {
+            let a = map_column(&types(), oid, -1).unwrap();
+            assert_eq!((a.cast, &a.encoder), (Cast::None, &Encoder::Array(Box::new(Encoder::Inet))), "{oid}");
+            assert_eq!(
+                Value::Object(a.schema).to_string(),
+                r##"{"items":{"$ref":"#/definitions/sdc_recursive_string_array"},"type":["array"]}"##,
+                "{oid}"
+            );
+        }
     }
 
     #[test]

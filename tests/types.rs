@@ -16,7 +16,9 @@
 //! Where PostgreSQL's own text output is the documented form (numeric digits, intervals under
 //! `IntervalStyle = iso_8601`, jsonb, and the types read as `::text`), the server is also used as
 //! an oracle: `select v::text` under the tap's session settings (TimeZone UTC, DateStyle ISO,
-//! IntervalStyle iso_8601, extra_float_digits 3).
+//! IntervalStyle iso_8601, extra_float_digits 3). inet and cidr print as their output function
+//! does, which `v::text` (`text(inet)`, always with the netmask) does not: their oracle is
+//! `concat(v)`, and `array_to_json(v)` for arrays of them.
 //!
 //! The test server itself runs with TimeZone America/New_York, DateStyle 'SQL, DMY' and
 //! IntervalStyle postgres_verbose, so literals here that need a zone carry an explicit offset.
@@ -142,12 +144,13 @@ impl Synced {
         self.types.iter().position(|t| t == sql_type).unwrap_or_else(|| panic!("{sql_type} was not synced"))
     }
 
-    /// `select v::text from t<i> order by id` under tap-heroku's session settings, as the superuser.
-    fn server_text(&self, sql_type: &str) -> Vec<Option<String>> {
+    /// `select <expr> from t<i> order by id` (a text expression of `v`) under tap-heroku's
+    /// session settings, as the superuser.
+    fn server_text(&self, sql_type: &str, expr: &str) -> Vec<Option<String>> {
         let mut admin = self.db.admin();
         admin.batch_execute(TAP_SESSION_SETTINGS).expect("session settings");
         admin
-            .query(&format!("select v::text from {} order by id", table(self.index(sql_type))), &[])
+            .query(&format!("select ({expr})::text from {} order by id", table(self.index(sql_type))), &[])
             .expect("oracle query")
             .iter()
             .map(|r| r.get(0))
@@ -157,7 +160,13 @@ impl Synced {
     /// Asserts that the raw `v` of every record of `sql_type` equals `to_json(v::text)` as the
     /// server prints it under tap-heroku's session settings (`null` for NULL).
     fn assert_server_oracle(&self, sql_type: &str, to_json: fn(&str) -> String) {
-        let texts = self.server_text(sql_type);
+        self.assert_server_oracle_of(sql_type, "v::text", to_json);
+    }
+
+    /// [`Synced::assert_server_oracle`] with the server's text taken from `expr` instead of
+    /// `v::text` (a NULL `expr` must mean `null`).
+    fn assert_server_oracle_of(&self, sql_type: &str, expr: &str, to_json: fn(&str) -> String) {
+        let texts = self.server_text(sql_type, expr);
         let records = raw_records(&self.out, &table(self.index(sql_type)));
         assert_eq!(records.len(), texts.len(), "{sql_type}: one record per row");
         let mut mismatches = Vec::new();
@@ -165,7 +174,7 @@ impl Synced {
             let raw = body.strip_prefix(&format!("\"id\":{},\"v\":", row + 1)).unwrap_or(body);
             let want = text.as_deref().map_or_else(|| "null".to_string(), to_json);
             if raw != want {
-                mismatches.push(format!("{sql_type} row {}: server says {want}, tap wrote {raw}", row + 1));
+                mismatches.push(format!("{sql_type} row {}: server ({expr}) says {want}, tap wrote {raw}", row + 1));
             }
         }
         assert!(mismatches.is_empty(), "tap output differs from the server's text:\n  {}", mismatches.join("\n  "));
@@ -591,7 +600,7 @@ fn intervals_as_postgres_iso_8601() {
     synced.assert_server_oracle("interval", json_string);
 }
 
-/// bytea as lowercase hex; every type read as `::text` (network, xml, text search, ranges,
+/// bytea as lowercase hex; every type read as `::text` (macaddr, xml, text search, ranges,
 /// multiranges, geometry, pg_lsn, extension types) as the server's text (the oracle).
 #[test]
 fn bytea_and_types_read_as_text() {
@@ -602,10 +611,6 @@ fn bytea_and_types_read_as_text() {
         "create extension ltree; create extension cube; create extension isn",
         &[
             ("bytea", &[(r"'\x00ff10'", "\"00ff10\""), (r"'\x'", "\"\""), (r"'\000abc'", "\"00616263\""), (&big_literal, &big_json)]),
-            // `inet::text` is `text(inet)`, which always shows the netmask (`/32`, `/128`), unlike
-            // inet's output function.
-            ("inet", &[("'192.168.0.1/24'", "\"192.168.0.1/24\""), ("'10.0.0.1'", "\"10.0.0.1/32\""), ("'::ffff:1.2.3.4'", "\"::ffff:1.2.3.4/128\"")]),
-            ("cidr", &[("'10.0.0.0/8'", "\"10.0.0.0/8\""), ("'2001:db8::/32'", "\"2001:db8::/32\"")]),
             ("macaddr", &[("'08002B010203'", "\"08:00:2b:01:02:03\"")]),
             ("macaddr8", &[("'08:00:2b:01:02:03:04:05'", "\"08:00:2b:01:02:03:04:05\"")]),
             ("xml", &[(r#"'<a b="1">x &amp; y</a>'"#, r#""<a b=\"1\">x &amp; y</a>""#), ("'<é/>'", "\"<é/>\"")]),
@@ -637,11 +642,96 @@ fn bytea_and_types_read_as_text() {
         ],
     );
     for t in [
-        "inet", "cidr", "macaddr", "macaddr8", "xml", "tsvector", "int4range", "numrange", "tstzrange", "tsrange", "daterange",
+        "macaddr", "macaddr8", "xml", "tsvector", "int4range", "numrange", "tstzrange", "tsrange", "daterange",
         "int4multirange", "point", "box", "pg_lsn", "tsquery", "jsonpath", "circle", "polygon", "txid_snapshot", "datemultirange",
         "ltree", "cube", "isbn",
     ] {
         synced.assert_server_oracle(t, json_string);
+    }
+}
+
+/// The identity of a JSON text the server printed (`array_to_json`).
+fn json_as_is(text: &str) -> String {
+    text.to_string()
+}
+
+/// inet and cidr exactly as their output function (`network_out`) prints them, as psql shows
+/// them: the netmask only when it is not the full width for inet, always for cidr; IPv6 with
+/// `::` for the first longest zero run and dotted IPv4 for `::a.b.c.d`/`::ffff:a.b.c.d`. Not
+/// as `v::text` prints them (`text(inet)` adds `/32` and `/128`).
+#[test]
+fn inet_and_cidr_as_their_output_function() {
+    let synced = assert_encodes_all(
+        "create domain addr as inet",
+        &[
+            (
+                "inet",
+                &[
+                    ("'192.168.0.1/24'", "\"192.168.0.1/24\""),
+                    ("'10.0.0.1'", "\"10.0.0.1\""),
+                    ("'10.0.0.1/32'", "\"10.0.0.1\""),
+                    ("'1.2.3.4/31'", "\"1.2.3.4/31\""),
+                    ("'0.0.0.0/0'", "\"0.0.0.0/0\""),
+                    ("'0.0.0.0'", "\"0.0.0.0\""),
+                    ("'255.255.255.255'", "\"255.255.255.255\""),
+                    ("'::'", "\"::\""),
+                    ("'::/0'", "\"::/0\""),
+                    ("'::1'", "\"::1\""),
+                    ("'::1/128'", "\"::1\""),
+                    ("'fe80::1/64'", "\"fe80::1/64\""),
+                    ("'2001:db8::'", "\"2001:db8::\""),
+                    ("'2001:db8:0:0:1:0:0:1'", "\"2001:db8::1:0:0:1\""),
+                    ("'2001:0:0:1::1'", "\"2001:0:0:1::1\""),
+                    ("'1:0:0:2:0:0:0:3'", "\"1:0:0:2::3\""),
+                    ("'1:0:2:0:3:0:4:0'", "\"1:0:2:0:3:0:4:0\""),
+                    ("'0:1:0:0:0:0:0:0'", "\"0:1::\""),
+                    ("'::ffff:1.2.3.4'", "\"::ffff:1.2.3.4\""),
+                    ("'::ffff:1.2.3.4/120'", "\"::ffff:1.2.3.4/120\""),
+                    ("'::ffff:0.0.0.0'", "\"::ffff:0.0.0.0\""),
+                    ("'::1.2.3.4'", "\"::1.2.3.4\""),
+                    ("'::ffff:0'", "\"::255.255.0.0\""),
+                    ("'::0.0.1.2'", "\"::102\""),
+                    ("'::ffff:0:1.2.3.4'", "\"::ffff:0:102:304\""),
+                    ("'::fffe:1.2.3.4'", "\"::fffe:102:304\""),
+                    ("'1::'", "\"1::\""),
+                    ("'1:2:3:4:5:6:7:8'", "\"1:2:3:4:5:6:7:8\""),
+                    ("'1:0:0:0:0:0:0:8'", "\"1::8\""),
+                    ("'ABCD:EF01:2345:6789:ABCD:EF01:2345:0089'", "\"abcd:ef01:2345:6789:abcd:ef01:2345:89\""),
+                ],
+            ),
+            (
+                "cidr",
+                &[
+                    ("'10.0.0.0/8'", "\"10.0.0.0/8\""),
+                    ("'192.168.0.0/24'", "\"192.168.0.0/24\""),
+                    ("'0.0.0.0/0'", "\"0.0.0.0/0\""),
+                    ("'10.0.0.1/32'", "\"10.0.0.1/32\""),
+                    ("'10.1'", "\"10.1.0.0/16\""),
+                    ("'2001:db8::/32'", "\"2001:db8::/32\""),
+                    ("'::1/128'", "\"::1/128\""),
+                    ("'::/0'", "\"::/0\""),
+                    ("'::ffff:1.2.3.0/120'", "\"::ffff:1.2.3.0/120\""),
+                    ("'2001:db8:0:0:1::/80'", "\"2001:db8:0:0:1::/80\""),
+                ],
+            ),
+            ("addr", &[("'10.0.0.1'", "\"10.0.0.1\""), ("'::1/64'", "\"::1/64\"")]),
+            (
+                "inet[]",
+                &[
+                    ("'{192.168.0.1/24,::1,NULL,10.0.0.1/32}'", r#"["192.168.0.1/24","::1",null,"10.0.0.1"]"#),
+                    ("'{{10.0.0.1,::ffff:1.2.3.4},{NULL,fe80::1/64}}'", r#"[["10.0.0.1","::ffff:1.2.3.4"],[null,"fe80::1/64"]]"#),
+                    ("'{}'", "[]"),
+                ],
+            ),
+            ("cidr[]", &[("'{10.0.0.0/8,2001:db8::/32,10.0.0.1,NULL}'", r#"["10.0.0.0/8","2001:db8::/32","10.0.0.1/32",null]"#)]),
+        ],
+    );
+    for t in ["inet", "cidr", "addr"] {
+        synced.assert_server_oracle_of(t, "case when v is not null then concat(v) end", json_string);
+    }
+    // array_to_json prints each element with its output function, as psql would.
+    for t in ["inet[]", "cidr[]"] {
+        synced.assert_server_oracle_of(t, "array_to_json(v)", json_as_is);
     }
 }
 
@@ -713,7 +803,7 @@ fn arrays_nest_and_encode_each_element() {
             ),
             ("json[]", &[(r#"ARRAY['{"b":1, "a" : 2}'::json]"#, r#"["{\"b\":1, \"a\" : 2}"]"#)]),
             ("hstore[]", &[("ARRAY['a=>1'::hstore, 'b=>NULL', NULL, '']", r#"[{"a":"1"},{"b":null},null,{}]"#)]),
-            ("inet[]", &[("'{192.168.0.1/24,::1,NULL}'", r#"["192.168.0.1/24","::1/128",null]"#)]),
+            ("inet[]", &[("'{192.168.0.1/24,::1,NULL}'", r#"["192.168.0.1/24","::1",null]"#)]),
             ("int4range[]", &[(r#"'{"[1,5)",empty}'"#, r#"["[1,5)","empty"]"#)]),
             (
                 "tstzrange[]",
