@@ -208,12 +208,22 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
         if method == ReplicationMethod::LogBased {
             return Err(bad("LOG_BASED replication is not supported yet".into(), "Use \"FULL_TABLE\" or \"INCREMENTAL\" for this stream."));
         }
-        let key_properties = if is_view {
+        let catalog_columns = entry.columns();
+        let unsupported = |name: &str| {
+            catalog_columns.iter().any(|(n, m)| *n == name && m.and_then(|m| m.get("inclusion")).and_then(Value::as_str) == Some("unsupported"))
+        };
+        let mut key_properties = if is_view {
             string_list(root.get("view-key-properties")).unwrap_or_default()
         } else {
             string_list(root.get("table-key-properties")).unwrap_or_default()
         };
-        let catalog_columns = entry.columns();
+        key_properties.retain(|k| {
+            let keep = !unsupported(k);
+            if !keep {
+                log::warn!("stream {id}: key property {k} has a type tap-heroku cannot encode; it is left out of key_properties");
+            }
+            keep
+        });
         let replication_key = match method {
             ReplicationMethod::Incremental => {
                 let key = root.get("replication-key").and_then(Value::as_str).filter(|k| !k.is_empty()).ok_or_else(|| {
@@ -256,10 +266,12 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
                 }
             }
         }
-        let stream = if config.include_schemas_in_destination_stream_name {
-            format!("{}_{}", schema_name, entry.table_name)
-        } else {
+        // A `stream` that differs from the table name was chosen on purpose (renamed by the
+        // user, or discovered with schema names) and wins.
+        let stream = if entry.stream != entry.table_name || !config.include_schemas_in_destination_stream_name {
             entry.stream.clone()
+        } else {
+            format!("{}_{}", schema_name, entry.table_name)
         };
         selected.push(SelectedStream {
             tap_stream_id: id.clone(),

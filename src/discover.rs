@@ -272,7 +272,14 @@ pub fn catalog_entry(db: &str, relation: &Relation, types: &TypeMap, include_sch
     let mut properties = Map::new();
     let mut metadata = Vec::with_capacity(relation.columns.len() + 1);
     let mut root = Map::new();
-    let keys: Vec<String> = relation.primary_key.iter().filter(|k| relation.columns.iter().any(|c| &c.name == *k)).cloned().collect();
+    let mapped: Vec<_> = relation.columns.iter().map(|c| typemap::map_column(types, c.typid, c.typmod)).collect();
+    // A key column we cannot encode would name a field no record has; leave it out.
+    let keys: Vec<String> = relation
+        .primary_key
+        .iter()
+        .filter(|k| relation.columns.iter().zip(&mapped).any(|(c, m)| &c.name == *k && m.is_some()))
+        .cloned()
+        .collect();
     root.insert("table-key-properties".into(), json!(keys));
     root.insert("schema-name".into(), json!(relation.schema));
     root.insert("database-name".into(), json!(db));
@@ -280,9 +287,8 @@ pub fn catalog_entry(db: &str, relation: &Relation, types: &TypeMap, include_sch
     root.insert("is-view".into(), json!(relation.is_view()));
     root.insert("selected-by-default".into(), json!(false));
     metadata.push(MetadataEntry { breadcrumb: vec![], metadata: root });
-    for column in &relation.columns {
+    for (column, mapped) in relation.columns.iter().zip(mapped) {
         let is_key = keys.contains(&column.name);
-        let mapped = typemap::map_column(types, column.typid, column.typmod);
         let mut meta = Map::new();
         meta.insert("sql-datatype".into(), json!(column.sql_datatype));
         let schema = match mapped {

@@ -33,7 +33,10 @@ pub(super) fn sync<W: Write>(
         Some(Value::Object(last)) if !plan.order_keys.is_empty() && previous_version.is_some() => plan
             .order_keys
             .iter()
-            .map(|(i, _)| last.get(&plan.columns[*i].name).filter(|v| !v.is_null()).map(bookmark_param))
+            .map(|(i, _)| {
+                let column = &plan.columns[*i];
+                last.get(&column.name).filter(|v| !v.is_null()).map(|v| bookmark_param(v, &column.encoder))
+            })
             .collect(),
         _ => None,
     };
@@ -47,7 +50,10 @@ pub(super) fn sync<W: Write>(
     if resume_from.is_some() {
         log::info!("stream {id}: resuming an interrupted full table sync after the last primary key sent");
     }
-    bookmark.remove("last_pk_fetched");
+    if resume_from.is_none() {
+        // Kept while resuming, so a run that dies before its first batch resumes at the same point.
+        bookmark.remove("last_pk_fetched");
+    }
     bookmark.remove("xmin");
     bookmark.insert("last_replication_method".into(), json!("FULL_TABLE"));
     bookmark.insert("version".into(), json!(version));

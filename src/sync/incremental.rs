@@ -3,7 +3,8 @@
 //! The bookmark is the JSON value of the replication key in the last row sent where it was not
 //! NULL, written to state after every batch. `>=` sends rows equal to the bookmark again on the
 //! next run, so rows sharing the last key value are never skipped (at-least-once). Rows whose key
-//! is NULL sort last and are sent on the first run only, as in tap-postgres.
+//! is NULL sort last and are sent on the first run only, as in tap-postgres (while every key is
+//! NULL no bookmark exists, so they are sent again).
 
 use std::io::Write;
 
@@ -30,7 +31,10 @@ pub(super) fn sync<W: Write>(
     let key_name = plan.columns[key_index].name.clone();
     let mut bookmark = plan.bookmark.clone();
     let version = bookmark.get("version").and_then(Value::as_i64).unwrap_or_else(now_version);
-    let start_value = bookmark.get("replication_key_value").filter(|v| !v.is_null()).map(bookmark_param);
+    let start_value = bookmark
+        .get("replication_key_value")
+        .filter(|v| !v.is_null())
+        .map(|v| bookmark_param(v, &plan.columns[key_index].encoder));
     bookmark.insert("last_replication_method".into(), json!("INCREMENTAL"));
     bookmark.insert("replication_key".into(), json!(key_name));
     bookmark.insert("version".into(), json!(version));

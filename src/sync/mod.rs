@@ -290,11 +290,34 @@ fn check_bookmark_value(value: Option<&Value>, encoder: &Encoder, column: &str, 
     }
 }
 
-/// The text a bookmark value is bound as (the server casts it to the key's type).
-fn bookmark_param(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+/// The text a bookmark value is bound as; the server casts it to the key's type, so it must be
+/// in that type's input syntax: bytea as `\x` hex, bit(1) as `1`/`0`, and ISO 8601 expanded years
+/// (`+20000-...`, `-0043-...`) in PostgreSQL's form (`20000-...`, `0044-... BC`).
+fn bookmark_param(value: &Value, encoder: &Encoder) -> String {
+    match (value, encoder) {
+        (Value::String(s), Encoder::Bytea) => format!("\\x{s}"),
+        (Value::Bool(b), Encoder::BitBool) => if *b { "1" } else { "0" }.to_string(),
+        (Value::String(s), Encoder::Date | Encoder::Timestamp | Encoder::TimestampTz) => postgres_year_syntax(s),
+        (Value::String(s), _) => s.clone(),
+        (other, _) => other.to_string(),
+    }
+}
+
+/// Rewrites an ISO 8601 expanded year (`+YYYYY` or a signed astronomical year) into PostgreSQL's
+/// input syntax; other text is returned unchanged.
+fn postgres_year_syntax(text: &str) -> String {
+    let (sign, rest) = match text.as_bytes().first() {
+        Some(b'+') => (1, &text[1..]),
+        Some(b'-') => (-1, &text[1..]),
+        _ => return text.to_string(),
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let Ok(year) = rest[..digits].parse::<i64>() else { return text.to_string() };
+    let astronomical = sign * year;
+    if astronomical >= 1 {
+        format!("{}{}", &rest[..digits], &rest[digits..])
+    } else {
+        format!("{:04}{} BC", 1 - astronomical, &rest[digits..])
     }
 }
 
@@ -394,7 +417,9 @@ impl RowSink {
     fn write_row<W: Write>(&mut self, row: &postgres::Row, columns: &mut [ColumnPlan], writer: &mut MessageWriter<W>) -> Result<()> {
         self.line.clear();
         self.line.extend_from_slice(&self.envelope.prefix);
-        let mut spans = [(0usize, 0usize); MAX_TRACKED_COLUMNS];
+        // Per tracked column: where its JSON text is in the line, and whether it was an infinity
+        // written as singer-io's sentinel (the bookmark must keep the real value).
+        let mut spans = [(0usize, 0usize, false); MAX_TRACKED_COLUMNS];
         for (i, column) in columns.iter_mut().enumerate() {
             if i > 0 {
                 self.line.push(b',');
@@ -404,25 +429,33 @@ impl RowSink {
             let raw: Option<Raw<'_>> = row.try_get(i).map_err(|e| {
                 Error::new(ErrorKind::Internal, format!("reading column {}", column.name)).with_source(e)
             })?;
+            let mut notes = 0;
             match raw {
                 None => self.line.extend_from_slice(b"null"),
-                Some(Raw(bytes)) => encode::encode_value(&column.encoder, bytes, &mut self.line, &mut column.notes).map_err(|e| {
-                    Error::new(ErrorKind::Encode, format!("encoding column {} ({:?})", column.name, column.encoder))
-                        .with_source(e)
-                        .with_hint("This value could not be encoded faithfully; please report it, or deselect the column.")
-                })?,
-            }
-            if let Some(t) = self.tracked.iter().position(|&c| c == i)
-                && t < spans.len() {
-                    spans[t] = (start, self.line.len());
+                Some(Raw(bytes)) => {
+                    encode::encode_value(&column.encoder, bytes, &mut self.line, &mut notes).map_err(|e| {
+                        Error::new(ErrorKind::Encode, format!("encoding column {} ({:?})", column.name, column.encoder))
+                            .with_source(e)
+                            .with_hint("This value could not be encoded faithfully; please report it, or deselect the column.")
+                    })?;
+                    column.notes |= notes;
                 }
+            }
+            if let Some(t) = self.tracked.iter().position(|&c| c == i) {
+                spans[t] = (start, self.line.len(), notes & NOTE_INFINITY_CLAMPED != 0);
+            }
         }
         self.line.extend_from_slice(&self.envelope.suffix);
-        for (t, (start, end)) in spans.iter().take(self.tracked.len()).enumerate() {
-            let text = &self.line[*start..*end];
+        for (t, &(start, end, infinite)) in spans.iter().take(self.tracked.len()).enumerate() {
+            let text = &self.line[start..end];
             if text != b"null" {
                 self.last[t].clear();
-                self.last[t].extend_from_slice(text);
+                if infinite {
+                    let word: &[u8] = if text.starts_with(b"\"9999") { b"\"infinity\"" } else { b"\"-infinity\"" };
+                    self.last[t].extend_from_slice(word);
+                } else {
+                    self.last[t].extend_from_slice(text);
+                }
             }
         }
         writer.write_line(&self.line)?;
@@ -513,4 +546,25 @@ fn run_query<W: Write>(
     tx.commit().map_err(query_error)?;
     sink.report(true);
     Ok(Outcome::Complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bookmark_params_use_postgres_input_syntax() {
+        assert_eq!(bookmark_param(&json!("00ff"), &Encoder::Bytea), "\\x00ff");
+        assert_eq!(bookmark_param(&json!(true), &Encoder::BitBool), "1");
+        assert_eq!(bookmark_param(&json!(false), &Encoder::BitBool), "0");
+        assert_eq!(bookmark_param(&json!(12), &Encoder::Int4), "12");
+        assert_eq!(bookmark_param(&json!("abc"), &Encoder::Text), "abc");
+        let ts = |s: &str| bookmark_param(&json!(s), &Encoder::TimestampTz);
+        assert_eq!(ts("2024-01-01T00:00:00+00:00"), "2024-01-01T00:00:00+00:00");
+        assert_eq!(ts("+20000-01-01T00:00:00+00:00"), "20000-01-01T00:00:00+00:00");
+        assert_eq!(ts("-0043-03-15T12:00:00+00:00"), "0044-03-15T12:00:00+00:00 BC");
+        assert_eq!(ts("+0000-01-01T00:00:00+00:00"), "0001-01-01T00:00:00+00:00 BC");
+        assert_eq!(ts("infinity"), "infinity");
+        assert_eq!(ts("-infinity"), "-infinity");
+    }
 }
