@@ -35,6 +35,10 @@ pub enum ErrorKind {
     Output,
     /// A bug in tap-heroku.
     Internal,
+    /// SIGINT arrived during a sync; stopped after a resumable STATE.
+    Interrupted,
+    /// SIGTERM arrived during a sync; stopped after a resumable STATE.
+    Terminated,
 }
 
 impl ErrorKind {
@@ -49,6 +53,8 @@ impl ErrorKind {
             ErrorKind::Output => 74,
             ErrorKind::Auth => 77,
             ErrorKind::Config => 78,
+            ErrorKind::Interrupted => 130,
+            ErrorKind::Terminated => 143,
         }
     }
 }

@@ -14,6 +14,7 @@ mod encode;
 mod error;
 mod message;
 mod query;
+mod signals;
 mod state;
 mod sync;
 mod typemap;

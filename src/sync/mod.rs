@@ -30,6 +30,7 @@ use crate::encode::{self, NOTE_INFINITY_CLAMPED, NOTE_YEAR_OUT_OF_RANGE, write_j
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{MessageWriter, RecordEnvelope};
 use crate::query;
+use crate::signals;
 use crate::state::State;
 use crate::typemap::{self, Encoder, TypeMap};
 
@@ -95,6 +96,8 @@ enum Outcome {
     Complete,
     /// `max_run_seconds` ran out; state is resumable.
     OutOfTime,
+    /// SIGINT or SIGTERM arrived; state is resumable.
+    Signalled(i32),
 }
 
 /// Runs the sync of every selected stream.
@@ -137,6 +140,7 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
     }
 
     let limits = Limits { config, deadline: config.max_run_seconds.map(|s| run_started + Duration::from_secs(s)) };
+    signals::install();
     let stdout = std::io::stdout();
     let mut writer = MessageWriter::new(stdout.lock());
     let mut out_of_time = false;
@@ -145,10 +149,19 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
         let id = plan.selected.tap_stream_id.clone();
         let outcome = sync_stream(&mut session.client, plan, &mut state, &mut writer, &limits)
             .map_err(|e| e.within(format!("stream {id}")))?;
-        if outcome == Outcome::OutOfTime {
-            log::info!("max_run_seconds reached; stopping with a resumable state");
-            out_of_time = true;
-            break;
+        match outcome {
+            Outcome::Complete => {}
+            Outcome::OutOfTime => {
+                log::info!("max_run_seconds reached; stopping with a resumable state");
+                out_of_time = true;
+                break;
+            }
+            Outcome::Signalled(signum) => {
+                writer.write_state(&state.to_value())?;
+                let (kind, name) = if signum == signals::SIGINT { (ErrorKind::Interrupted, "SIGINT") } else { (ErrorKind::Terminated, "SIGTERM") };
+                return Err(Error::new(kind, format!("stopped by {name} during stream {id}"))
+                    .with_hint("The last STATE written is resumable: run again with it to continue where this run stopped."));
+            }
         }
     }
     if !out_of_time {
@@ -502,7 +515,8 @@ impl RowSink {
 
 /// Runs `sql` with `params` in a read-only REPEATABLE READ transaction, reading a portal
 /// `itersize` rows at a time; after each batch calls `on_batch` (which writes STATE). Stops
-/// early with [`Outcome::OutOfTime`] when the deadline passes between batches.
+/// early with [`Outcome::OutOfTime`] when the deadline passes between batches, and with
+/// [`Outcome::Signalled`] right after the record being written when SIGINT or SIGTERM arrives.
 fn run_query<W: Write>(
     client: &mut Client,
     (sql, params): (&str, &[String]),
@@ -527,11 +541,21 @@ fn run_query<W: Write>(
     loop {
         let mut rows = tx.query_portal_raw(&portal, batch).map_err(query_error)?;
         let mut in_batch = 0i64;
+        let mut signalled = None;
         while let Some(row) = rows.next().map_err(query_error)? {
             sink.write_row(&row, columns, writer)?;
             in_batch += 1;
+            if let Some(signum) = signals::received() {
+                signalled = Some(signum);
+                break;
+            }
         }
         drop(rows);
+        if let Some(signum) = signalled {
+            on_batch(sink, writer)?;
+            sink.report(true);
+            return Ok(Outcome::Signalled(signum));
+        }
         on_batch(sink, writer)?;
         sink.report(false);
         if in_batch < i64::from(batch) {
