@@ -773,9 +773,16 @@ fn sync_from_the_hot_standby() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let seen = standby_client(&db.name)
-            .and_then(|mut c| c.query_one("select (select count(*) from st_full) + (select count(*) from st_inc)", &[]).ok())
-            .map(|r| r.get::<_, i64>(0));
-        if seen == Some(11) {
+            .and_then(|mut c| {
+                // The grants commit after the rows: wait for them too, or discovery sees nothing.
+                c.query_one(
+                    "select (select count(*) from st_full) + (select count(*) from st_inc), has_table_privilege($1, 'st_inc', 'SELECT')",
+                    &[&db.role],
+                )
+                .ok()
+            })
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, bool>(1)));
+        if seen == Some((11, true)) {
             break;
         }
         assert!(Instant::now() < deadline, "the standby did not replay the test tables within 10 s");

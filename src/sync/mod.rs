@@ -513,9 +513,29 @@ impl RowSink {
     }
 }
 
+/// Rows per message from the reader thread to the encoder.
+const CHUNK_ROWS: usize = 1024;
+/// Chunks in flight between the threads; with [`CHUNK_ROWS`] this bounds the rows held in memory.
+const CHANNEL_CHUNKS: usize = 4;
+
+/// What the reader thread hands the encoder; a failure ends the channel and is the reader's result.
+enum Fetched {
+    /// Rows, in server order.
+    Rows(Vec<postgres::Row>),
+    /// A portal fetch of `itersize` rows ended; `full` when it returned `itersize` rows, so more
+    /// may follow. The last message of a complete read has `full: false`.
+    BatchEnd {
+        /// The fetch returned as many rows as asked for.
+        full: bool,
+    },
+}
+
 /// Runs `sql` with `params` in a read-only REPEATABLE READ transaction, reading a portal
-/// `itersize` rows at a time; after each batch calls `on_batch` (which writes STATE). Stops
-/// early with [`Outcome::OutOfTime`] when the deadline passes between batches, and with
+/// `itersize` rows at a time, and writes every row; after each fetch calls `on_batch` (which
+/// writes STATE). A reader thread fetches and parses rows while this thread encodes and writes
+/// them, so the server, the TLS and protocol work and the JSON encoding overlap; at most
+/// [`CHANNEL_CHUNKS`] chunks of [`CHUNK_ROWS`] rows wait between them. Stops early with
+/// [`Outcome::OutOfTime`] when the deadline passes between fetches, and with
 /// [`Outcome::Signalled`] right after the record being written when SIGINT or SIGTERM arrives.
 fn run_query<W: Write>(
     client: &mut Client,
@@ -526,8 +546,65 @@ fn run_query<W: Write>(
     limits: &Limits<'_>,
     mut on_batch: impl FnMut(&RowSink, &mut MessageWriter<W>) -> Result<()>,
 ) -> Result<Outcome> {
-    let query_error = |e: postgres::Error| classify(e, "reading rows", limits.config.sslmode);
     log::debug!("query: {sql}");
+    let batch = i32::try_from(limits.config.itersize).unwrap_or(i32::MAX);
+    let sslmode = limits.config.sslmode;
+    std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Fetched>(CHANNEL_CHUNKS);
+        let reader = scope.spawn(move || read_portal(client, (sql, params), batch, sslmode, &sender));
+        // `Ok(None)`: the reader stopped early; its own result says why.
+        let outcome: Result<Option<Outcome>> = (|| {
+            for fetched in &receiver {
+                match fetched {
+                    Fetched::Rows(rows) => {
+                        for row in &rows {
+                            sink.write_row(row, columns, writer)?;
+                            if let Some(signum) = signals::received() {
+                                on_batch(sink, writer)?;
+                                return Ok(Some(Outcome::Signalled(signum)));
+                            }
+                        }
+                    }
+                    Fetched::BatchEnd { full } => {
+                        on_batch(sink, writer)?;
+                        sink.report(false);
+                        if !full {
+                            return Ok(Some(Outcome::Complete));
+                        }
+                        if limits.deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Ok(Some(Outcome::OutOfTime));
+                        }
+                    }
+                }
+            }
+            Ok(None)
+        })();
+        // Stopping early drops the receiver, so the reader's next send fails and it rolls back.
+        drop(receiver);
+        let read = reader.join().unwrap_or_else(|_| Err(Error::new(ErrorKind::Internal, "the reader thread panicked")));
+        sink.report(true);
+        match (outcome, read) {
+            (Ok(Some(outcome)), _) => Ok(outcome),
+            // The encoder's own error (an encode or output failure) explains more than the
+            // reader's, which then only saw a closed channel.
+            (Err(e), _) => Err(e),
+            (Ok(None), Err(e)) => Err(e),
+            (Ok(None), Ok(())) => Err(Error::new(ErrorKind::Internal, "the reader thread stopped without finishing")),
+        }
+    })
+}
+
+/// The reader thread: transaction, portal, fetches of `batch` rows sent on in chunks. Returns
+/// early (rolling back) when the encoder has stopped listening; a failure closes the channel and
+/// is returned.
+fn read_portal(
+    client: &mut Client,
+    (sql, params): (&str, &[String]),
+    batch: i32,
+    sslmode: crate::config::SslMode,
+    sender: &std::sync::mpsc::SyncSender<Fetched>,
+) -> Result<()> {
+    let query_error = |e: postgres::Error| classify(e, "reading rows", sslmode);
     let mut tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -537,39 +614,32 @@ fn run_query<W: Write>(
     let statement = tx.prepare_typed(sql, &vec![Type::TEXT; params.len()]).map_err(query_error)?;
     let bound: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     let portal = tx.bind(&statement, &bound).map_err(query_error)?;
-    let batch = i32::try_from(limits.config.itersize).unwrap_or(i32::MAX);
     loop {
         let mut rows = tx.query_portal_raw(&portal, batch).map_err(query_error)?;
-        let mut in_batch = 0i64;
-        let mut signalled = None;
+        let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+        let mut fetched = 0i64;
         while let Some(row) = rows.next().map_err(query_error)? {
-            sink.write_row(&row, columns, writer)?;
-            in_batch += 1;
-            if let Some(signum) = signals::received() {
-                signalled = Some(signum);
-                break;
+            chunk.push(row);
+            fetched += 1;
+            if chunk.len() == CHUNK_ROWS {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
+                if sender.send(Fetched::Rows(full)).is_err() {
+                    return Ok(());
+                }
             }
         }
         drop(rows);
-        if let Some(signum) = signalled {
-            on_batch(sink, writer)?;
-            sink.report(true);
-            return Ok(Outcome::Signalled(signum));
+        let full = fetched == i64::from(batch);
+        if (!chunk.is_empty() && sender.send(Fetched::Rows(chunk)).is_err())
+            || sender.send(Fetched::BatchEnd { full }).is_err()
+        {
+            return Ok(());
         }
-        on_batch(sink, writer)?;
-        sink.report(false);
-        if in_batch < i64::from(batch) {
+        if !full {
             break;
         }
-        if limits.deadline.is_some_and(|d| Instant::now() >= d) {
-            tx.commit().map_err(query_error)?;
-            sink.report(true);
-            return Ok(Outcome::OutOfTime);
-        }
     }
-    tx.commit().map_err(query_error)?;
-    sink.report(true);
-    Ok(Outcome::Complete)
+    tx.commit().map_err(query_error)
 }
 
 #[cfg(test)]
