@@ -546,7 +546,9 @@ fn civil_from_days(days: i64) -> (i64, u64, u64) {
 fn write_ymd(out: &mut Vec<u8>, days: i64, notes: &mut u8) {
     let (year, month, day) = civil_from_days(days + PG_EPOCH_DAYS_FROM_UNIX);
     if (1..=9999).contains(&year) {
-        write_padded(out, year as u64, 4);
+        // The common case, two digit pairs without a division loop.
+        write_2(out, year as u64 / 100);
+        write_2(out, year as u64 % 100);
     } else {
         // ISO 8601 expanded years need an explicit sign; year 0 is 1 BC, hence `+0000`.
         *notes |= NOTE_YEAR_OUT_OF_RANGE;
@@ -594,7 +596,9 @@ fn write_time_of_day(out: &mut Vec<u8>, micros: i64) {
     write_2(out, secs % 60);
     if frac != 0 {
         out.push(b'.');
-        write_padded(out, frac, 6);
+        write_2(out, frac / 10_000);
+        write_2(out, frac / 100 % 100);
+        write_2(out, frac % 100);
     }
 }
 
