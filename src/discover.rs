@@ -118,7 +118,7 @@ pub fn list_databases(client: &mut Client, config: &Config) -> Result<Vec<String
     let rows = client
         .query(
             "select datname::text from pg_database \
-             where not datistemplate and datallowconn and has_database_privilege(datname, 'CONNECT') \
+             where not datistemplate and datallowconn and has_database_privilege(oid, 'CONNECT') \
                and ($1::text[] is null or datname = any($1)) and datname <> 'rdsadmin' \
              order by datname",
             &[&config.filter_dbs],

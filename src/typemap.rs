@@ -332,8 +332,10 @@ fn number_or_special(encoder: Encoder) -> Option<ColumnType> {
     Some(ColumnType { schema, cast: Cast::None, encoder })
 }
 
-/// `numeric(p,s)` gets singer-io's bounds (`maximum 10^(p-s)` exclusive, `multipleOf 10^-s`);
-/// unconstrained `numeric` gets none (singer-io's caps would reject values the column holds).
+/// `numeric(p,s)` gets inclusive bounds (the largest value it holds, `10^(p-s) - 10^-s`) and
+/// `multipleOf 10^-s`; unconstrained `numeric` gets none (singer-io's caps would reject values the
+/// column holds). singer-io writes draft-4 `exclusiveMaximum: true` with `maximum 10^(p-s)`, which
+/// draft-6+ validators read as "maximum 1"; inclusive bounds mean the same under every draft.
 fn numeric(typmod: i32) -> Option<ColumnType> {
     let mut column = number_or_special(Encoder::Numeric)?;
     if typmod >= 4 {
@@ -342,14 +344,13 @@ fn numeric(typmod: i32) -> Option<ColumnType> {
         let raw_scale = (typmod - 4) & 0x7ff;
         let scale = if raw_scale & 0x400 != 0 { raw_scale - 0x800 } else { raw_scale };
         let digits = precision - scale;
-        if digits >= 0 && scale >= 0 {
-            let max = format!("1{}", "0".repeat(digits as usize));
+        if digits >= 0 && scale >= 0 && precision > 0 {
+            let integer = if digits == 0 { "0".to_string() } else { "9".repeat(digits as usize) };
+            let max = if scale == 0 { integer } else { format!("{integer}.{}", "9".repeat(scale as usize)) };
             let schema = &mut column.schema;
-            schema.insert("exclusiveMaximum".into(), json!(true));
             schema.insert("maximum".into(), number(&max));
             let step = if scale == 0 { "1".to_string() } else { format!("0.{}1", "0".repeat(scale as usize - 1)) };
             schema.insert("multipleOf".into(), number(&step));
-            schema.insert("exclusiveMinimum".into(), json!(true));
             schema.insert("minimum".into(), number(&format!("-{max}")));
         }
     }
@@ -404,14 +405,14 @@ mod tests {
     }
 
     #[test]
-    fn numeric_bounds_follow_singer_io() {
+    fn numeric_bounds_are_inclusive() {
         let c = map_column(&types(), 1700, (12 << 16 | 2) + 4).unwrap();
         assert_eq!(Value::Object(c.schema).to_string(),
-            r#"{"exclusiveMaximum":true,"exclusiveMinimum":true,"maximum":10000000000,"minimum":-10000000000,"multipleOf":0.01,"type":["number","string"]}"#);
+            r#"{"maximum":9999999999.99,"minimum":-9999999999.99,"multipleOf":0.01,"type":["number","string"]}"#);
         let c = map_column(&types(), 1700, -1).unwrap();
         assert_eq!(Value::Object(c.schema).to_string(), r#"{"type":["number","string"]}"#);
         let c = map_column(&types(), 1700, (1000 << 16) + 4).unwrap();
-        assert_eq!(c.schema["maximum"].to_string().len(), 1001);
+        assert_eq!(c.schema["maximum"].to_string(), "9".repeat(1000));
         assert_eq!(c.schema["multipleOf"].to_string(), "1");
     }
 

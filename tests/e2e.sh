@@ -1,0 +1,810 @@
+#!/usr/bin/env bash
+# End-to-end checks of tap-heroku with real Singer tools (see README, "End-to-end checks with
+# real Singer tools"):
+#
+#   a. tap-heroku | target-jsonl                  every row arrives, values equal to the source
+#   b. tap-heroku | target-postgres (pipelinewise) loaded tables equal the source, FULL_TABLE and
+#                                                  INCREMENTAL run twice with the state in between
+#   c. tap-heroku | singer-check-tap               singer-tools accepts the output
+#   d. meltano run tap-heroku target-jsonl         examples/meltano: select rules, metadata
+#                                                  overrides, state between two runs
+#
+# It builds the release binary, starts the Heroku-like servers of tests/server.sh (SSL only,
+# scram passwords) in a temporary directory, installs the Python tools into virtualenvs under
+# ${TAP_HEROKU_E2E_VENV:-~/.cache/tap-heroku-e2e-venv} (reused while their pins are unchanged),
+# runs the checks, prints PASS/FAIL per check and a last line "e2e: N passed, N failed", and
+# tears everything down. Exit status: 0 when every check passed, 1 otherwise, 2 when the setup
+# (build, servers, virtualenvs) failed.
+#
+#   tests/e2e.sh             all checks
+#   tests/e2e.sh a d         only the named checks
+#
+# Environment: TAP_HEROKU_E2E_VENV (virtualenv cache), TAP_HEROKU_E2E_PYTHON (python3 to make
+# the virtualenvs with, 3.11 is what the pins were verified on), TAP_HEROKU_E2E_KEEP=1 (leave the
+# servers running and the work directory in place, for debugging).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd -P)
+
+say() { echo "tests/e2e.sh: $*" >&2; }
+setup_die() { say "SETUP FAILED: $*"; exit 2; }
+
+# Nothing from the caller's libpq or tap settings may leak into the checks.
+while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(PG|TAP_HEROKU_|MELTANO_)' | grep -v '^TAP_HEROKU_E2E_' || true)
+unset DATABASE_URL
+
+PYTHON=${TAP_HEROKU_E2E_PYTHON:-python3}
+VENV_ROOT=${TAP_HEROKU_E2E_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/tap-heroku-e2e-venv}
+ALL_CHECKS=(a b c d)
+CHECKS=("$@")
+[[ ${#CHECKS[@]} -gt 0 ]] || CHECKS=("${ALL_CHECKS[@]}")
+for c in "${CHECKS[@]}"; do
+    [[ " ${ALL_CHECKS[*]} " == *" $c "* ]] || { echo "usage: tests/e2e.sh [a] [b] [c] [d]" >&2; exit 64; }
+done
+
+# --- pinned Python tools ---------------------------------------------------------------------
+# Every package of each virtualenv is pinned (installed with --no-deps, then `pip check`), so a
+# cold install is reproducible. Verified together on CPython 3.11. Three virtualenvs because the
+# tools pin conflicting libraries: target-jsonl needs singer-python 5.8.0 with jsonschema 2.6.0,
+# pipelinewise-target-postgres needs pipelinewise-singer-python with jsonschema 3.2.0, and
+# Meltano needs jsonschema 4.
+REQ_SINGER='target-jsonl==0.1.4
+singer-tools==0.4.1
+singer-python==5.8.0
+adjust-precision-for-schema==0.3.3
+jsonschema==2.6.0
+simplejson==3.11.1
+backoff==1.8.0
+ciso8601==2.4.1
+python-dateutil==2.9.0.post0
+six==1.17.0
+pytz==2018.4
+attrs==16.3.0
+strict-rfc3339==0.7
+terminaltables==3.1.0'
+REQ_TARGET_POSTGRES='pipelinewise-target-postgres==2.1.2
+pipelinewise-singer-python==1.3.0
+psycopg2-binary==2.9.5
+inflection==0.3.1
+joblib==1.2.0
+jsonschema==3.2.0
+attrs==26.1.0
+pyrsistent==0.20.0
+six==1.17.0
+backoff==1.10.0
+ciso8601==2.4.1
+python-dateutil==2.9.0.post0
+pytz==2020.5
+simplejson==3.17.2'
+REQ_MELTANO='meltano==4.4.1
+pip==26.3
+alembic==1.20.1
+anyio==4.16.0
+attrs==26.1.0
+certifi==2026.10.19.post1
+charset-normalizer==3.5.3
+click==8.5.1
+click-default-group==1.2.4
+dateparser==1.5.0
+distlib==0.4.4
+fasteners==0.20
+filelock==4.3.1
+greenlet==3.5.6
+idna==3.20
+importlib_metadata==10.2.0
+Jinja2==3.1.6
+jsonschema==4.26.0
+jsonschema-specifications==2025.9.1
+lazy-importer==0.1.0
+Mako==1.4.3
+markdown-it-py==4.3.0
+MarkupSafe==3.0.4
+mdurl==0.1.2
+packaging==26.4
+platformdirs==4.14.8
+psutil==7.2.2
+Pygments==2.21.0
+python-dateutil==2.9.0.post0
+six==1.17.0
+python-discovery==1.9.6
+python-dotenv==1.2.4
+pytz==2026.6
+PyYAML==6.0.4
+referencing==0.37.0
+regex==2026.11.19
+requests==2.34.2
+rich==15.0.0
+rpds-py==2026.9.1
+ruamel.yaml==0.19.1
+smart_open==8.0.4
+snowplow-tracker==1.1.0
+SQLAlchemy==2.0.58
+structlog==26.1.0
+typing_extensions==4.16.0
+tzdata==2026.6
+tzlocal==5.4.5
+urllib3==2.8.0
+uv==0.13.9
+virtualenv==21.15.11
+wrapt==2.5.2
+zipp==4.1.2'
+
+# make_venv NAME REQUIREMENTS: (re)creates VENV_ROOT/NAME unless it already holds exactly these
+# pins for this Python. Runs in the background during the build; its log is VENV_ROOT/NAME.log.
+make_venv() {
+    local reqs=$2 dir="$VENV_ROOT/$1" stamp
+    stamp="$("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')
+$reqs"
+    if [[ -f $dir/.e2e-stamp && $(cat "$dir/.e2e-stamp") == "$stamp" ]] && "$dir/bin/python" -c '' 2>/dev/null; then
+        echo "reusing $dir"
+        return 0
+    fi
+    echo "creating $dir"
+    rm -rf "$dir"
+    "$PYTHON" -m venv "$dir"
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+        -r /dev/stdin <<<"$reqs"
+    "$dir/bin/python" -m pip check
+    printf '%s' "$stamp" >"$dir/.e2e-stamp"
+}
+
+setup_venvs() {
+    mkdir -p "$VENV_ROOT"
+    # One e2e run at a time may (re)build the cache.
+    exec 9>"$VENV_ROOT/.lock"
+    flock 9
+    local pids=() names=(singer target-postgres meltano) reqs=("$REQ_SINGER" "$REQ_TARGET_POSTGRES" "$REQ_MELTANO") i rc=0
+    for i in 0 1 2; do
+        make_venv "${names[$i]}" "${reqs[$i]}" >"$VENV_ROOT/${names[$i]}.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in 0 1 2; do
+        if ! wait "${pids[$i]}"; then
+            say "installing the ${names[$i]} virtualenv failed:"
+            cat "$VENV_ROOT/${names[$i]}.log" >&2
+            rc=1
+        fi
+    done
+    flock -u 9
+    return "$rc"
+}
+
+# --- setup -----------------------------------------------------------------------------------
+
+T0=$SECONDS
+command -v "$PYTHON" >/dev/null || setup_die "$PYTHON not found (set TAP_HEROKU_E2E_PYTHON)"
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null \
+    || setup_die "$PYTHON cannot make virtualenvs (apt-get install python3-venv)"
+command -v flock >/dev/null || setup_die "flock not found (apt-get install util-linux)"
+
+SERVER_DIR=$(mktemp -d "${TAP_HEROKU_TEST_TMPDIR:-/tmp}/tap-heroku-e2e-pg.XXXXXX")
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tap-heroku-e2e.XXXXXX")
+VENV_PID=
+
+teardown() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -n $VENV_PID ]] && kill "$VENV_PID" 2>/dev/null || true
+    if [[ ${TAP_HEROKU_E2E_KEEP:-} == 1 ]]; then
+        say "TAP_HEROKU_E2E_KEEP=1: servers left running (tests/server.sh stop $SERVER_DIR), work files in $WORK"
+    else
+        tests/server.sh stop "$SERVER_DIR" >/dev/null 2>&1 || true
+        rm -rf "$SERVER_DIR" "$WORK"
+    fi
+    exit "$rc"
+}
+trap teardown EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+say "installing the Python tools into $VENV_ROOT (in the background)"
+setup_venvs >"$WORK/venvs.log" 2>&1 &
+VENV_PID=$!
+
+say "building the release binary"
+cargo build --release --locked || setup_die "cargo build --release --locked failed"
+TAP="$ROOT/target/release/tap-heroku"
+export PATH="$ROOT/target/release:$PATH"
+
+say "starting the Heroku-like PostgreSQL servers in $SERVER_DIR"
+tests/server.sh start "$SERVER_DIR" || setup_die "tests/server.sh start failed"
+# shellcheck source=/dev/null
+source "$SERVER_DIR/env"
+PORT=$TAP_HEROKU_TEST_PORT
+READER=$TAP_HEROKU_TEST_READER_USER
+READER_PW=$TAP_HEROKU_TEST_READER_PASSWORD
+
+rc=0
+wait "$VENV_PID" || rc=$?
+VENV_PID=
+cat "$WORK/venvs.log" >&2
+[[ $rc -eq 0 ]] || setup_die "could not install the Python tools (log above)"
+V_SINGER=$VENV_ROOT/singer/bin
+V_TPG=$VENV_ROOT/target-postgres/bin
+V_MELTANO=$VENV_ROOT/meltano/bin
+say "setup done in $((SECONDS - T0))s"
+
+# psql_admin DB [psql args...]: superuser over the unix socket.
+psql_admin() {
+    local db=$1; shift
+    "$TAP_HEROKU_TEST_PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$TAP_HEROKU_TEST_SOCKET_DIR" \
+        -p "$PORT" -U "$TAP_HEROKU_TEST_ADMIN_USER" -d "$db" "$@"
+}
+export E2E_PSQL="$TAP_HEROKU_TEST_PGBIN/psql" E2E_SOCKET_DIR="$TAP_HEROKU_TEST_SOCKET_DIR" \
+    E2E_PORT="$PORT" E2E_ADMIN="$TAP_HEROKU_TEST_ADMIN_USER"
+
+# The reader may connect to the databases it is granted, and nothing else.
+psql_admin postgres -c 'revoke connect on database postgres from public'
+
+# new_source_db NAME [ROLE]: a database with the fixture, readable by the read-only role
+# (tap_reader by default) only: the GRANTs of the README for a read-only credential.
+new_source_db() {
+    local db=$1 role=${2:-$READER}
+    psql_admin postgres -c "create database $db" -c "revoke connect on database $db from public" \
+        -c "grant connect on database $db to $role" >/dev/null
+    psql_admin "$db" <<<"$FIXTURE_SQL" >/dev/null
+    psql_admin "$db" -c "grant usage on schema public to $role" \
+        -c "grant select on all tables in schema public to $role" >/dev/null
+}
+
+# tap_config FILE DB: the read-only role's config, SSL required (the default).
+tap_config() {
+    printf '{"host": "127.0.0.1", "port": %s, "user": "%s", "password": "%s", "dbname": "%s", "filter_dbs": "%s"}\n' \
+        "$PORT" "$READER" "$READER_PW" "$2" "$2" >"$1"
+}
+
+# select_streams CATALOG OUT STREAM=METHOD[:KEY]...: marks the streams selected.
+select_streams() {
+    "$PYTHON" - "$@" <<'EOF'
+import json, sys
+catalog_path, out_path, *specs = sys.argv[1:]
+catalog = json.load(open(catalog_path))
+wanted = {}
+for spec in specs:
+    stream, method = spec.split("=")
+    method, _, key = method.partition(":")
+    wanted[stream] = (method, key)
+found = set()
+for s in catalog["streams"]:
+    if s["stream"] not in wanted:
+        continue
+    found.add(s["stream"])
+    method, key = wanted[s["stream"]]
+    md = next(m for m in s["metadata"] if m["breadcrumb"] == [])["metadata"]
+    md["selected"] = True
+    md["replication-method"] = method
+    if key:
+        md["replication-key"] = key
+missing = set(wanted) - found
+if missing:
+    sys.exit(f"select_streams: not in the discovered catalog: {sorted(missing)}")
+json.dump(catalog, open(out_path, "w"), indent=1)
+EOF
+}
+
+# --- fixture ---------------------------------------------------------------------------------
+
+FIXTURE_SQL=$(cat <<'EOF'
+create extension if not exists hstore;
+
+-- FULL_TABLE in checks a-c: edge values of the common types, and NULLs.
+create table customers (
+  id integer primary key,
+  name text,
+  nick varchar(20),
+  small smallint,
+  big bigint,
+  balance numeric(12,2),
+  ratio numeric,
+  score double precision,
+  active boolean,
+  born date,
+  created_at timestamptz,
+  prefs jsonb,
+  tags text[],
+  grid integer[],
+  uid uuid
+);
+insert into customers values
+ (1, 'O''Brien "Bob" \ back\slash, comma; semi', 'bob', -32768, 9223372036854775807, 1234.50,
+  12345678901234567890.123456789012345678901234567890, 1.1, true, '2024-02-29',
+  '2024-06-01 10:00:00.123456+00',
+  '{"a": 1, "b": [true, null, "x"], "n": 1.10, "s": "Zoë \"q\" \\ \n", "deep": {"e": []}}',
+  '{"one","two, three","quote\"d","back\\slash",NULL}', '{{1,2},{3,NULL}}',
+  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'),
+ (2, E'Zoë 北京 🚀 tab\tend\nsecond line\r\n', NULL, 32767, -9223372036854775808, -0.01,
+  0.00000000000000000000000000000000000000000000000001, 1e300, false, '1999-12-31',
+  '1999-12-31 23:59:59.999999-05', '[]', '{}', '{}', NULL),
+ (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (4, '', 'empty', 0, 0, 0, -42, -0.5, true, '0001-01-01',
+  '2000-01-01 00:00:00+00', 'null', '{""}', '{7}', '00000000-0000-0000-0000-000000000000');
+
+-- INCREMENTAL on updated_at in checks a-c; several rows share a key value.
+create table orders (
+  id bigint primary key,
+  customer_id integer,
+  total numeric(10,2),
+  status text,
+  items jsonb,
+  updated_at timestamptz not null
+);
+create index orders_updated_at on orders (updated_at);
+insert into orders
+select g, 1 + g % 4, (g * 7.25)::numeric(10,2), case when g % 3 = 0 then 'shipped' else 'new' end,
+       jsonb_build_object('sku', 'SKU-' || g, 'qty', g % 5, 'tags', jsonb_build_array('a', g)),
+       timestamptz '2024-06-01 00:00:00+00' + ((g + 1) / 2) * interval '1 minute 0.000001 second'
+from generate_series(1, 250) g;
+
+-- FULL_TABLE in checks a-c: types printed as text, special floats, hstore.
+create table readings (
+  id integer primary key,
+  taken timestamp,
+  dur interval,
+  raw bytea,
+  f4 real,
+  f8 double precision,
+  n numeric,
+  t time,
+  ip inet,
+  attrs hstore,
+  flags bit(4),
+  ts_list timestamptz[]
+);
+insert into readings values
+ (1, '2024-01-02 03:04:05.5', '1 year 2 mons -3 days 04:05:06.7', '\x00ff10', 1.5, 'NaN', 'NaN',
+  '12:34:56.789', '10.0.0.1', 'a=>1, "b c"=>NULL, "q\"uote"=>"x,y"', B'1010',
+  array['2024-01-01 00:00:00+00', null, '2024-12-31 23:59:59.5+02']::timestamptz[]),
+ (2, '1970-01-01 00:00:00', 'PT0S', '\x', -0.25, 'Infinity', '-Infinity', '00:00:00',
+  '2001:db8::1/64', '', B'0000', '{}'),
+ (3, NULL, NULL, NULL, NULL, '-Infinity', 123.456, NULL, NULL, NULL, NULL, NULL);
+
+-- Meltano (check d): INCREMENTAL on seq; secret and internal_note are never selected.
+create table events (
+  id integer primary key,
+  seq integer not null,
+  kind text,
+  payload jsonb,
+  secret text,
+  internal_note text,
+  created_at timestamptz
+);
+create index events_seq on events (seq);
+insert into events
+select g, least(g, 10), 'kind-' || g, jsonb_build_object('n', g, 'label', 'év ' || g),
+       'secret-' || g, 'note ' || g, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour'
+from generate_series(1, 11) g;
+EOF
+)
+
+# --- the comparison ---------------------------------------------------------------------------
+# compare.py: compares what a target wrote with the source table, read with psql as the
+# superuser. Rows are matched by primary key; every column is compared after parsing both sides
+# (numbers as Decimal, timestamps as UTC datetimes, jsonb documents as JSON, arrays element by
+# element, bytea as hex, hstore as an object). Any missing, extra or duplicated row or column,
+# or any different value, is listed and fails the comparison.
+cat >"$WORK/compare.py" <<'EOF'
+import argparse, datetime as dt, json, os, re, subprocess, sys
+from decimal import Decimal
+
+UTC = dt.timezone.utc
+
+def psql(db, sql):
+    cmd = [os.environ["E2E_PSQL"], "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+           "-h", os.environ["E2E_SOCKET_DIR"], "-p", os.environ["E2E_PORT"],
+           "-U", os.environ["E2E_ADMIN"], "-d", db,
+           "-c", "set timezone = 'UTC'; set datestyle = 'ISO'; set intervalstyle = 'iso_8601'; set extra_float_digits = 1",
+           "-c", sql]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return [line for line in out.split("\n") if line]
+
+def columns(db, table):
+    rows = psql(db, f"""select json_build_object('name', a.attname, 'type', t.typname,
+        'elem', coalesce(e.typname, ''), 'pk', coalesce(a.attnum = any(i.indkey), false))
+        from pg_attribute a join pg_type t on t.oid = a.atttypid
+        left join pg_type e on e.oid = t.typelem and t.typcategory = 'A'
+        left join pg_index i on i.indrelid = a.attrelid and i.indisprimary
+        where a.attrelid = '{table}'::regclass and a.attnum > 0 and not a.attisdropped
+        order by a.attnum""")
+    return [json.loads(r) for r in rows]
+
+def loads(text):
+    return json.loads(text, parse_float=Decimal)
+
+def timestamp(s):
+    if len(s) == 10:
+        return dt.datetime.fromisoformat(s).replace(tzinfo=UTC)
+    v = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return (v if v.tzinfo else v.replace(tzinfo=UTC)).astimezone(UTC)
+
+NUMERIC = {"int2", "int4", "int8", "numeric", "float4", "float8", "oid"}
+
+def canon(typ, v, mode):
+    """A comparable form of one value of PostgreSQL type `typ` (array types: typ = '[]elem')."""
+    if v is None:
+        return None
+    if typ.startswith("[]"):
+        if not isinstance(v, list):
+            raise ValueError(f"expected a list, got {v!r}")
+        return [canon(typ[2:], x, mode) if not isinstance(x, list) else canon(typ, x, mode) for x in v]
+    if typ in NUMERIC:
+        if isinstance(v, str):  # NaN, Infinity, -Infinity
+            return v
+        if isinstance(v, bool):
+            raise ValueError(f"expected a number, got {v!r}")
+        d = Decimal(str(v))
+        if mode == "pipelinewise" and typ not in ("int2", "int4", "int8", "oid"):
+            return float(d)  # the target stores every JSON number as double precision
+        return d
+    if typ in ("json", "jsonb"):
+        return loads(v) if isinstance(v, str) else ("not a JSON string", v)
+    if typ in ("timestamptz", "timestamp", "date"):
+        return timestamp(v)
+    if typ == "time":
+        return dt.time.fromisoformat(v)
+    if typ == "bytea":
+        return v[2:] if v.startswith("\\x") else v
+    return v
+
+def pipelinewise_text(s):
+    """What pipelinewise-target-postgres 2.1.2 stores for a string: it writes each value with
+    json.dumps into a CSV file that COPY reads with ESCAPE '\\', so JSON escapes other than \\"
+    and \\\\ (\\n, \\t, \\r, \\uXXXX of control characters) stay as text, and '' becomes NULL."""
+    if s == "":
+        return None
+    inner = json.dumps(s, ensure_ascii=False)[1:-1]
+    return re.sub(r'\\(["\\])', r"\1", inner)
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--db", required=True, help="source database")
+    p.add_argument("--table", required=True, help="source table (public.x)")
+    p.add_argument("--columns", help="comma-separated columns expected (default: all)")
+    p.add_argument("--where", help="SQL condition on the source rows expected")
+    p.add_argument("--jsonl", help="target-jsonl file to check")
+    p.add_argument("--target-db", help="database the target loaded into")
+    p.add_argument("--target-table", help="table the target loaded into")
+    p.add_argument("--ordered-by", help="the actual rows must be in non-decreasing order of this column")
+    p.add_argument("--mode", choices=["exact", "pipelinewise"], default="exact")
+    a = p.parse_args()
+
+    cols = columns(a.db, a.table)
+    if a.columns:
+        want = a.columns.split(",")
+        unknown = set(want) - {c["name"] for c in cols}
+        if unknown:
+            sys.exit(f"compare: no such source columns: {sorted(unknown)}")
+        cols = [c for c in cols if c["name"] in want]
+    types = {c["name"]: ("[]" + c["elem"]) if c["elem"] else c["type"] for c in cols}
+    pk = [c["name"] for c in cols if c["pk"]]
+    if not pk:
+        sys.exit(f"compare: {a.table} has no primary key among the compared columns")
+
+    def src_expr(c):
+        q = '"' + c["name"].replace('"', '""') + '"'
+        if c["type"] in ("json", "jsonb"):
+            return f"{q}::text as {q}"
+        if c["type"] == "hstore":
+            return f"hstore_to_json({q}) as {q}"
+        return q
+    sql = (f"select row_to_json(x) from (select {', '.join(src_expr(c) for c in cols)} "
+           f"from {a.table}{' where ' + a.where if a.where else ''}) x")
+    source = [loads(r) for r in psql(a.db, sql)]
+
+    if a.jsonl:
+        with open(a.jsonl, encoding="utf-8") as f:
+            actual = [loads(line) for line in f if line.strip()]
+        what = a.jsonl
+    else:
+        actual = [loads(r) for r in psql(a.target_db, f"select row_to_json(x) from {a.target_table} x")]
+        what = f"{a.target_db}.{a.target_table}"
+
+    problems = []
+    key = lambda r: tuple(json.dumps(r.get(k), default=str) for k in pk)
+    show = lambda k: ", ".join(f"{n}={json.loads(v)}" for n, v in zip(pk, k))
+    expected = {}
+    for r in source:
+        expected[key(r)] = r
+    seen = {}
+    for i, r in enumerate(actual):
+        k = key(r)
+        if k in seen:
+            problems.append(f"row {show(k)} appears twice (lines {seen[k] + 1} and {i + 1})")
+        seen[k] = i
+        got_cols, want_cols = set(r), set(types)
+        if got_cols != want_cols:
+            problems.append(f"row {show(k)}: columns {sorted(got_cols)}, expected {sorted(want_cols)}")
+        if k not in expected:
+            problems.append(f"row {show(k)} is not in the source (or not expected): {r}")
+            continue
+        for name, typ in types.items():
+            want = expected[k].get(name)
+            if a.mode == "pipelinewise" and isinstance(want, str) and typ not in NUMERIC and typ not in ("json", "jsonb", "timestamptz", "timestamp", "date", "time"):
+                want = pipelinewise_text(canon(typ, want, a.mode))
+            try:
+                w, g = canon(typ, want, a.mode), canon(typ, r.get(name), a.mode)
+            except (ValueError, TypeError) as e:
+                problems.append(f"row {show(k)} column {name} ({typ}): {e}")
+                continue
+            if w != g:
+                problems.append(f"row {show(k)} column {name} ({typ}): source {want!r}, target {r.get(name)!r}")
+    for k in expected:
+        if k not in seen:
+            problems.append(f"row {show(k)} of the source is missing")
+    if a.ordered_by:
+        vals = [canon(types[a.ordered_by], r.get(a.ordered_by), a.mode) for r in actual]
+        if any(x > y for x, y in zip(vals, vals[1:])):
+            problems.append(f"rows are not in {a.ordered_by} order: {vals}")
+    if problems:
+        print(f"compare: {what} differs from {a.db}.{a.table}" + (f" where {a.where}" if a.where else "") + ":")
+        for line in problems[:30]:
+            print("  " + line)
+        if len(problems) > 30:
+            print(f"  ... and {len(problems) - 30} more")
+        sys.exit(1)
+    print(f"compare: {what}: {len(actual)} rows x {len(types)} columns equal to {a.db}.{a.table}"
+          + (f" where {a.where}" if a.where else ""))
+
+main()
+EOF
+compare() { "$PYTHON" "$WORK/compare.py" "$@"; }
+
+# fail MESSAGE: fails the current check with a message.
+fail() { echo "FAILED: $*" >&2; exit 1; }
+
+# count_messages FILE TYPE [STREAM]: how many messages of one type (and stream) a Singer output has.
+count_messages() {
+    "$PYTHON" - "$@" <<'EOF'
+import json, sys
+path, typ, *stream = sys.argv[1:]
+n = 0
+for line in open(path, encoding="utf-8"):
+    m = json.loads(line)
+    if m.get("type") == typ and (not stream or m.get("stream") == stream[0]):
+        n += 1
+print(n)
+EOF
+}
+
+# --- a. target-jsonl ---------------------------------------------------------------------------
+
+check_a() {
+    local d=$WORK/a
+    mkdir -p "$d"
+    new_source_db e2e_a
+    tap_config "$d/config.json" e2e_a
+    "$TAP" --config "$d/config.json" --discover >"$d/catalog.json"
+    select_streams "$d/catalog.json" "$d/selected.json" customers=FULL_TABLE orders=INCREMENTAL:updated_at readings=FULL_TABLE
+    echo '{"destination_path": "out", "do_timestamp_file": false}' >"$d/target.json"
+    (cd "$d" && "$TAP" --config config.json --catalog selected.json 2>tap.log | tee tap.out \
+        | "$V_SINGER/target-jsonl" --config target.json >state.out 2>target.log) \
+        || { cat "$d/tap.log" "$d/target.log" >&2; fail "tap-heroku | target-jsonl exited non-zero"; }
+    local t
+    for t in customers orders readings; do
+        [[ -f $d/out/$t.jsonl ]] || fail "target-jsonl wrote no $t.jsonl"
+        compare --db e2e_a --table "public.$t" --jsonl "$d/out/$t.jsonl" \
+            || fail "$t: target-jsonl's rows differ from the source"
+    done
+    # The state target-jsonl confirms is the tap's last STATE, with the orders bookmark.
+    "$PYTHON" - "$d/tap.out" "$d/state.out" <<'EOF' || fail "target-jsonl's final state is not the tap's last STATE"
+import json, sys
+last = [json.loads(l)["value"] for l in open(sys.argv[1]) if json.loads(l)["type"] == "STATE"][-1]
+got = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
+assert got == last, (got, last)
+assert got["bookmarks"]["e2e_a-public-orders"]["replication_key_value"] == "2024-06-01T02:05:00.000125+00:00", got
+print("state:", json.dumps(got["bookmarks"]["e2e_a-public-orders"]))
+EOF
+}
+
+# --- b. pipelinewise-target-postgres -----------------------------------------------------------
+
+check_b() {
+    local d=$WORK/b
+    mkdir -p "$d"
+    new_source_db e2e_b
+    psql_admin postgres -c 'create database e2e_b_dst' -c 'revoke connect on database e2e_b_dst from public'
+    tap_config "$d/config.json" e2e_b
+    "$TAP" --config "$d/config.json" --discover >"$d/catalog.json"
+    select_streams "$d/catalog.json" "$d/selected.json" customers=FULL_TABLE orders=INCREMENTAL:updated_at readings=FULL_TABLE
+    # The target logs in as the superuser over TCP with SSL, as it would to a warehouse.
+    # validate_records on: the target checks every record against its SCHEMA (JSON Schema
+    # draft 7, with format checks), so the schemas must mean the same under draft 7 as under
+    # draft 4 (numeric(p,s) bounds are inclusive, not draft-4 boolean exclusives).
+    printf '{"host": "127.0.0.1", "port": %s, "user": "%s", "password": "%s", "dbname": "e2e_b_dst", "ssl": "true", "default_target_schema": "loaded", "primary_key_required": true, "validate_records": true}\n' \
+        "$PORT" "$TAP_HEROKU_TEST_ADMIN_USER" "$TAP_HEROKU_TEST_ADMIN_PASSWORD" >"$d/target.json"
+
+    local run
+    for run in 1 2; do
+        local state_arg=()
+        [[ $run == 2 ]] && state_arg=(--state state.json)
+        (cd "$d" && "$TAP" --config config.json --catalog selected.json "${state_arg[@]}" 2>"tap$run.log" \
+            | tee "tap$run.out" | "$V_TPG/target-postgres" --config target.json >"state$run.out" 2>"target$run.log") \
+            || { cat "$d/tap$run.log" "$d/target$run.log" >&2; fail "run $run: tap-heroku | target-postgres exited non-zero"; }
+        [[ -s $d/state$run.out ]] || fail "run $run: target-postgres emitted no state"
+        tail -n 1 "$d/state$run.out" >"$d/state.json"
+        local t
+        for t in customers orders readings; do
+            compare --db e2e_b --table "public.$t" --target-db e2e_b_dst --target-table "loaded.$t" --mode pipelinewise \
+                || fail "run $run: loaded.$t differs from the source"
+        done
+        if [[ $run == 1 ]]; then
+            # Between the runs: new orders after the bookmark, one at the bookmark, an old order
+            # updated (its updated_at moves past the bookmark), a new customer, a changed reading.
+            psql_admin e2e_b >/dev/null <<'EOF'
+insert into orders
+select g, 2, g * 0.5, 'late', jsonb_build_object('sku', 'NEW-' || g), timestamptz '2024-07-01 00:00:00+00' + g * interval '1 second'
+from generate_series(251, 260) g;
+insert into orders values (261, 3, 9.99, 'at bookmark', '{}', (select max(updated_at) from orders where id <= 250));
+update orders set status = 'refunded', total = 0, updated_at = '2024-07-02 00:00:00+00' where id = 5;
+insert into customers (id, name, balance, created_at) values (5, 'new customer', 1.05, '2024-07-01 12:00:00+00');
+update readings set n = 0.5 where id = 3;
+EOF
+        fi
+    done
+    # Run 2 sent exactly the orders at or after the bookmark of run 1 (>= re-sends those equal
+    # to it), and loading them left no duplicate keys.
+    local sent expected
+    sent=$("$PYTHON" -c '
+import json, sys
+print(",".join(sorted(str(json.loads(l)["record"]["id"]) for l in open(sys.argv[1])
+      if json.loads(l)["type"] == "RECORD" and json.loads(l)["stream"] == "orders")))' "$d/tap2.out")
+    expected=$(psql_admin e2e_b -A -t -c "select string_agg(id::text, ',' order by id::text) from orders where updated_at >= (select max(updated_at) from orders where id <= 250 and id <> 5)")
+    [[ $sent == "$expected" ]] || fail "run 2 sent orders [$sent], expected exactly [$expected] (updated_at >= the bookmark of run 1)"
+    local dups
+    dups=$(psql_admin e2e_b_dst -A -t -c "select count(*) - count(distinct id) from loaded.orders")
+    [[ $dups == 0 ]] || fail "loaded.orders has $dups duplicate ids"
+    echo "run 2 sent orders $sent"
+}
+
+# --- c. singer-check-tap -------------------------------------------------------------------------
+
+check_c() {
+    local d=$WORK/c
+    mkdir -p "$d"
+    new_source_db e2e_c
+    tap_config "$d/config.json" e2e_c
+    "$TAP" --config "$d/config.json" --discover >"$d/catalog.json"
+    select_streams "$d/catalog.json" "$d/selected.json" customers=FULL_TABLE orders=INCREMENTAL:updated_at readings=FULL_TABLE events=INCREMENTAL:seq
+    # singer-check-tap runs a tap itself only with --config (no catalog), so it reads the sync
+    # output on stdin: a first run, and a second run from the state of the first.
+    "$TAP" --config "$d/config.json" --catalog "$d/selected.json" >"$d/run1.out" 2>"$d/run1.log" \
+        || { cat "$d/run1.log" >&2; fail "tap-heroku run 1 exited non-zero"; }
+    grep '"type":"STATE"' "$d/run1.out" | tail -n 1 | "$PYTHON" -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["value"]))' >"$d/state.json"
+    "$TAP" --config "$d/config.json" --catalog "$d/selected.json" --state "$d/state.json" >"$d/run2.out" 2>"$d/run2.log" \
+        || { cat "$d/run2.log" >&2; fail "tap-heroku run 2 exited non-zero"; }
+    local run
+    for run in 1 2; do
+        "$V_SINGER/singer-check-tap" <"$d/run$run.out" >"$d/check$run.log" 2>&1 \
+            || { cat "$d/check$run.log" >&2; fail "singer-check-tap rejected the output of run $run"; }
+        grep -q 'The output is valid' "$d/check$run.log" || { cat "$d/check$run.log" >&2; fail "singer-check-tap did not say the output of run $run is valid"; }
+        sed -n '/Details by stream/,$p' "$d/check$run.log"
+    done
+    local n
+    n=$(count_messages "$d/run1.out" RECORD)
+    [[ $n == $((4 + 250 + 3 + 11)) ]] || fail "run 1 has $n RECORD messages, expected 268"
+    n=$(count_messages "$d/run2.out" RECORD orders)
+    [[ $n == 2 ]] || fail "run 2 re-sent $n orders, expected the 2 at the bookmark"
+}
+
+# --- d. Meltano ---------------------------------------------------------------------------------
+
+check_d() {
+    local d=$WORK/meltano bookmark
+    mkdir -p "$d"
+    # Its own read-only role, which may connect to this database only, like a Heroku credential.
+    psql_admin postgres -c "create role heroku_ro login password '$READER_PW'" >/dev/null
+    new_source_db e2e_d heroku_ro
+    # A copy of the example project: its .meltano/ (plugins, system database with the state)
+    # and output/ are made fresh in the work directory.
+    cp "$ROOT/examples/meltano/meltano.yml" "$d/"
+
+    # Its settings are those tap-heroku --about describes, with matching kinds and secrets.
+    "$TAP" --about --format json >"$d/about.json"
+    "$V_MELTANO/python" - "$d/meltano.yml" "$d/about.json" <<'EOF' || fail "examples/meltano/meltano.yml does not match tap-heroku --about"
+import json, sys, yaml
+project = yaml.safe_load(open(sys.argv[1]))
+about = json.load(open(sys.argv[2]))
+ext = next(p for p in project["plugins"]["extractors"] if p["name"] == "tap-heroku")
+problems = []
+for cap in ("catalog", "discover", "state", "about"):
+    if cap not in ext["capabilities"]:
+        problems.append(f"capability {cap} missing in meltano.yml")
+    if cap not in about["capabilities"]:
+        problems.append(f"capability {cap} missing in --about")
+declared = {s["name"]: s for s in ext["settings"]}
+props = about["settings"]["properties"]
+for name in sorted(set(props) | set(declared)):
+    if name not in declared:
+        problems.append(f"setting {name} of --about is not declared in meltano.yml"); continue
+    if name not in props:
+        problems.append(f"setting {name} of meltano.yml is not in --about"); continue
+    p, s = props[name], declared[name]
+    types = set(p["type"]) - {"null"}
+    secret = bool(p.get("secret"))
+    kind = {"integer": "integer", "boolean": "boolean", "number": "decimal", "string": "string",
+            "array": "array", "object": "object"}[types.pop()]
+    want = "password" if secret else kind
+    if s.get("kind") != want:
+        problems.append(f"setting {name}: kind {s.get('kind')}, --about says {want}")
+    if secret != bool(s.get("sensitive")):
+        problems.append(f"setting {name}: sensitive {s.get('sensitive')}, --about secret {secret}")
+for p in problems:
+    print("  " + p)
+sys.exit(1 if problems else 0)
+EOF
+    echo "meltano.yml settings match tap-heroku --about ($("$PYTHON" -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["settings"]["properties"]))' "$d/about.json") settings)"
+
+    export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false MELTANO_DISABLE_TRACKING=true
+    (cd "$d" && "$V_MELTANO/meltano" install >install.log 2>&1) \
+        || { cat "$d/install.log" >&2; fail "meltano install failed"; }
+
+    # Configured as a Heroku user would: the DATABASE_URL of a read-only credential.
+    export TAP_HEROKU_DATABASE_URL="postgres://heroku_ro:$READER_PW@127.0.0.1:$PORT/e2e_d"
+    local run state_id=dev:tap-heroku-to-target-jsonl
+    for run in 1 2; do
+        (cd "$d" && "$V_MELTANO/meltano" run tap-heroku target-jsonl >"run$run.log" 2>&1) \
+            || { cat "$d/run$run.log" >&2; fail "run $run: meltano run tap-heroku target-jsonl failed"; }
+        if grep -q -F "$READER_PW" "$d/run$run.log"; then fail "run $run: the password appears in Meltano's log"; fi
+        [[ -f $d/output/events.jsonl ]] || { cat "$d/run$run.log" >&2; fail "run $run: no output/events.jsonl"; }
+        mv "$d/output/events.jsonl" "$d/events$run.jsonl"
+        if [[ -n $(ls -A "$d/output") ]]; then fail "run $run: streams other than events were synced: $(ls "$d/output")"; fi
+        (cd "$d" && "$V_MELTANO/meltano" state get "$state_id" 2>/dev/null) >"$d/state$run.json" \
+            || fail "run $run: meltano has no state $state_id"
+        if [[ $run == 1 ]]; then
+            # Every row, only the selected columns (secret, internal_note, created_at never).
+            compare --db e2e_d --table public.events --columns id,seq,kind,payload \
+                --jsonl "$d/events1.jsonl" --ordered-by seq || fail "run 1: events differ from the source"
+            bookmark=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["singer_state"]["bookmarks"]["e2e_d-public-events"]["replication_key_value"])' "$d/state1.json") \
+                || fail "run 1: no bookmark for e2e_d-public-events in $(cat "$d/state1.json")"
+            [[ $bookmark == 10 ]] || fail "run 1: bookmark $bookmark, expected 10 (the largest seq)"
+            psql_admin e2e_d >/dev/null <<'EOF'
+insert into events select g, g - 1, 'kind-' || g, jsonb_build_object('n', g), 'secret-' || g, 'note', now()
+from generate_series(12, 16) g;
+insert into events values (17, 10, 'late, at the bookmark', '{"late": true}', 'secret-17', 'note', now());
+update events set kind = 'changed below the bookmark, not re-sent' where id = 3;
+EOF
+        else
+            # Only what is new: seq >= the bookmark (10): ids 10, 11 (re-sent, equal to the
+            # bookmark), 17 (new at the bookmark) and 12..16.
+            compare --db e2e_d --table public.events --columns id,seq,kind,payload --where 'seq >= 10' \
+                --jsonl "$d/events2.jsonl" --ordered-by seq || fail "run 2: events differ from the new rows"
+            bookmark=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["singer_state"]["bookmarks"]["e2e_d-public-events"]["replication_key_value"])' "$d/state2.json")
+            [[ $bookmark == 15 ]] || fail "run 2: bookmark $bookmark, expected 15"
+        fi
+    done
+    unset TAP_HEROKU_DATABASE_URL
+    echo "run 1 sent $(wc -l <"$d/events1.jsonl") rows, run 2 sent $(wc -l <"$d/events2.jsonl"): $(cut -d, -f1 "$d/events2.jsonl" | tr -d '{"id: ' | tr '\n' ' ')"
+}
+
+# --- run ----------------------------------------------------------------------------------------
+
+declare -A TITLE=(
+    [a]="tap-heroku | target-jsonl: every row, values equal to the source"
+    [b]="tap-heroku | target-postgres: FULL_TABLE and INCREMENTAL x2 with state, tables equal to the source"
+    [c]="tap-heroku | singer-check-tap: output accepted"
+    [d]="meltano run tap-heroku target-jsonl: select rules, metadata overrides, state between runs"
+)
+passed=0 failed=0 results=()
+for c in "${CHECKS[@]}"; do
+    say "check $c: ${TITLE[$c]}"
+    t=$SECONDS
+    set +e
+    (
+        set -eEuo pipefail
+        trap 'echo "FAILED: command exited with status $? (tests/e2e.sh line $LINENO): $BASH_COMMAND" >&2' ERR
+        "check_$c"
+    ) 2>&1 | sed "s/^/  [$c] /"
+    status=${PIPESTATUS[0]}
+    set -e
+    if [[ $status == 0 ]]; then
+        passed=$((passed + 1)); results+=("PASS $c: ${TITLE[$c]} ($((SECONDS - t))s)")
+    else
+        failed=$((failed + 1)); results+=("FAIL $c: ${TITLE[$c]} ($((SECONDS - t))s)")
+    fi
+    echo "${results[-1]}"
+done
+echo
+printf '%s\n' "${results[@]}"
+say "total time $((SECONDS - T0))s"
+echo "e2e: $passed passed, $failed failed"
+[[ $failed == 0 ]]
