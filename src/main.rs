@@ -12,6 +12,8 @@ mod connect;
 mod discover;
 mod encode;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 mod message;
 mod query;
 mod signals;

@@ -4,5 +4,6 @@ mod support;
 
 mod discover;
 mod errors;
+mod faults;
 mod sync;
 mod types;
