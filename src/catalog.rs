@@ -110,13 +110,14 @@ impl CatalogStream {
 
     /// Column names with their metadata, in catalog order; columns that appear only in the
     /// schema's `properties` come after, with empty metadata.
+    /// A column with several metadata entries is listed once, with its first entry.
     pub fn columns(&self) -> Vec<(&str, Option<&Map<String, Value>>)> {
-        let mut out: Vec<(&str, Option<&Map<String, Value>>)> = self
-            .metadata
-            .iter()
-            .filter(|m| m.breadcrumb.len() == 2 && m.breadcrumb[0] == "properties")
-            .map(|m| (m.breadcrumb[1].as_str(), Some(&m.metadata)))
-            .collect();
+        let mut out: Vec<(&str, Option<&Map<String, Value>>)> = Vec::new();
+        for m in self.metadata.iter().filter(|m| m.breadcrumb.len() == 2 && m.breadcrumb[0] == "properties") {
+            if !out.iter().any(|(n, _)| *n == m.breadcrumb[1]) {
+                out.push((m.breadcrumb[1].as_str(), Some(&m.metadata)));
+            }
+        }
         if let Some(props) = self.schema.get("properties").and_then(Value::as_object) {
             for name in props.keys() {
                 if !out.iter().any(|(n, _)| *n == name.as_str()) {

@@ -85,6 +85,20 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// Asks the server to cancel the query running on the session of `token` (a new short
+    /// connection, with the same TLS settings). Best effort: a failure is only logged.
+    pub fn cancel(&self, token: &postgres::CancelToken) {
+        let result = match &self.tls {
+            Some(tls) => token.cancel_query(tls.clone()),
+            None => token.cancel_query(NoTls),
+        };
+        if let Err(e) = result {
+            log::warn!("could not cancel the running query: {e}");
+        }
+    }
+}
+
 /// The openssl connector for `mode`: no verification for prefer/require (libpq's meaning) unless
 /// a root certificate is given, chain verification for verify-ca, chain and host name for verify-full.
 fn tls_connector(config: &Config, mode: SslMode) -> Result<MakeTlsConnector> {
@@ -154,6 +168,8 @@ pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
             base.with_hint("A selected column no longer exists: run --discover again and update the catalog.")
         } else if code == SqlState::QUERY_CANCELED {
             base.with_hint("The statement was cancelled (statement_timeout?); raise the role's statement_timeout or lower itersize.")
+        } else if code == SqlState::ADMIN_SHUTDOWN || code == SqlState::CRASH_SHUTDOWN || code == SqlState::CANNOT_CONNECT_NOW {
+            base.with_hint("The server ended the connection (administrator, restart or failover); run again with the last STATE to continue where this run stopped.")
         } else if code == SqlState::TOO_MANY_CONNECTIONS {
             base.with_hint("The server has no free connection slots; close other connections or retry later.")
         } else {
@@ -181,6 +197,11 @@ pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
     let io_kind = std::error::Error::source(&e)
         .and_then(|s| s.downcast_ref::<io::Error>())
         .map(io::Error::kind);
+    if e.is_closed() && what.starts_with("reading rows") {
+        return Error::new(ErrorKind::Connect, what.to_string())
+            .with_source(e)
+            .with_hint("The connection to the server was lost during the sync; run again with the last STATE to continue where this run stopped.");
+    }
     if e.is_closed() || io_kind.is_some() || text.contains("error connecting") || text.contains("timeout") {
         let hint = match io_kind {
             Some(io::ErrorKind::TimedOut) => "The server did not answer in time; check host and port, the network, or raise connect_timeout.",
@@ -198,6 +219,8 @@ fn kind_of(code: &SqlState) -> ErrorKind {
         ErrorKind::Auth
     } else if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
         || *code == SqlState::TOO_MANY_CONNECTIONS
+        || *code == SqlState::ADMIN_SHUTDOWN
+        || *code == SqlState::CRASH_SHUTDOWN
         || *code == SqlState::CANNOT_CONNECT_NOW
         || code.code().starts_with("08")
     {

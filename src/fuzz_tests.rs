@@ -429,7 +429,6 @@ fn catalog_parse_and_select_streams_never_panic() {
 }
 
 #[test]
-#[ignore = "src bug: a catalog with two metadata entries for one column selects it twice: SELECT \"id\", \"id\" and RECORDs with a duplicate key"]
 fn duplicate_column_breadcrumbs_select_the_column_once() {
     let mut catalog = base_catalog();
     let entry = catalog["streams"][0]["metadata"][2].clone();

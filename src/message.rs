@@ -66,12 +66,12 @@ impl<W: Write> MessageWriter<W> {
 
     /// Appends one complete RECORD line (built with a [`RecordEnvelope`], newline included).
     pub fn write_line(&mut self, line: &[u8]) -> Result<()> {
-        self.out.write_all(line).context(ErrorKind::Output, || "writing to stdout")
+        self.out.write_all(line).context(ErrorKind::Output, || "writing to stdout").map_err(with_output_hint)
     }
 
     /// Flushes buffered messages to the underlying writer.
     pub fn flush(&mut self) -> Result<()> {
-        self.out.flush().context(ErrorKind::Output, || "writing to stdout")
+        self.out.flush().context(ErrorKind::Output, || "writing to stdout").map_err(with_output_hint)
     }
 
     /// The underlying writer (tests read what was written).
@@ -86,6 +86,11 @@ impl<W: Write> MessageWriter<W> {
         line.push(b'\n');
         self.write_line(&line)
     }
+}
+
+/// The hint of every stdout failure.
+fn with_output_hint(e: crate::error::Error) -> crate::error::Error {
+    e.with_hint("The program reading tap-heroku's output (the target) stopped or failed; check its log. The last STATE it received is resumable.")
 }
 
 /// The non-RECORD messages, serialized with `type` first as singer-python writes them.

@@ -121,7 +121,10 @@ impl State {
     /// The state as the JSON object a STATE message carries.
     pub fn to_value(&self) -> Value {
         let mut value = self.value.clone();
-        value.entry("bookmarks").or_insert_with(|| Value::Object(Map::new()));
+        let bookmarks = value.entry("bookmarks").or_insert_with(|| Value::Object(Map::new()));
+        if !bookmarks.is_object() {
+            *bookmarks = Value::Object(Map::new());
+        }
         Value::Object(value)
     }
 }

@@ -432,7 +432,7 @@ fn bad_states_are_refused_before_any_output() {
         (
             "text bookmark for integer key",
             bookmark(json!({"last_replication_method": "INCREMENTAL", "replication_key": "n", "replication_key_value": "abc"})),
-            vec![&id, "column n"],
+            vec![&id, "column \"n\""],
             &["bookmark"],
         ),
     ];

@@ -390,7 +390,6 @@ fn slow_view_sql(name: &str, rows: i64, per_row: f64) -> String {
 }
 
 #[test]
-#[ignore = "src bug: a backend terminated (or a server shutting down) while its query runs is SQLSTATE 57P01, which classify() maps to ErrorKind::Query: exit 65 and no hint"]
 fn backend_terminated_while_the_query_runs_exits_69_with_a_hint() {
     let (db, config, mut catalog) = fixture(&slow_view_sql("slow_v", 100, 0.05), json!({"itersize": 1000}));
     select(&mut catalog, "slow_v", "FULL_TABLE", None);
@@ -429,9 +428,11 @@ fn closed_pipe_exits_74_promptly_without_panic() {
     assert!(out.stderr.lines().all(|l| !l.starts_with("ERROR")), "no other error output:\n{}", out.stderr);
 }
 
+/// A stdout closed before start (`>&-`) is reopened on /dev/null by the Rust runtime before
+/// `main` runs (so no socket or file can take descriptor 1 and receive records): the sync runs
+/// as into /dev/null. Documented in README.md ("Exit codes").
 #[test]
-#[ignore = "src bug: with file descriptor 1 closed, Rust's stdout swallows EBADF, so the sync discards everything and exits 0"]
-fn closed_stdout_descriptor_exits_74() {
+fn closed_stdout_descriptor_behaves_as_dev_null() {
     let (_db, config, mut catalog) = fixture("create table few (id int primary key); insert into few values (1), (2)", json!({}));
     select(&mut catalog, "few", "FULL_TABLE", None);
     let args = sync_args(&config, &catalog, None);
@@ -446,8 +447,8 @@ fn closed_stdout_descriptor_exits_74() {
         .output()
         .expect("running tap-heroku with stdout closed");
     let out = TapOutput { stdout: String::new(), stderr: String::from_utf8_lossy(&out.stderr).into_owned(), code: out.status.code().unwrap_or(-1) };
-    // Today: exit 0, and the two records went nowhere.
-    assert_failure(&out, "stdout closed", 74, &["stdout"], false);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert!(out.stderr.contains("synced stream few: 2 rows"), "the sync itself ran normally:\n{}", out.stderr);
 }
 
 // ---- 3. SIGTERM and SIGINT -----------------------------------------------------------------
@@ -496,7 +497,6 @@ fn interrupt_and_resume(signal: &str, code: i32, method: &str) {
 }
 
 #[test]
-#[ignore = "src bug: the signal flag is read only after each row, so SIGTERM is not honoured while the tap waits for the server (a slow batch, a sort without an index)"]
 fn sigterm_while_the_server_computes_a_batch_exits_promptly() {
     let (db, config, mut catalog) = fixture("create view slow_one as select 1 as id from (select pg_sleep(6)) s", json!({}));
     select(&mut catalog, "slow_one", "FULL_TABLE", None);
@@ -567,11 +567,11 @@ fn tables_and_columns_changed_after_discovery() {
     assert_eq!(record_ids(&messages, "a_ok"), [1, 2, 3]);
     assert_eq!(record_ids(&messages, "z_ok"), [1, 2, 3, 4]);
     for (table, needles) in [
-        ("b_dropped", vec!["table public.b_dropped no longer exists"]),
-        ("c_coldrop", vec!["column gone no longer exists"]),
-        ("e_renamed", vec!["table public.e_renamed no longer exists"]),
-        ("f_revoked", vec!["no longer exists or the role cannot read it"]),
-        ("g_unsupported", vec!["column n now has type pair"]),
+        ("b_dropped", vec!["table \"public\".\"b_dropped\" no longer exists"]),
+        ("c_coldrop", vec!["column \"gone\" no longer exists"]),
+        ("e_renamed", vec!["table \"public\".\"e_renamed\" no longer exists"]),
+        ("f_revoked", vec!["the role cannot read table \"public\".\"f_revoked\""]),
+        ("g_unsupported", vec!["column \"n\" now has type pair"]),
     ] {
         let sid = id(&db, "public", table);
         let mut all = vec![sid.as_str()];
@@ -607,12 +607,11 @@ fn retyped_replication_key_with_a_bookmark_stops_before_any_output() {
     // A numeric bookmark cannot be a text key (and text order is not integer order): the whole
     // run stops before any output, as for any bookmark of the wrong type.
     let out = sync(&config, &catalog, Some(&state));
-    assert_failure(&out, "retyped key", 65, &[&sid, "replication_key_value", "column k"], true);
+    assert_failure(&out, "retyped key", 65, &[&sid, "replication_key_value", "column \"k\""], true);
     assert!(out.stdout.is_empty(), "nothing is written:\n{}", out.stdout);
 }
 
 #[test]
-#[ignore = "src bug: a bookmark string the key's type cannot parse passes plan_stream (only its JSON kind is checked) and fails at the server mid-run: exit 65 after output, no hint"]
 fn unparsable_bookmark_for_a_timestamp_key_stops_before_any_output() {
     let (db, config, mut catalog) = fixture(
         "create table a_first (id int primary key); insert into a_first values (1); \

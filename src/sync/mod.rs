@@ -29,7 +29,7 @@ use crate::discover::{self, Column, Scope};
 use crate::encode::{self, NOTE_INFINITY_CLAMPED, NOTE_YEAR_OUT_OF_RANGE, write_json_str};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{MessageWriter, RecordEnvelope};
-use crate::query;
+use crate::query::{self, KeyColumn};
 use crate::signals;
 use crate::state::State;
 use crate::typemap::{self, Encoder, TypeMap};
@@ -87,6 +87,8 @@ pub struct Limits<'a> {
     config: &'a Config,
     /// When to stop between batches.
     deadline: Option<Instant>,
+    /// For cancelling a running query when a signal arrives.
+    connector: &'a Connector,
 }
 
 /// Why a stream's sync ended.
@@ -139,7 +141,11 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
         }
     }
 
-    let limits = Limits { config, deadline: config.max_run_seconds.map(|s| run_started + Duration::from_secs(s)) };
+    let limits = Limits {
+        config,
+        deadline: config.max_run_seconds.map(|s| run_started + Duration::from_secs(s)),
+        connector: &connector,
+    };
     signals::install();
     let stdout = std::io::stdout();
     let mut writer = MessageWriter::new(stdout.lock());
@@ -181,10 +187,15 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
         &mut session.client,
         Scope::Table { schema: &selected.schema_name, name: &selected.table_name },
     )?;
+    let table = query::qualified_name(&selected.schema_name, &selected.table_name);
     let relation = relations.into_iter().next().ok_or_else(|| {
-        Error::new(ErrorKind::Query, format!("table {}.{} no longer exists or the role cannot read it", selected.schema_name, selected.table_name))
-            .with_hint("Run --discover again and update the catalog, or grant the role SELECT on the table.")
+        Error::new(ErrorKind::Query, format!("table {table} no longer exists or the role cannot see it"))
+            .with_hint("Run --discover again and update the catalog, or grant the role USAGE on the schema.")
     })?;
+    if relation.columns.is_empty() {
+        return Err(Error::new(ErrorKind::Auth, format!("the role cannot read table {table}"))
+            .with_hint(format!("Grant it: GRANT SELECT ON {table} TO <role>; or deselect the stream.")));
+    }
     if selected.columns.is_empty() {
         return Err(Error::new(ErrorKind::Query, "no column is selected")
             .with_hint("Select at least one column of the stream in the catalog, or deselect the stream."));
@@ -195,11 +206,11 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
     let mut cast_types = Vec::with_capacity(selected.columns.len());
     for name in &selected.columns {
         let column = live.get(name.as_str()).ok_or_else(|| {
-            Error::new(ErrorKind::Query, format!("selected column {name} no longer exists or the role cannot read it"))
+            Error::new(ErrorKind::Query, format!("selected column {} no longer exists or the role cannot read it", query::quote_ident(name)))
                 .with_hint("Run --discover again and update the catalog, or grant the role SELECT on the column.")
         })?;
         let mapped = typemap::map_column(&session.types, column.typid, column.typmod).ok_or_else(|| {
-            Error::new(ErrorKind::Query, format!("column {name} now has type {}, which tap-heroku cannot encode", column.sql_datatype))
+            Error::new(ErrorKind::Query, format!("column {} now has type {}, which tap-heroku cannot encode", query::quote_ident(name), column.sql_datatype))
                 .with_hint("Deselect the column, or run --discover again and update the catalog.")
         })?;
         if let Some(was) = selected.sql_datatypes.get(name)
@@ -239,9 +250,10 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
                 }
             }
             if let Some(Value::Object(last)) = bookmark.get("last_pk_fetched") {
-                for (i, _) in &order_keys {
+                for (i, cast_type) in &order_keys {
                     let column = &columns[*i];
-                    check_bookmark_value(last.get(&column.name), &column.encoder, &column.name, "last_pk_fetched")?;
+                    let key = KeyColumn { name: &column.name, cast_type };
+                    check_bookmark_value(&mut session.client, last.get(&column.name), &column.encoder, &key, "last_pk_fetched")?;
                 }
             }
         }
@@ -254,7 +266,8 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
                 log::info!("stream {}: replication method or key changed; starting from the beginning", selected.tap_stream_id);
                 bookmark = Map::new();
             }
-            check_bookmark_value(bookmark.get("replication_key_value"), &columns[i].encoder, key, "replication_key_value")?;
+            let key_column = KeyColumn { name: key, cast_type: &cast_types[i] };
+            check_bookmark_value(&mut session.client, bookmark.get("replication_key_value"), &columns[i].encoder, &key_column, "replication_key_value")?;
             if !selected.is_view && !has_leading_index(&mut session.client, relation.oid, key)? {
                 log::warn!(
                     "stream {}: replication key {key} has no index; each sync scans the whole table. Create one: create index on {} ({})",
@@ -293,13 +306,25 @@ fn accepts_bookmark(encoder: &Encoder, value: &Value) -> bool {
     }
 }
 
-/// Refuses a bookmark value whose JSON type cannot be a value of the key column.
-fn check_bookmark_value(value: Option<&Value>, encoder: &Encoder, column: &str, field: &str) -> Result<()> {
-    match value {
-        None | Some(Value::Null) => Ok(()),
-        Some(v) if accepts_bookmark(encoder, v) => Ok(()),
-        Some(_) => Err(Error::new(ErrorKind::State, format!("the state's bookmark {field} does not fit the type of column {column}"))
-            .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning), or fix the value to one the column can hold.")),
+/// Refuses, before anything is written, a bookmark value that cannot be a value of the key
+/// column: a JSON type the column's values never take, or text the server cannot cast to the
+/// column's type (the cast the sync query will make).
+fn check_bookmark_value(client: &mut Client, value: Option<&Value>, encoder: &Encoder, key: &KeyColumn<'_>, field: &str) -> Result<()> {
+    let refuse = || {
+        Error::new(ErrorKind::State, format!("the state's bookmark {field} does not fit the type of column {}", query::quote_ident(key.name)))
+            .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning), or fix the value to one the column can hold.")
+    };
+    let value = match value {
+        None | Some(Value::Null) => return Ok(()),
+        Some(v) if accepts_bookmark(encoder, v) => v,
+        Some(_) => return Err(refuse()),
+    };
+    let param = bookmark_param(value, encoder);
+    match client.query_one(&format!("select cast($1::text as {}) is not null", key.cast_type), &[&param]) {
+        Ok(_) => Ok(()),
+        // Class 22 is "data exception": invalid syntax, out of range, bad datetime format.
+        Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => Err(refuse().with_source(e)),
+        Err(e) => Err(classify(e, "checking the state's bookmark", crate::config::SslMode::Require)),
     }
 }
 
@@ -379,6 +404,8 @@ struct RowSink {
     last: Vec<Vec<u8>>,
     /// Rows written so far in this stream.
     row_count: u64,
+    /// Rows written when the last STATE was (set by [`run_query`] after each `on_batch`).
+    stated_row_count: u64,
     /// Rows counted into METRIC lines so far.
     metric_reported: u64,
     /// Stream start, for rates.
@@ -417,6 +444,7 @@ impl RowSink {
             last: vec![Vec::new(); tracked.len()],
             tracked,
             row_count: 0,
+            stated_row_count: 0,
             metric_reported: 0,
             started: now,
             last_progress: now,
@@ -482,7 +510,19 @@ impl RowSink {
         serde_json::from_slice(text).ok()
     }
 
-    /// Logs progress and METRIC lines when their intervals have passed (or always, at the end).
+    /// Logs the final METRIC line and a summary: rows, seconds, rows/s.
+    fn finish(&mut self, complete: bool) {
+        self.report(true);
+        let secs = self.started.elapsed().as_secs_f64();
+        let rate = self.row_count as f64 / secs.max(1e-9);
+        if complete {
+            log::info!("synced stream {}: {} rows in {secs:.2}s ({rate:.0} rows/s)", self.stream, self.row_count);
+        } else {
+            log::info!("stopped stream {} after {} rows in {secs:.2}s", self.stream, self.row_count);
+        }
+    }
+
+    /// Logs progress and METRIC lines when their intervals have passed (METRIC always when `done`).
     fn report(&mut self, done: bool) {
         let now = Instant::now();
         if !done && now.duration_since(self.last_progress) >= PROGRESS_INTERVAL {
@@ -506,10 +546,6 @@ impl RowSink {
                 String::from_utf8_lossy(&tags)
             );
         }
-        if done {
-            let secs = self.started.elapsed().as_secs_f64();
-            log::info!("synced stream {}: {} rows in {:.2}s ({:.0} rows/s)", self.stream, self.row_count, secs, self.row_count as f64 / secs.max(1e-9));
-        }
     }
 }
 
@@ -517,6 +553,8 @@ impl RowSink {
 const CHUNK_ROWS: usize = 1024;
 /// Chunks in flight between the threads; with [`CHUNK_ROWS`] this bounds the rows held in memory.
 const CHANNEL_CHUNKS: usize = 4;
+/// How often the encoder checks for SIGINT/SIGTERM while it waits for rows.
+const SIGNAL_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the reader thread hands the encoder; a failure ends the channel and is the reader's result.
 enum Fetched {
@@ -549,17 +587,33 @@ fn run_query<W: Write>(
     log::debug!("query: {sql}");
     let batch = i32::try_from(limits.config.itersize).unwrap_or(i32::MAX);
     let sslmode = limits.config.sslmode;
+    let cancel_token = client.cancel_token();
     std::thread::scope(|scope| {
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Fetched>(CHANNEL_CHUNKS);
         let reader = scope.spawn(move || read_portal(client, (sql, params), batch, sslmode, &sender));
         // `Ok(None)`: the reader stopped early; its own result says why.
         let outcome: Result<Option<Outcome>> = (|| {
-            for fetched in &receiver {
+            loop {
+                // Wake up now and then while the server is busy, so a signal is honoured even
+                // when no row arrives (a slow sort, a long statement).
+                let fetched = match receiver.recv_timeout(SIGNAL_POLL_INTERVAL) {
+                    Ok(fetched) => fetched,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if let Some(signum) = signals::received() {
+                            limits.connector.cancel(&cancel_token);
+                            on_batch(sink, writer)?;
+                            return Ok(Some(Outcome::Signalled(signum)));
+                        }
+                        continue;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
+                };
                 match fetched {
                     Fetched::Rows(rows) => {
                         for row in &rows {
                             sink.write_row(row, columns, writer)?;
                             if let Some(signum) = signals::received() {
+                                limits.connector.cancel(&cancel_token);
                                 on_batch(sink, writer)?;
                                 return Ok(Some(Outcome::Signalled(signum)));
                             }
@@ -567,6 +621,7 @@ fn run_query<W: Write>(
                     }
                     Fetched::BatchEnd { full } => {
                         on_batch(sink, writer)?;
+                        sink.stated_row_count = sink.row_count;
                         sink.report(false);
                         if !full {
                             return Ok(Some(Outcome::Complete));
@@ -577,18 +632,26 @@ fn run_query<W: Write>(
                     }
                 }
             }
-            Ok(None)
         })();
         // Stopping early drops the receiver, so the reader's next send fails and it rolls back.
         drop(receiver);
         let read = reader.join().unwrap_or_else(|_| Err(Error::new(ErrorKind::Internal, "the reader thread panicked")));
-        sink.report(true);
+        sink.finish(matches!(outcome, Ok(Some(Outcome::Complete))));
         match (outcome, read) {
             (Ok(Some(outcome)), _) => Ok(outcome),
             // The encoder's own error (an encode or output failure) explains more than the
             // reader's, which then only saw a closed channel.
             (Err(e), _) => Err(e),
-            (Ok(None), Err(e)) => Err(e),
+            (Ok(None), Err(e)) => {
+                // The server or the connection failed: a STATE for the records already written
+                // keeps them from being sent again on resume.
+                if sink.row_count > sink.stated_row_count
+                    && let Err(state_error) = on_batch(sink, writer)
+                {
+                    log::warn!("could not write a STATE after the failure: {}", state_error.chain());
+                }
+                Err(e)
+            }
             (Ok(None), Ok(())) => Err(Error::new(ErrorKind::Internal, "the reader thread stopped without finishing")),
         }
     })
