@@ -1,10 +1,12 @@
 //! `MessageWriter<W: Write>`: the Singer envelopes (SCHEMA, RECORD, STATE, ACTIVATE_VERSION), one
-//! JSON object per line, into a block-buffered writer that is flushed at each STATE and at the end.
+//! JSON object per line, into one buffer that goes to the writer in large blocks: when it passes
+//! [`STDOUT_BUFFER_BYTES`] after a whole line, and at each STATE.
 //!
-//! It knows the envelope, not how a value is encoded: `sync` fills each record body into a reused
-//! line buffer and hands over the whole line, so an error never leaves half a line on stdout.
+//! It knows the envelope, not how a value is encoded: `sync` encodes each record straight into
+//! the buffer ([`MessageWriter::line_buffer`]) and cuts it off again if the row fails, so only
+//! whole lines ever reach stdout.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -17,8 +19,10 @@ pub const STDOUT_BUFFER_BYTES: usize = 1 << 20;
 
 /// Writes Singer messages.
 pub struct MessageWriter<W: Write> {
-    /// The buffered output.
-    out: BufWriter<W>,
+    /// Whole lines not yet written.
+    buf: Vec<u8>,
+    /// stdout (or a `Vec` in tests).
+    out: W,
 }
 
 /// The fixed parts of one stream's RECORD lines, rendered once per stream.
@@ -45,7 +49,7 @@ impl RecordEnvelope {
 impl<W: Write> MessageWriter<W> {
     /// A writer over `inner` with a [`STDOUT_BUFFER_BYTES`] buffer.
     pub fn new(inner: W) -> MessageWriter<W> {
-        MessageWriter { out: BufWriter::with_capacity(STDOUT_BUFFER_BYTES, inner) }
+        MessageWriter { buf: Vec::with_capacity(STDOUT_BUFFER_BYTES + (64 << 10)), out: inner }
     }
 
     /// Writes a SCHEMA message.
@@ -64,20 +68,44 @@ impl<W: Write> MessageWriter<W> {
         self.write_message(&Message::ActivateVersion { stream, version })
     }
 
-    /// Appends one complete RECORD line (built with a [`RecordEnvelope`], newline included).
+    /// Appends one complete line (newline included).
     pub fn write_line(&mut self, line: &[u8]) -> Result<()> {
-        self.out.write_all(line).context(ErrorKind::Output, || "writing to stdout").map_err(with_output_hint)
+        self.buf.extend_from_slice(line);
+        self.end_line()
     }
 
-    /// Flushes buffered messages to the underlying writer.
+    /// The buffer a RECORD line is encoded into; the caller appends one whole line (built with a
+    /// [`RecordEnvelope`]) or truncates back to where it started, then calls [`Self::end_line`].
+    pub fn line_buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Marks the end of a whole line; writes the buffer out once it is large.
+    pub fn end_line(&mut self) -> Result<()> {
+        if self.buf.len() >= STDOUT_BUFFER_BYTES { self.write_out() } else { Ok(()) }
+    }
+
+    /// Writes buffered messages to the underlying writer and flushes it.
     pub fn flush(&mut self) -> Result<()> {
+        self.write_out()?;
         self.out.flush().context(ErrorKind::Output, || "writing to stdout").map_err(with_output_hint)
+    }
+
+    /// Writes the buffered whole lines out.
+    fn write_out(&mut self) -> Result<()> {
+        let result = self.out.write_all(&self.buf);
+        self.buf.clear();
+        result.context(ErrorKind::Output, || "writing to stdout").map_err(with_output_hint)
     }
 
     /// The underlying writer (tests read what was written).
     #[cfg(test)]
-    pub fn into_inner(self) -> W {
-        self.out.into_inner().ok().expect("flush to a Vec succeeds")
+    pub fn into_inner(mut self) -> W
+    where
+        W: Default,
+    {
+        self.flush().expect("flush to a Vec succeeds");
+        std::mem::replace(&mut self.out, W::default())
     }
 
     /// Serializes `message` as one line.
@@ -85,6 +113,17 @@ impl<W: Write> MessageWriter<W> {
         let mut line = serde_json::to_vec(message).expect("messages serialize");
         line.push(b'\n');
         self.write_line(&line)
+    }
+}
+
+impl<W: Write> Drop for MessageWriter<W> {
+    /// Writes out what is buffered (only whole lines are ever buffered), as `BufWriter` does,
+    /// so that a run ending in an error still delivers the messages before it.
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            let _ = self.out.write_all(&self.buf);
+            let _ = self.out.flush();
+        }
     }
 }
 

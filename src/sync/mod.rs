@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{FromSql, ToSql, Type};
 use postgres::{Client, IsolationLevel};
 use serde_json::{Map, Value, json};
@@ -396,8 +395,6 @@ fn sync_stream<W: Write>(
 struct RowSink {
     /// Envelope of this stream's RECORD lines.
     envelope: RecordEnvelope,
-    /// Reused line buffer.
-    line: Vec<u8>,
     /// Columns whose last value is tracked (replication key or primary key), indices into `columns`.
     tracked: Vec<usize>,
     /// The JSON text of the tracked columns' values in the last row where they were not null.
@@ -440,7 +437,6 @@ impl RowSink {
         let now = Instant::now();
         RowSink {
             envelope: RecordEnvelope::new(&plan.selected.stream, version, &time_extracted),
-            line: Vec::with_capacity(4096),
             last: vec![Vec::new(); tracked.len()],
             tracked,
             row_count: 0,
@@ -456,25 +452,39 @@ impl RowSink {
 
     /// Encodes one row into a RECORD line and writes it.
     fn write_row<W: Write>(&mut self, row: &postgres::Row, columns: &mut [ColumnPlan], writer: &mut MessageWriter<W>) -> Result<()> {
-        self.line.clear();
-        self.line.extend_from_slice(&self.envelope.prefix);
+        // The record is encoded straight into the writer's buffer; a failure cuts it off again,
+        // so no partial line is ever written.
+        let line = writer.line_buffer();
+        let line_start = line.len();
+        if let Err(e) = self.encode_row(row, columns, line) {
+            line.truncate(line_start);
+            return Err(e);
+        }
+        writer.end_line()?;
+        self.row_count += 1;
+        Ok(())
+    }
+
+    /// Appends one RECORD line for `row` to `line` and notes the tracked columns' values.
+    fn encode_row(&mut self, row: &postgres::Row, columns: &mut [ColumnPlan], line: &mut Vec<u8>) -> Result<()> {
+        line.extend_from_slice(&self.envelope.prefix);
         // Per tracked column: where its JSON text is in the line, and whether it was an infinity
         // written as singer-io's sentinel (the bookmark must keep the real value).
         let mut spans = [(0usize, 0usize, false); MAX_TRACKED_COLUMNS];
         for (i, column) in columns.iter_mut().enumerate() {
             if i > 0 {
-                self.line.push(b',');
+                line.push(b',');
             }
-            self.line.extend_from_slice(&column.key);
-            let start = self.line.len();
+            line.extend_from_slice(&column.key);
+            let start = line.len();
             let raw: Option<Raw<'_>> = row.try_get(i).map_err(|e| {
                 Error::new(ErrorKind::Internal, format!("reading column {}", column.name)).with_source(e)
             })?;
             let mut notes = 0;
             match raw {
-                None => self.line.extend_from_slice(b"null"),
+                None => line.extend_from_slice(b"null"),
                 Some(Raw(bytes)) => {
-                    encode::encode_value(&column.encoder, bytes, &mut self.line, &mut notes).map_err(|e| {
+                    encode::encode_value(&column.encoder, bytes, line, &mut notes).map_err(|e| {
                         Error::new(ErrorKind::Encode, format!("encoding column {} ({:?})", column.name, column.encoder))
                             .with_source(e)
                             .with_hint("This value could not be encoded faithfully; please report it, or deselect the column.")
@@ -483,12 +493,12 @@ impl RowSink {
                 }
             }
             if let Some(t) = self.tracked.iter().position(|&c| c == i) {
-                spans[t] = (start, self.line.len(), notes & NOTE_INFINITY_CLAMPED != 0);
+                spans[t] = (start, line.len(), notes & NOTE_INFINITY_CLAMPED != 0);
             }
         }
-        self.line.extend_from_slice(&self.envelope.suffix);
+        line.extend_from_slice(&self.envelope.suffix);
         for (t, &(start, end, infinite)) in spans.iter().take(self.tracked.len()).enumerate() {
-            let text = &self.line[start..end];
+            let text = &line[start..end];
             if text != b"null" {
                 self.last[t].clear();
                 if infinite {
@@ -499,8 +509,6 @@ impl RowSink {
                 }
             }
         }
-        writer.write_line(&self.line)?;
-        self.row_count += 1;
         Ok(())
     }
 
@@ -590,7 +598,13 @@ fn run_query<W: Write>(
     let cancel_token = client.cancel_token();
     std::thread::scope(|scope| {
         let (sender, receiver) = std::sync::mpsc::sync_channel::<Fetched>(CHANNEL_CHUNKS);
-        let reader = scope.spawn(move || read_portal(client, (sql, params), batch, sslmode, &sender));
+        // Written chunks go back to the reader, which frees their rows: rows are then allocated
+        // and freed by one thread, which glibc's malloc does cheaply.
+        let (recycler, recycled) = std::sync::mpsc::sync_channel::<Vec<postgres::Row>>(CHANNEL_CHUNKS + 1);
+        let reader = std::thread::Builder::new()
+            .name("reader".into())
+            .spawn_scoped(scope, move || read_portal(client, (sql, params), batch, sslmode, &sender, &recycled))
+            .map_err(|e| Error::new(ErrorKind::Internal, "starting the reader thread").with_source(e))?;
         // `Ok(None)`: the reader stopped early; its own result says why.
         let outcome: Result<Option<Outcome>> = (|| {
             loop {
@@ -610,7 +624,8 @@ fn run_query<W: Write>(
                 };
                 match fetched {
                     Fetched::Rows(rows) => {
-                        for row in &rows {
+                        let recycle = RecycleOnDrop(Some(rows), &recycler);
+                        for row in recycle.0.iter().flatten() {
                             sink.write_row(row, columns, writer)?;
                             if let Some(signum) = signals::received() {
                                 limits.connector.cancel(&cancel_token);
@@ -657,6 +672,18 @@ fn run_query<W: Write>(
     })
 }
 
+/// Hands a written chunk back to the reader thread when dropped (also on early return).
+struct RecycleOnDrop<'a>(Option<Vec<postgres::Row>>, &'a std::sync::mpsc::SyncSender<Vec<postgres::Row>>);
+
+impl Drop for RecycleOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(rows) = self.0.take() {
+            // A full or closed channel: the rows are freed here instead.
+            let _ = self.1.try_send(rows);
+        }
+    }
+}
+
 /// The reader thread: transaction, portal, fetches of `batch` rows sent on in chunks. Returns
 /// early (rolling back) when the encoder has stopped listening; a failure closes the channel and
 /// is returned.
@@ -666,6 +693,7 @@ fn read_portal(
     batch: i32,
     sslmode: crate::config::SslMode,
     sender: &std::sync::mpsc::SyncSender<Fetched>,
+    recycled: &std::sync::mpsc::Receiver<Vec<postgres::Row>>,
 ) -> Result<()> {
     let query_error = |e: postgres::Error| classify(e, "reading rows", sslmode);
     let mut tx = client
@@ -677,29 +705,31 @@ fn read_portal(
     let statement = tx.prepare_typed(sql, &vec![Type::TEXT; params.len()]).map_err(query_error)?;
     let bound: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     let portal = tx.bind(&statement, &bound).map_err(query_error)?;
+    // Each `itersize` batch is fetched in pieces of at most CHUNK_ROWS: one runtime entry per
+    // piece (`query_portal`) instead of one per row (`query_portal_raw`'s iterator), which was
+    // most of this thread's time, while memory stays a few chunks.
+    let mut in_batch = 0i64;
     loop {
-        let mut rows = tx.query_portal_raw(&portal, batch).map_err(query_error)?;
-        let mut chunk = Vec::with_capacity(CHUNK_ROWS);
-        let mut fetched = 0i64;
-        while let Some(row) = rows.next().map_err(query_error)? {
-            chunk.push(row);
-            fetched += 1;
-            if chunk.len() == CHUNK_ROWS {
-                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
-                if sender.send(Fetched::Rows(full)).is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        drop(rows);
-        let full = fetched == i64::from(batch);
-        if (!chunk.is_empty() && sender.send(Fetched::Rows(chunk)).is_err())
-            || sender.send(Fetched::BatchEnd { full }).is_err()
-        {
+        // Free the rows the encoder has written here, where they were allocated.
+        while recycled.try_recv().is_ok() {}
+        let want = (i64::from(batch) - in_batch).min(CHUNK_ROWS as i64);
+        let rows = tx.query_portal(&portal, want as i32).map_err(query_error)?;
+        let fetched = rows.len() as i64;
+        in_batch += fetched;
+        if fetched > 0 && sender.send(Fetched::Rows(rows)).is_err() {
             return Ok(());
         }
-        if !full {
+        if fetched < want {
+            if sender.send(Fetched::BatchEnd { full: false }).is_err() {
+                return Ok(());
+            }
             break;
+        }
+        if in_batch == i64::from(batch) {
+            in_batch = 0;
+            if sender.send(Fetched::BatchEnd { full: true }).is_err() {
+                return Ok(());
+            }
         }
     }
     tx.commit().map_err(query_error)
