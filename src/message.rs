@@ -105,7 +105,7 @@ impl<W: Write> MessageWriter<W> {
         W: Default,
     {
         self.flush().expect("flush to a Vec succeeds");
-        std::mem::replace(&mut self.out, W::default())
+        std::mem::take(&mut self.out)
     }
 
     /// Serializes `message` as one line.
