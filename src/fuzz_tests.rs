@@ -501,31 +501,7 @@ fn state_parse_never_panics_and_round_trips() {
 
 /// Every encoder, arrays of each, and nested arrays.
 fn all_encoders() -> Vec<Encoder> {
-    let scalars = vec![
-        Encoder::Bool,
-        Encoder::Int2,
-        Encoder::Int4,
-        Encoder::Int8,
-        Encoder::Oid,
-        Encoder::Float4,
-        Encoder::Float8,
-        Encoder::Numeric,
-        Encoder::Text,
-        Encoder::Json,
-        Encoder::Jsonb,
-        Encoder::Bytea,
-        Encoder::Uuid,
-        Encoder::Date,
-        Encoder::Time,
-        Encoder::TimeTz,
-        Encoder::Timestamp,
-        Encoder::TimestampTz,
-        Encoder::Interval,
-        Encoder::BitBool,
-        Encoder::BitString,
-        Encoder::Hstore,
-        Encoder::Inet,
-    ];
+    let scalars = crate::typemap::SCALAR_ENCODERS.to_vec();
     let mut all = scalars.clone();
     all.extend(scalars.iter().map(|e| Encoder::Array(Box::new(e.clone()))));
     for inner in [Encoder::Int4, Encoder::Text, Encoder::Numeric, Encoder::Timestamp, Encoder::Hstore] {

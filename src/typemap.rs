@@ -62,6 +62,34 @@ pub enum Encoder {
 
 use std::collections::HashMap;
 
+/// Every encoder without an inner encoder, for tests that must cover them all.
+#[cfg(test)]
+pub const SCALAR_ENCODERS: &[Encoder] = &[
+    Encoder::Bool,
+    Encoder::Int2,
+    Encoder::Int4,
+    Encoder::Int8,
+    Encoder::Oid,
+    Encoder::Float4,
+    Encoder::Float8,
+    Encoder::Numeric,
+    Encoder::Text,
+    Encoder::Json,
+    Encoder::Jsonb,
+    Encoder::Bytea,
+    Encoder::Uuid,
+    Encoder::Date,
+    Encoder::Time,
+    Encoder::TimeTz,
+    Encoder::Timestamp,
+    Encoder::TimestampTz,
+    Encoder::Interval,
+    Encoder::BitBool,
+    Encoder::BitString,
+    Encoder::Hstore,
+    Encoder::Inet,
+];
+
 use serde_json::{Map, Value, json};
 
 /// One row of `pg_type`, as discovery loads it.

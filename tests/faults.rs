@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{TapOutput, TestDb, assert_records_match_schemas, discover, select, server, stream_mut, sync, write_json};
+use crate::support::{TapOutput, TestDb, assert_records_match_schemas, discover, select, server, stream_mut, sync, write_json, id, root};
 
 /// Rows of the tables interrupted mid-stream: enough that a sync is far from done when we act.
 const BIG_ROWS: i64 = 100_000;
@@ -44,18 +44,6 @@ fn fixture(sql: &str, extra: Value) -> (TestDb, PathBuf, Value) {
 /// A table `name (id int primary key, v int)` holding ids 1..=BIG_ROWS.
 fn big_table_sql(name: &str) -> String {
     format!("create table {name} (id int primary key, v int not null); insert into {name} select g, g * 7 from generate_series(1, {BIG_ROWS}) g; analyze {name}")
-}
-
-/// singer-io's `tap_stream_id` of `schema.table` in `db`.
-fn id(db: &TestDb, schema: &str, table: &str) -> String {
-    format!("{}-{schema}-{table}", db.name)
-}
-
-/// The `[]` metadata of `table`'s catalog entry, for editing.
-fn root<'a>(catalog: &'a mut Value, table: &str) -> &'a mut Value {
-    let metadata = stream_mut(catalog, table)["metadata"].as_array_mut().expect("a metadata list");
-    let entry = metadata.iter_mut().find(|m| m["breadcrumb"] == json!([])).expect("a [] metadata entry");
-    &mut entry["metadata"]
 }
 
 /// The command line of a sync.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use postgres::NoTls;
 use serde_json::{Value, json};
 
-use crate::support::{TapOutput, TestDb, assert_records_match_schemas, discover, select, select_column, server, stream_mut, sync};
+use crate::support::{TapOutput, TestDb, assert_records_match_schemas, discover, select, select_column, server, stream_mut, sync, id, root};
 
 // ---- helpers -------------------------------------------------------------------------------
 
@@ -27,18 +27,6 @@ fn fixture(sql: &str, extra: Value) -> (TestDb, PathBuf, Value) {
     let config = db.config_file(extra);
     let catalog = discover(&config);
     (db, config, catalog)
-}
-
-/// singer-io's `tap_stream_id` of `schema.table` in `db`.
-fn id(db: &TestDb, schema: &str, table: &str) -> String {
-    format!("{}-{schema}-{table}", db.name)
-}
-
-/// The `[]` metadata of `table`'s catalog entry, for editing.
-fn root<'a>(catalog: &'a mut Value, table: &str) -> &'a mut Value {
-    let metadata = stream_mut(catalog, table)["metadata"].as_array_mut().expect("a metadata list");
-    let entry = metadata.iter_mut().find(|m| m["breadcrumb"] == json!([])).expect("a [] metadata entry");
-    &mut entry["metadata"]
 }
 
 /// True for `time_extracted` values shaped like `2024-06-01T12:00:00.123456Z`.

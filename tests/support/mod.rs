@@ -277,6 +277,18 @@ pub fn discover(config: &Path) -> Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("catalog is not JSON ({e}):\n{}", out.stdout))
 }
 
+/// singer-io's `tap_stream_id` of `schema.table` in `db`.
+pub fn id(db: &TestDb, schema: &str, table: &str) -> String {
+    format!("{}-{schema}-{table}", db.name)
+}
+
+/// The `[]` metadata of `table`'s catalog entry, for editing.
+pub fn root<'a>(catalog: &'a mut Value, table: &str) -> &'a mut Value {
+    let metadata = stream_mut(catalog, table)["metadata"].as_array_mut().expect("a metadata list");
+    let entry = metadata.iter_mut().find(|m| m["breadcrumb"] == json!([])).expect("a [] metadata entry");
+    &mut entry["metadata"]
+}
+
 /// The catalog entry whose `table_name` is `table`.
 pub fn stream_mut<'a>(catalog: &'a mut Value, table: &str) -> &'a mut Value {
     catalog["streams"]
