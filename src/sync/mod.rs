@@ -6,9 +6,10 @@
 //! SCHEMA and its query. Catalog and state problems stop the run here with nothing written; a
 //! stream whose table or column vanished or became unreadable is skipped with an error line and
 //! the run exits non-zero after the other streams synced. **Sync**: each stream runs in its own
-//! read-only REPEATABLE READ transaction, reading a server-side portal `itersize` rows at a time;
-//! rows are encoded straight into one reused line buffer and STATE is written after each batch.
-//! Strategies: [`full_table`] and [`incremental`].
+//! read-only REPEATABLE READ transaction, reading a server-side portal `itersize` rows per batch;
+//! a reader thread fetches and parses the rows while this thread encodes them straight into the
+//! output buffer, and STATE is written after each batch. Strategies: [`full_table`] and
+//! [`incremental`].
 
 mod full_table;
 mod incremental;
