@@ -121,6 +121,8 @@ pub struct Config {
     pub max_run_seconds: Option<u64>,
     /// Destination stream names become `{schema}_{table}`.
     pub include_schemas_in_destination_stream_name: bool,
+    /// json and jsonb columns as JSON documents instead of strings.
+    pub json_as_object: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -162,6 +164,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "default_replication_method", kind: "string", description: "FULL_TABLE or INCREMENTAL, for selected streams whose metadata names no replication-method.", default: None, secret: false },
     Setting { name: "max_run_seconds", kind: "integer", description: "Stop cleanly between batches after this many seconds, with a resumable STATE.", default: None, secret: false },
     Setting { name: "include_schemas_in_destination_stream_name", kind: "boolean", description: "Name destination streams {schema}_{table} instead of {table}.", default: Some("false"), secret: false },
+    Setting { name: "json_as_object", kind: "boolean", description: "Emit json and jsonb columns as JSON documents (objects, arrays, ...) instead of strings holding them (singer-io's form).", default: Some("false"), secret: false },
 ];
 
 /// Keys other taps accept that tap-heroku reads but does not act on; a notice, not an unknown key.
@@ -304,6 +307,10 @@ impl Config {
             default_replication_method,
             max_run_seconds,
             include_schemas_in_destination_stream_name,
+            json_as_object: match map.get("json_as_object") {
+                Some(v) if !v.is_null() => parse_bool(v, "json_as_object")?,
+                _ => false,
+            },
         })
     }
 
@@ -535,8 +542,11 @@ mod tests {
         assert_eq!(c.sslmode, SslMode::Require);
         assert_eq!(c.itersize, 500);
         assert!(c.include_schemas_in_destination_stream_name);
+        assert!(!c.json_as_object);
         assert_eq!(c.filter_dbs, Some(vec!["a".to_string(), "b".to_string()]));
         assert_eq!(c.default_replication_method, Some(ReplicationMethod::FullTable));
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d", "json_as_object": "true"}), None).unwrap();
+        assert!(c.json_as_object);
     }
 
     #[test]

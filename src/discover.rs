@@ -136,7 +136,7 @@ fn discover_database(client: &mut Client, db: &str, config: &Config) -> Result<V
     Ok(relations
         .iter()
         .filter(|r| !r.columns.is_empty())
-        .map(|r| catalog_entry(db, r, &types, config.include_schemas_in_destination_stream_name))
+        .map(|r| catalog_entry(db, r, &types, config))
         .collect())
 }
 
@@ -268,11 +268,11 @@ pub fn tap_stream_id(db: &str, schema: &str, table: &str) -> String {
 }
 
 /// Builds one catalog entry (schema with `definitions`, `[]` and per-column metadata).
-pub fn catalog_entry(db: &str, relation: &Relation, types: &TypeMap, include_schemas: bool) -> CatalogStream {
+pub fn catalog_entry(db: &str, relation: &Relation, types: &TypeMap, config: &Config) -> CatalogStream {
     let mut properties = Map::new();
     let mut metadata = Vec::with_capacity(relation.columns.len() + 1);
     let mut root = Map::new();
-    let mapped: Vec<_> = relation.columns.iter().map(|c| typemap::map_column(types, c.typid, c.typmod)).collect();
+    let mapped: Vec<_> = relation.columns.iter().map(|c| column_type(types, c, config)).collect();
     // A key column we cannot encode would name a field no record has; leave it out.
     let keys: Vec<String> = relation
         .primary_key
@@ -306,7 +306,11 @@ pub fn catalog_entry(db: &str, relation: &Relation, types: &TypeMap, include_sch
         properties.insert(column.name.clone(), schema);
         metadata.push(MetadataEntry { breadcrumb: vec!["properties".into(), column.name.clone()], metadata: meta });
     }
-    let stream = if include_schemas { format!("{}_{}", relation.schema, relation.name) } else { relation.name.clone() };
+    let stream = if config.include_schemas_in_destination_stream_name {
+        format!("{}_{}", relation.schema, relation.name)
+    } else {
+        relation.name.clone()
+    };
     CatalogStream {
         table_name: relation.name.clone(),
         stream,
@@ -314,6 +318,12 @@ pub fn catalog_entry(db: &str, relation: &Relation, types: &TypeMap, include_sch
         tap_stream_id: tap_stream_id(db, &relation.schema, &relation.name),
         schema: json!({"type": "object", "properties": properties, "definitions": typemap::array_definitions()}),
     }
+}
+
+/// What a column maps to under this config (`None`: unsupported).
+pub fn column_type(types: &TypeMap, column: &Column, config: &Config) -> Option<typemap::ColumnType> {
+    let mapped = typemap::map_column(types, column.typid, column.typmod)?;
+    Some(if config.json_as_object { typemap::json_as_object(mapped) } else { mapped })
 }
 
 /// A column's schema with `"null"` prepended to its types unless it is a key column.

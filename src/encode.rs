@@ -110,11 +110,9 @@ pub fn encode_value(encoder: &Encoder, raw: &[u8], out: &mut Vec<u8>, notes: &mu
         Encoder::Float8 => write_f64(out, f64::from_be_bytes(fixed(raw)?)),
         Encoder::Numeric => write_numeric(out, raw)?,
         Encoder::Text | Encoder::Json => write_json_utf8(out, raw)?,
-        Encoder::Jsonb => match raw.split_first() {
-            Some((&1, text)) => write_json_utf8(out, text)?,
-            Some(_) => return Err(err("unsupported jsonb version")),
-            None => return Err(TRUNCATED),
-        },
+        Encoder::Jsonb => write_json_utf8(out, jsonb_text(raw)?)?,
+        Encoder::JsonDocument => write_json_document(out, raw)?,
+        Encoder::JsonbDocument => write_json_document(out, jsonb_text(raw)?)?,
         Encoder::Bytea => write_hex(out, raw),
         Encoder::Uuid => write_uuid(out, &fixed::<16>(raw)?),
         Encoder::Date => write_date(out, i32::from_be_bytes(fixed(raw)?), notes),
@@ -150,6 +148,28 @@ pub fn encode_value(encoder: &Encoder, raw: &[u8], out: &mut Vec<u8>, notes: &mu
         Encoder::Inet => write_inet(out, raw)?,
         Encoder::Array(inner) => write_array(out, inner, raw, notes)?,
     }
+    Ok(())
+}
+
+/// The text of a jsonb wire value: version byte 1, then the document's text.
+fn jsonb_text(raw: &[u8]) -> Result<&[u8], DecodeError> {
+    match raw.split_first() {
+        Some((&1, text)) => Ok(text),
+        Some(_) => Err(err("unsupported jsonb version")),
+        None => Err(TRUNCATED),
+    }
+}
+
+/// Appends a JSON document as itself (`json_as_object`). The server only stores valid JSON, but
+/// the line must stay one valid JSON object whatever arrives, so the text is checked first; raw
+/// newlines, which valid JSON holds only as whitespace, become spaces to keep one line.
+fn write_json_document(out: &mut Vec<u8>, text: &[u8]) -> Result<(), DecodeError> {
+    // UTF-8 first: serde_json does not check it inside strings it skips.
+    let text_str = std::str::from_utf8(text).map_err(|_| err("invalid utf-8 in json document"))?;
+    if serde_json::from_str::<serde::de::IgnoredAny>(text_str).is_err() {
+        return Err(err("invalid json document (or nested deeper than 128 levels)"));
+    }
+    out.extend(text.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
     Ok(())
 }
 

@@ -566,6 +566,13 @@ fn valid_wire(rng: &mut Rng, encoder: &Encoder, depth: usize) -> Vec<u8> {
             out.push(1);
             out.extend(wire_text(rng));
         }
+        Encoder::JsonDocument | Encoder::JsonbDocument => {
+            if *encoder == Encoder::JsonbDocument {
+                out.push(1);
+            }
+            let doc = *rng.pick(&["{\"a\": [1, 2.50, null]}", "[1,\n2]", "\"x\"", "12345678901234567890.5", "null", "{}", "true"]);
+            out.extend_from_slice(doc.as_bytes());
+        }
         Encoder::Bytea => {
             let n = rng.len();
             out = rng.bytes(n);
@@ -685,6 +692,8 @@ fn has_kind(encoder: &Encoder, value: &Value) -> bool {
         Encoder::Float4 | Encoder::Float8 | Encoder::Numeric => value.is_number() || special(value),
         Encoder::Hstore => value.as_object().is_some_and(|m| m.values().all(|v| v.is_null() || v.is_string())),
         Encoder::Array(inner) => value.as_array().is_some_and(|items| items.iter().all(|v| v.is_null() || has_kind_or_nested(inner, v))),
+        // A document may be any JSON value, `null` included.
+        Encoder::JsonDocument | Encoder::JsonbDocument => true,
         _ => value.is_string(),
     }
 }

@@ -30,6 +30,10 @@ pub enum Encoder {
     Json,
     /// `jsonb`: version byte 1 then text -> JSON string holding that text.
     Jsonb,
+    /// `json` with `json_as_object`: the document itself (object, array or scalar).
+    JsonDocument,
+    /// `jsonb` with `json_as_object`: the document itself (object, array or scalar).
+    JsonbDocument,
     /// `bytea` -> JSON string of lowercase hex digits, no `\x` prefix.
     Bytea,
     /// `uuid` -> `"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"` lowercase.
@@ -76,6 +80,8 @@ pub const SCALAR_ENCODERS: &[Encoder] = &[
     Encoder::Text,
     Encoder::Json,
     Encoder::Jsonb,
+    Encoder::JsonDocument,
+    Encoder::JsonbDocument,
     Encoder::Bytea,
     Encoder::Uuid,
     Encoder::Date,
@@ -251,6 +257,19 @@ pub fn map_column(types: &TypeMap, typid: u32, typmod: i32) -> Option<ColumnType
         return Some(ColumnType { schema, cast, encoder: Encoder::Array(Box::new(inner.encoder)) });
     }
     map_scalar(types, t, typmod)
+}
+
+/// With `json_as_object`, json and jsonb columns (not arrays of them) carry their documents as
+/// JSON values instead of strings: the schema admits any JSON type.
+pub fn json_as_object(mut column: ColumnType) -> ColumnType {
+    let document = match column.encoder {
+        Encoder::Json => Encoder::JsonDocument,
+        Encoder::Jsonb => Encoder::JsonbDocument,
+        _ => return column,
+    };
+    column.encoder = document;
+    column.schema.insert("type".into(), json!(["object", "array", "string", "number", "boolean"]));
+    column
 }
 
 /// The recursive definition an array of `inner` refers to.
@@ -496,6 +515,19 @@ mod tests {
                 "{oid}"
             );
         }
+    }
+
+    #[test]
+    fn json_as_object_changes_json_columns_only() {
+        let mut t = types();
+        t.by_oid.insert(114, TypeInfo { oid: 114, typname: "json".into(), typtype: b'b', typcategory: b'U', typelem: 0, typbasetype: 0, typtypmod: -1 });
+        t.by_oid.insert(199, TypeInfo { oid: 199, typname: "_json".into(), typtype: b'b', typcategory: b'A', typelem: 114, typbasetype: 0, typtypmod: -1 });
+        let j = json_as_object(map_column(&t, 114, -1).unwrap());
+        assert_eq!(j.encoder, Encoder::JsonDocument);
+        assert_eq!(j.schema["type"], json!(["object", "array", "string", "number", "boolean"]));
+        let a = json_as_object(map_column(&t, 199, -1).unwrap());
+        assert_eq!(a.encoder, Encoder::Array(Box::new(Encoder::Json)), "arrays of json stay strings");
+        assert_eq!(json_as_object(map_column(&t, 23, -1).unwrap()).encoder, Encoder::Int4);
     }
 
     #[test]

@@ -368,7 +368,9 @@ do_start() {
     create_roles "$PORT_plain"
 
     # Hot standby, cloned over SSL as the replication role.
-    as_pg "$PGBIN/pg_basebackup" -D "$DIR/standby" -R -X stream -c fast --no-sync -w \
+    # A physical replication slot (-C -S) keeps the primary from recycling WAL the standby has not
+    # replayed yet: big test tables and a busy machine otherwise leave it behind for good.
+    as_pg "$PGBIN/pg_basebackup" -D "$DIR/standby" -R -C -S tap_heroku_standby -X stream -c fast --no-sync -w \
         -d "host=127.0.0.1 port=$PORT_primary user=$REPL_USER password=$REPL_PASSWORD sslmode=require application_name=standby" \
         >"$DIR/basebackup.log" 2>&1 \
         || { say "pg_basebackup failed:"; cat "$DIR/basebackup.log" >&2; exit 1; }

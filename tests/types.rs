@@ -961,3 +961,38 @@ fn reg_types_are_independent_of_search_path() {
     let with_path = bodies(&sync_everything(&db));
     assert_eq!(plain, with_path, "regclass/regtype text changes with the role's search_path");
 }
+
+/// `json_as_object: true`: json and jsonb columns carry their documents (any JSON type, raw
+/// newlines of json's whitespace turned into spaces), arrays of them stay strings, and the
+/// catalog's and SCHEMA's types admit every JSON type; records validate.
+#[test]
+fn json_as_object_emits_documents() {
+    let db = TestDb::new();
+    db.exec(
+        "create table docs (id int primary key, j json, jb jsonb, ja json[]); \
+         insert into docs values \
+           (1, '{\"a\": [1, 2.50]}', '{\"b\": 1, \"a\": \"é\"}', array['{\"x\":1}'::json]), \
+           (2, E'[1,\\n2]', '\"text\"', null), \
+           (3, '12345678901234567890.5', 'null', '{}'), \
+           (4, null, null, null)",
+    );
+    db.grant_reader();
+    let config = db.config_file(json!({"json_as_object": "true"}));
+    let mut catalog = support::discover(&config);
+    let stream = support::stream_mut(&mut catalog, "docs");
+    assert_eq!(stream["schema"]["properties"]["j"]["type"], json!(["null", "object", "array", "string", "number", "boolean"]));
+    assert_eq!(stream["schema"]["properties"]["ja"]["items"]["$ref"], json!("#/definitions/sdc_recursive_string_array"));
+    support::select(&mut catalog, "docs", "FULL_TABLE", None);
+    let out = support::sync(&config, &catalog, None).success();
+    support::assert_records_match_schemas(&out.messages());
+    let bodies: Vec<String> = raw_records(&out, "docs").into_iter().map(|(_, body)| body).collect();
+    assert_eq!(
+        bodies,
+        [
+            r#""id":1,"j":{"a": [1, 2.50]},"jb":{"a": "é", "b": 1},"ja":["{\"x\":1}"]"#,
+            r#""id":2,"j":[1, 2],"jb":"text","ja":null"#,
+            r#""id":3,"j":12345678901234567890.5,"jb":null,"ja":[]"#,
+            r#""id":4,"j":null,"jb":null,"ja":null"#,
+        ]
+    );
+}

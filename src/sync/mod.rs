@@ -127,7 +127,7 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
             }
         };
         let id = stream.tap_stream_id.clone();
-        match plan_stream(session, stream, &mut state) {
+        match plan_stream(session, stream, &mut state, config) {
             Ok(plan) => plans.push(plan),
             Err(e) if matches!(e.kind(), ErrorKind::Query | ErrorKind::Auth) => {
                 let e = e.within(format!("stream {id}"));
@@ -182,7 +182,7 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
 }
 
 /// Checks one stream against the live table and decides its columns, query and SCHEMA.
-fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut State) -> Result<StreamPlan> {
+fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut State, config: &Config) -> Result<StreamPlan> {
     let relations = discover::load_relations(
         &mut session.client,
         Scope::Table { schema: &selected.schema_name, name: &selected.table_name },
@@ -209,7 +209,7 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
             Error::new(ErrorKind::Query, format!("selected column {} no longer exists or the role cannot read it", query::quote_ident(name)))
                 .with_hint("Run --discover again and update the catalog, or grant the role SELECT on the column.")
         })?;
-        let mapped = typemap::map_column(&session.types, column.typid, column.typmod).ok_or_else(|| {
+        let mapped = discover::column_type(&session.types, column, config).ok_or_else(|| {
             Error::new(ErrorKind::Query, format!("column {} now has type {}, which tap-heroku cannot encode", query::quote_ident(name), column.sql_datatype))
                 .with_hint("Deselect the column, or run --discover again and update the catalog.")
         })?;
@@ -302,6 +302,7 @@ fn accepts_bookmark(encoder: &Encoder, value: &Value) -> bool {
         Encoder::Float4 | Encoder::Float8 | Encoder::Numeric => value.is_number() || value.is_string(),
         Encoder::Bool | Encoder::BitBool => value.is_boolean(),
         Encoder::Array(_) | Encoder::Hstore => false,
+        Encoder::JsonDocument | Encoder::JsonbDocument => true,
         _ => value.is_string(),
     }
 }
