@@ -160,7 +160,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "connect_timeout", kind: "integer", description: "Seconds a connection attempt may take.", default: Some("30"), secret: false },
     Setting { name: "filter_dbs", kind: "string", description: "Comma-separated databases to discover (default: every database the role may connect to).", default: None, secret: false },
     Setting { name: "filter_schemas", kind: "string", description: "Comma-separated schemas (or a JSON array) to discover (default: all but system schemas).", default: None, secret: false },
-    Setting { name: "itersize", kind: "integer", description: "Rows fetched from the server-side cursor per round trip.", default: Some("20000"), secret: false },
+    Setting { name: "itersize", kind: "integer", description: "Rows per batch: a STATE follows every batch (rows come from the server-side cursor in fetches of at most 1,024).", default: Some("20000"), secret: false },
     Setting { name: "default_replication_method", kind: "string", description: "FULL_TABLE or INCREMENTAL, for selected streams whose metadata names no replication-method.", default: None, secret: false },
     Setting { name: "max_run_seconds", kind: "integer", description: "Stop cleanly between batches after this many seconds, with a resumable STATE.", default: None, secret: false },
     Setting { name: "include_schemas_in_destination_stream_name", kind: "boolean", description: "Name destination streams {schema}_{table} instead of {table}.", default: Some("false"), secret: false },
@@ -230,6 +230,13 @@ impl Config {
         let password = opt_string(map, "password")?.or(url.password);
         let dbname = opt_string(map, "dbname")?.or(opt_string(map, "database")?).or(url.dbname);
 
+        // A URL pasted into host (or dbname) would put its password into every error message.
+        for (key, value) in [("host", &host), ("dbname", &dbname), ("user", &user)] {
+            if value.as_deref().is_some_and(|v| v.contains("://") || (key != "user" && v.contains('@'))) {
+                return Err(Error::new(ErrorKind::Config, format!("{key} holds a URL or user@host, not a {key}"))
+                    .with_hint("Put a postgres:// URL in database_url, and only the host name in host."));
+            }
+        }
         let mut missing = Vec::new();
         if host.is_none() {
             missing.push("host");
@@ -492,7 +499,13 @@ impl ConnUrl {
                 "dbname" => url.dbname = non_empty(v),
                 "host" => url.host = non_empty(v),
                 "port" => url.port = Some(v.parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?),
-                other => log::warn!("URL parameter {other} is ignored"),
+                // A key with these characters is the tail of a password holding an unescaped `?`:
+                // refuse the URL rather than log any of it.
+                other if other.contains(['@', '/', ':', '#']) => {
+                    return Err(bad("has a malformed query part (a password with ?, #, / or @ must be percent-encoded, e.g. ? as %3F)"));
+                }
+                // Not named: only the parameters above are read, the rest may hold anything.
+                _ => log::warn!("a URL parameter other than sslmode, sslrootcert, user, password, dbname, host and port is ignored"),
             }
         }
         Ok(url)
@@ -611,6 +624,9 @@ mod tests {
             json!({"database_url": "mysql://u:hunter2@h/d"}),
             json!({"database_url": "postgres://u:hunter2@h:99999/d"}),
             json!({"host": ["h"], "user": "u", "dbname": "d"}),
+            json!({"host": "postgres://alice:hunter2@db.example.com:5432/d1", "user": "alice", "dbname": "d1"}),
+            json!({"host": "h", "user": "u", "dbname": "postgres://alice:hunter2@h/d"}),
+            json!({"database_url": "postgres://alice:12?hunter2@db.example.com/d1"}),
         ];
         for case in cases {
             let err = parse(case.clone(), None).unwrap_err();

@@ -221,6 +221,11 @@ impl TypeMap {
         self.by_oid.get(&oid)
     }
 
+    /// The type a value of `oid` is compared as: domains resolved to their base type.
+    pub fn base_type(&self, oid: u32) -> u32 {
+        self.resolve_domain(oid, -1).map_or(oid, |(t, _)| t.oid)
+    }
+
     /// Follows domains down to their base type, carrying the innermost declared typmod.
     fn resolve_domain(&self, mut oid: u32, mut typmod: i32) -> Option<(&TypeInfo, i32)> {
         for _ in 0..32 {

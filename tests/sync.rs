@@ -680,7 +680,8 @@ fn views_and_materialized_views() {
     for view in ["v_full", "v_inc", "mv"] {
         let seg = segment(&messages, view);
         assert_eq!(seg[0]["key_properties"], json!(["id"]), "{view}");
-        assert_eq!(seg[0]["schema"]["properties"]["id"]["type"], json!(["integer"]), "{view}: a key is not nullable");
+        // A view's key columns may hold NULL (only a table's primary key cannot), as in singer-io.
+        assert_eq!(seg[0]["schema"]["properties"]["id"]["type"], json!(["null", "integer"]), "{view}: a view key stays nullable");
         assert!(states(&seg).iter().all(|s| !s["bookmarks"].to_string().contains("last_pk_fetched")), "{view}: views do not resume");
     }
     assert_same_rows(&records(&messages, "v_full"), &named_rows(1..=6, "base"), "v_full");
@@ -992,4 +993,98 @@ fn key_properties_are_always_emitted() {
             assert!(records(&messages, "cp").iter().all(|r| r.get(key).is_some()), "key property {key} is not in the records");
         }
     }
+}
+
+// ---- keys of extension types, unorderable or unbookmarkable keys, view keys ------------------
+
+/// citext installed in its own schema (as Heroku installs extensions in `heroku_ext`): the
+/// bookmark comparison must use citext's own case-insensitive operators, as `order by` does, or
+/// rows are skipped (INCREMENTAL) or resumed past (FULL_TABLE).
+#[test]
+fn citext_keys_from_an_extension_schema_compare_as_citext() {
+    let (db, config, mut catalog) = fixture(
+        "create schema ext; grant usage on schema ext to public; create extension citext schema ext; \
+         create table ci (id int primary key, code ext.citext); insert into ci values (1, 'a'), (2, 'B'), (3, 'c'); \
+         create table cipk (code ext.citext primary key, n int); insert into cipk values ('a', 1), ('B', 2), ('c', 3)",
+        json!({"itersize": 1, "max_run_seconds": 0}),
+    );
+    select(&mut catalog, "ci", "INCREMENTAL", Some("code"));
+    // Run 1 stops after one row, bookmark "a"; run 2 must send a (again), B and c.
+    let first = run_ok(&config, &catalog, None);
+    assert_eq!(records(&first, "ci").iter().map(|r| r["code"].clone()).collect::<Vec<_>>(), [json!("a")]);
+    let state = states(&first).pop().unwrap();
+    let unlimited = db.config_file(json!({}));
+    let second = run_ok(&unlimited, &catalog, Some(&state));
+    assert_eq!(records(&second, "ci").iter().map(|r| r["code"].clone()).collect::<Vec<_>>(), [json!("a"), json!("B"), json!("c")]);
+
+    let mut catalog = discover(&config);
+    select(&mut catalog, "cipk", "FULL_TABLE", None);
+    let first = run_ok(&config, &catalog, None);
+    let state = states(&first).pop().unwrap();
+    assert_eq!(bookmark(&state, &id(&db, "public", "cipk"))["last_pk_fetched"], json!({"code": "a"}));
+    let second = run_ok(&unlimited, &catalog, Some(&state));
+    assert_eq!(records(&second, "cipk").iter().map(|r| r["code"].clone()).collect::<Vec<_>>(), [json!("B"), json!("c")]);
+}
+
+/// An array primary key cannot be a resume point: the table is read without one (and a later
+/// run does not trip over its own state). An array, hstore or json replication key, or one the
+/// server cannot order, is refused before any output.
+#[test]
+fn unbookmarkable_and_unorderable_keys() {
+    let (_db, config, mut catalog) = fixture(
+        "create extension hstore; \
+         create table arrpk (k int[] primary key, v text); insert into arrpk select array[i, i + 1], 'v' || i from generate_series(1, 5) i; \
+         create table ak (id int primary key, tags int[]); insert into ak values (1, '{1}'); \
+         create table jk (id int primary key, doc json); insert into jk values (1, '{}'); \
+         create table pk_point (id int primary key, p point); insert into pk_point values (1, '(1,2)')",
+        json!({"itersize": 2}),
+    );
+    select(&mut catalog, "arrpk", "FULL_TABLE", None);
+    let first = run_ok(&config, &catalog, None);
+    assert_eq!(records(&first, "arrpk").len(), 5);
+    let mid = cut_after_state(&first, 2).1;
+    assert!(bookmark(&mid, &bookmark_id(&first, "arrpk")).get("last_pk_fetched").is_none(), "no resume point for an array key");
+    let again = run_ok(&config, &catalog, Some(&states(&first).pop().unwrap()));
+    assert_eq!(records(&again, "arrpk").len(), 5);
+
+    for (table, key) in [("ak", "tags"), ("jk", "doc"), ("pk_point", "p")] {
+        let mut catalog = discover(&config);
+        select(&mut catalog, table, "INCREMENTAL", Some(key));
+        let out = sync(&config, &catalog, None);
+        assert_eq!(out.code, 65, "{table}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "{table}: nothing is written before the refusal");
+        assert!(out.stderr.contains(&format!("replication-key \"{key}\"")), "{table}: {}", out.stderr);
+    }
+}
+
+/// The tap_stream_id of the only stream in a run's messages whose SCHEMA names `stream`.
+fn bookmark_id(messages: &[Value], stream: &str) -> String {
+    let state = states(messages).pop().unwrap();
+    state["bookmarks"].as_object().unwrap().keys().find(|k| k.ends_with(&format!("-{stream}"))).unwrap().clone()
+}
+
+/// A view key column that holds NULL stays nullable in the SCHEMA, so every record validates.
+#[test]
+fn view_key_columns_stay_nullable() {
+    let (_db, config, mut catalog) = fixture(
+        "create table base (id int primary key); insert into base values (1), (2); \
+         create view vw as select id, case when id = 2 then null else 'k' || id end as code from base",
+        json!({}),
+    );
+    select(&mut catalog, "vw", "FULL_TABLE", None);
+    root(&mut catalog, "vw")["view-key-properties"] = json!(["code"]);
+    let messages = run_ok(&config, &catalog, None);
+    let schema = messages.iter().find(|m| m["type"] == "SCHEMA").unwrap();
+    assert_eq!(schema["key_properties"], json!(["code"]));
+    assert_eq!(schema["schema"]["properties"]["code"]["type"], json!(["null", "string"]));
+    assert_eq!(records(&messages, "vw")[1]["code"], Value::Null);
+}
+
+/// A max_run_seconds too large for the clock means no deadline, not a panic.
+#[test]
+fn huge_max_run_seconds_is_no_deadline() {
+    let (_db, config, mut catalog) =
+        fixture("create table t (id int primary key); insert into t values (1), (2)", json!({"max_run_seconds": 9223372036854775000u64}));
+    select(&mut catalog, "t", "FULL_TABLE", None);
+    assert_eq!(records(&run_ok(&config, &catalog, None), "t").len(), 2);
 }

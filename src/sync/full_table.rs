@@ -75,7 +75,7 @@ pub(super) fn sync<W: Write>(
     let params = resume_from.unwrap_or_default();
     let tracked: Vec<usize> = plan.order_keys.iter().map(|(i, _)| *i).collect();
     let mut sink = RowSink::new(plan, version, tracked);
-    let outcome = run_query(client, (&sql, &params), &mut plan.columns, &mut sink, writer, limits, |sink, writer| {
+    let outcome = run_query(client, (&sql, &params, &plan.search_path), &mut plan.columns, &mut sink, writer, limits, |sink, writer| {
         if !key_names.is_empty() {
             let mut last = Map::new();
             for (t, name) in key_names.iter().enumerate() {

@@ -47,7 +47,7 @@ pub(super) fn sync<W: Write>(
     let sql = query::incremental(&items, &plan.selected.schema_name, &plan.selected.table_name, &key, start_value.is_some());
     let params: Vec<String> = start_value.into_iter().collect();
     let mut sink = RowSink::new(plan, version, vec![key_index]);
-    let outcome = run_query(client, (&sql, &params), &mut plan.columns, &mut sink, writer, limits, |sink, writer| {
+    let outcome = run_query(client, (&sql, &params, &plan.search_path), &mut plan.columns, &mut sink, writer, limits, |sink, writer| {
         if let Some(v) = sink.last_value(0) {
             bookmark.insert("replication_key_value".into(), v);
         }

@@ -79,6 +79,10 @@ pub struct StreamPlan {
     bookmark: Map<String, Value>,
     /// estimated rows (reltuples), for progress.
     row_estimate: i64,
+    /// `search_path` for the stream's transaction: `public` plus the schemas of the key types'
+    /// comparison operators (e.g. citext installed in `heroku_ext`), so that `>=` and `>` on
+    /// the key are the type's own and agree with `order by`.
+    search_path: String,
 }
 
 /// What bounds a run: the config (batch size, sslmode for messages) and `max_run_seconds`.
@@ -143,7 +147,8 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
 
     let limits = Limits {
         config,
-        deadline: config.max_run_seconds.map(|s| run_started + Duration::from_secs(s)),
+        // Beyond what an Instant can hold means no deadline.
+        deadline: config.max_run_seconds.and_then(|s| run_started.checked_add(Duration::from_secs(s))),
         connector: &connector,
     };
     signals::install();
@@ -217,8 +222,9 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
             && *was != column.sql_datatype {
                 log::warn!("stream {}: column {name} was {was} at discovery and is {} now; the SCHEMA message follows the database", selected.tap_stream_id, column.sql_datatype);
             }
-        let is_key = selected.key_properties.contains(name);
-        properties.insert(name.clone(), Value::Object(discover::column_schema(mapped.schema, is_key)));
+        // Only primary key columns are known never to be NULL (a view's key columns may be).
+        let not_null = relation.primary_key.contains(name);
+        properties.insert(name.clone(), Value::Object(discover::column_schema(mapped.schema, not_null)));
         let mut key = Vec::with_capacity(name.len() + 3);
         write_json_str(&mut key, name);
         key.push(b':');
@@ -245,7 +251,9 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
             }
             if !selected.is_view && !relation.primary_key.is_empty() {
                 let keys: Option<Vec<usize>> = relation.primary_key.iter().map(|k| index_of(k)).collect();
-                if let Some(keys) = keys.filter(|k| k.len() <= MAX_TRACKED_COLUMNS) {
+                // A resume point must be a bookmark the server can read back.
+                let keys = keys.filter(|k| k.len() <= MAX_TRACKED_COLUMNS && k.iter().all(|&i| bookmarkable(&columns[i].encoder)));
+                if let Some(keys) = keys {
                     order_keys = keys.into_iter().map(|i| (i, cast_types[i].clone())).collect();
                 }
             }
@@ -267,6 +275,11 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
                 bookmark = Map::new();
             }
             let key_column = KeyColumn { name: key, cast_type: &cast_types[i] };
+            if !bookmarkable(&columns[i].encoder) {
+                return Err(Error::new(ErrorKind::Catalog, format!("replication-key {} is of a type whose values cannot be bookmarked", query::quote_ident(key)))
+                    .with_hint("Choose a replication key of a scalar type (timestamp, date, integer, numeric, text, uuid, ...), or use FULL_TABLE."));
+            }
+            check_orderable(&mut session.client, &selected, &key_column)?;
             check_bookmark_value(&mut session.client, bookmark.get("replication_key_value"), &columns[i].encoder, &key_column, "replication_key_value")?;
             if !selected.is_view && !has_leading_index(&mut session.client, relation.oid, key)? {
                 log::warn!(
@@ -280,7 +293,62 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
         }
         ReplicationMethod::LogBased => unreachable!("select_streams refuses LOG_BASED"),
     }
-    Ok(StreamPlan { selected, columns, schema, order_keys, replication_key, bookmark, row_estimate: relation.row_count })
+    let key_types: Vec<u32> = order_keys
+        .iter()
+        .map(|(i, _)| *i)
+        .chain(replication_key.as_ref().map(|(i, _)| *i))
+        .filter_map(|i| live.get(columns[i].name.as_str()).map(|c| session.types.base_type(c.typid)))
+        .collect();
+    let search_path = key_search_path(&mut session.client, &key_types)?;
+    Ok(StreamPlan { selected, columns, schema, order_keys, replication_key, bookmark, row_estimate: relation.row_count, search_path })
+}
+
+/// Whether values of this encoder can serve as a bookmark that the server reads back.
+fn bookmarkable(encoder: &Encoder) -> bool {
+    !matches!(encoder, Encoder::Array(_) | Encoder::Hstore | Encoder::Json | Encoder::JsonDocument)
+}
+
+/// Refuses, before any output, a replication key the server cannot compare and order (json,
+/// xml, point, ...), by preparing the query's comparison and ordering.
+fn check_orderable(client: &mut Client, selected: &SelectedStream, key: &KeyColumn<'_>) -> Result<()> {
+    let column = query::quote_ident(key.name);
+    let sql = format!(
+        "select 1 from {} where {column} >= cast($1::text as {}) order by {column}",
+        query::qualified_name(&selected.schema_name, &selected.table_name),
+        key.cast_type
+    );
+    match client.prepare_typed(&sql, &[Type::TEXT]) {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_db_error().is_some() => Err(Error::new(ErrorKind::Catalog, format!("replication-key {column} cannot be compared or ordered"))
+            .with_source(e)
+            .with_hint("Choose a replication key of an ordered type (timestamp, date, integer, numeric, text, uuid, ...), or use FULL_TABLE.")),
+        Err(e) => Err(classify(e, "checking the replication key", crate::config::SslMode::Require)),
+    }
+}
+
+/// `public` plus, quoted, every schema (other than pg_catalog and public) that holds the default
+/// btree comparison operators of the key types.
+fn key_search_path(client: &mut Client, key_types: &[u32]) -> Result<String> {
+    let mut path = String::from("public");
+    if key_types.is_empty() {
+        return Ok(path);
+    }
+    let rows = client
+        .query(
+            "select distinct n.nspname::text from pg_opclass c \
+             join pg_am am on am.oid = c.opcmethod and am.amname = 'btree' \
+             join pg_amop ao on ao.amopfamily = c.opcfamily and ao.amoplefttype = c.opcintype and ao.amoprighttype = c.opcintype \
+             join pg_operator o on o.oid = ao.amopopr join pg_namespace n on n.oid = o.oprnamespace \
+             where c.opcdefault and c.opcintype = any($1) and n.nspname not in ('pg_catalog', 'public') order by 1",
+            &[&key_types],
+        )
+        .map_err(|e| classify(e, "reading pg_opclass", crate::config::SslMode::Require))?;
+    for row in &rows {
+        let schema: String = row.try_get(0).map_err(|e| Error::new(ErrorKind::Internal, "reading pg_opclass").with_source(e))?;
+        path.push_str(", ");
+        path.push_str(&query::quote_ident(&schema));
+    }
+    Ok(path)
 }
 
 /// True when some index of the table starts with `column`.
@@ -587,7 +655,7 @@ enum Fetched {
 /// [`Outcome::Signalled`] right after the record being written when SIGINT or SIGTERM arrives.
 fn run_query<W: Write>(
     client: &mut Client,
-    (sql, params): (&str, &[String]),
+    (sql, params, search_path): (&str, &[String], &str),
     columns: &mut [ColumnPlan],
     sink: &mut RowSink,
     writer: &mut MessageWriter<W>,
@@ -605,7 +673,7 @@ fn run_query<W: Write>(
         let (recycler, recycled) = std::sync::mpsc::sync_channel::<Vec<postgres::Row>>(CHANNEL_CHUNKS + 1);
         let reader = std::thread::Builder::new()
             .name("reader".into())
-            .spawn_scoped(scope, move || read_portal(client, (sql, params), batch, sslmode, &sender, &recycled))
+            .spawn_scoped(scope, move || read_portal(client, (sql, params), search_path, batch, sslmode, &sender, &recycled))
             .map_err(|e| Error::new(ErrorKind::Internal, "starting the reader thread").with_source(e))?;
         // `Ok(None)`: the reader stopped early; its own result says why.
         let outcome: Result<Option<Outcome>> = (|| {
@@ -692,6 +760,7 @@ impl Drop for RecycleOnDrop<'_> {
 fn read_portal(
     client: &mut Client,
     (sql, params): (&str, &[String]),
+    search_path: &str,
     batch: i32,
     sslmode: crate::config::SslMode,
     sender: &std::sync::mpsc::SyncSender<Fetched>,
@@ -704,6 +773,7 @@ fn read_portal(
         .read_only(true)
         .start()
         .map_err(query_error)?;
+    tx.batch_execute(&format!("set local search_path = {search_path}")).map_err(query_error)?;
     let statement = tx.prepare_typed(sql, &vec![Type::TEXT; params.len()]).map_err(query_error)?;
     let bound: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     let portal = tx.bind(&statement, &bound).map_err(query_error)?;
