@@ -51,18 +51,15 @@ impl Catalog {
     /// `Catalog` when the text is not JSON or not shaped like a Singer catalog.
     pub fn parse(text: &str) -> Result<Catalog> {
         let hint = "Pass a catalog written by `tap-heroku --discover` (or singer-io's tap-postgres), with selected streams.";
-        let value: Value = serde_json::from_str(text)
-            .context(ErrorKind::Catalog, || "the catalog is not valid JSON")
-            .map_err(|e| e.with_hint(hint))?;
+        let value: Value =
+            serde_json::from_str(text).context(ErrorKind::Catalog, || "the catalog is not valid JSON").map_err(|e| e.with_hint(hint))?;
         let bad = |what: String| Error::new(ErrorKind::Catalog, what).with_hint(hint);
-        let streams = value
-            .get("streams")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("the catalog has no \"streams\" array".into()))?;
+        let streams = value.get("streams").and_then(Value::as_array).ok_or_else(|| bad("the catalog has no \"streams\" array".into()))?;
         let mut out = Vec::with_capacity(streams.len());
         for (i, entry) in streams.iter().enumerate() {
             let text_field = |key: &str| entry.get(key).and_then(Value::as_str).map(str::to_string);
-            let tap_stream_id = text_field("tap_stream_id").ok_or_else(|| bad(format!("catalog stream #{} has no tap_stream_id", i + 1)))?;
+            let tap_stream_id =
+                text_field("tap_stream_id").ok_or_else(|| bad(format!("catalog stream #{} has no tap_stream_id", i + 1)))?;
             let table_name = text_field("table_name").or_else(|| text_field("stream")).unwrap_or_default();
             let stream = text_field("stream").unwrap_or_else(|| table_name.clone());
             let mut metadata = Vec::new();
@@ -101,11 +98,7 @@ impl CatalogStream {
     /// The `[]` metadata (empty when absent).
     pub fn root_metadata(&self) -> &Map<String, Value> {
         static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-        self.metadata
-            .iter()
-            .find(|m| m.breadcrumb.is_empty())
-            .map(|m| &m.metadata)
-            .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
+        self.metadata.iter().find(|m| m.breadcrumb.is_empty()).map(|m| &m.metadata).unwrap_or_else(|| EMPTY.get_or_init(Map::new))
     }
 
     /// Column names with their metadata, in catalog order; columns that appear only in the
@@ -199,19 +192,32 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
         let is_view = truthy(root.get("is-view")).unwrap_or(false);
         let method = match root.get("replication-method") {
             Some(Value::String(s)) if !s.is_empty() => ReplicationMethod::parse(s).ok_or_else(|| {
-                bad(format!("replication-method {s:?} is not FULL_TABLE or INCREMENTAL"), "Set \"replication-method\" to \"FULL_TABLE\" or \"INCREMENTAL\" in the stream's [] metadata.")
+                bad(
+                    format!("replication-method {s:?} is not FULL_TABLE or INCREMENTAL"),
+                    "Set \"replication-method\" to \"FULL_TABLE\" or \"INCREMENTAL\" in the stream's [] metadata.",
+                )
             })?,
             None | Some(Value::Null) | Some(Value::String(_)) => config.default_replication_method.ok_or_else(|| {
-                bad("has no replication-method".into(), "Set \"replication-method\" in the stream's [] metadata, or default_replication_method in the config.")
+                bad(
+                    "has no replication-method".into(),
+                    "Set \"replication-method\" in the stream's [] metadata, or default_replication_method in the config.",
+                )
             })?,
-            Some(_) => return Err(bad("replication-method is not a string".into(), "Set \"replication-method\" to \"FULL_TABLE\" or \"INCREMENTAL\".")),
+            Some(_) => {
+                return Err(bad(
+                    "replication-method is not a string".into(),
+                    "Set \"replication-method\" to \"FULL_TABLE\" or \"INCREMENTAL\".",
+                ));
+            }
         };
         if method == ReplicationMethod::LogBased {
             return Err(bad("LOG_BASED replication is not supported yet".into(), "Use \"FULL_TABLE\" or \"INCREMENTAL\" for this stream."));
         }
         let catalog_columns = entry.columns();
         let unsupported = |name: &str| {
-            catalog_columns.iter().any(|(n, m)| *n == name && m.and_then(|m| m.get("inclusion")).and_then(Value::as_str) == Some("unsupported"))
+            catalog_columns
+                .iter()
+                .any(|(n, m)| *n == name && m.and_then(|m| m.get("inclusion")).and_then(Value::as_str) == Some("unsupported"))
         };
         let mut key_properties = if is_view {
             string_list(root.get("view-key-properties")).unwrap_or_default()
@@ -228,12 +234,23 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
         let replication_key = match method {
             ReplicationMethod::Incremental => {
                 let key = root.get("replication-key").and_then(Value::as_str).filter(|k| !k.is_empty()).ok_or_else(|| {
-                    bad("is INCREMENTAL but has no replication-key".into(), "Set \"replication-key\" to a column name in the stream's [] metadata, or use FULL_TABLE.")
+                    bad(
+                        "is INCREMENTAL but has no replication-key".into(),
+                        "Set \"replication-key\" to a column name in the stream's [] metadata, or use FULL_TABLE.",
+                    )
                 })?;
                 match catalog_columns.iter().find(|(n, _)| *n == key) {
-                    None => return Err(bad(format!("replication-key {key} is not a column of the stream"), "Set \"replication-key\" to one of the stream's columns.")),
+                    None => {
+                        return Err(bad(
+                            format!("replication-key {key} is not a column of the stream"),
+                            "Set \"replication-key\" to one of the stream's columns.",
+                        ));
+                    }
                     Some((_, Some(m))) if m.get("inclusion").and_then(Value::as_str) == Some("unsupported") => {
-                        return Err(bad(format!("replication-key {key} has a type tap-heroku cannot encode"), "Choose a replication key of a supported type (timestamp, integer, text, ...)."));
+                        return Err(bad(
+                            format!("replication-key {key} has a type tap-heroku cannot encode"),
+                            "Choose a replication key of a supported type (timestamp, integer, text, ...).",
+                        ));
                     }
                     _ => {}
                 }
@@ -243,7 +260,10 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
         };
         for key in &key_properties {
             if !catalog_columns.iter().any(|(n, _)| n == key) {
-                return Err(bad(format!("key property {key} is not a column of the stream"), "Fix view-key-properties (or table-key-properties) to name existing columns."));
+                return Err(bad(
+                    format!("key property {key} is not a column of the stream"),
+                    "Fix view-key-properties (or table-key-properties) to name existing columns.",
+                ));
             }
         }
         let mut columns = Vec::new();
@@ -299,10 +319,11 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
         }
     }
     if let Some(current) = currently_syncing
-        && let Some(pos) = selected.iter().position(|s| s.tap_stream_id == current) {
-            let s = selected.remove(pos);
-            selected.insert(0, s);
-        }
+        && let Some(pos) = selected.iter().position(|s| s.tap_stream_id == current)
+    {
+        let s = selected.remove(pos);
+        selected.insert(0, s);
+    }
     Ok(selected)
 }
 
@@ -351,7 +372,11 @@ mod tests {
         let mut c = cols();
         c["name"]["selected"] = json!(false);
         let cat = catalog(vec![
-            entry("a", json!({"selected": true, "replication-method": "FULL_TABLE", "schema-name": "public", "database-name": "app", "table-key-properties": ["id"]}), c),
+            entry(
+                "a",
+                json!({"selected": true, "replication-method": "FULL_TABLE", "schema-name": "public", "database-name": "app", "table-key-properties": ["id"]}),
+                c,
+            ),
             entry("b", json!({"schema-name": "public", "database-name": "app"}), cols()),
             entry("c", json!({"selected": "false", "schema-name": "public"}), cols()),
         ]);
@@ -379,7 +404,11 @@ mod tests {
     fn incremental_key_is_always_emitted() {
         let mut c = cols();
         c["updated_at"]["selected"] = json!(false);
-        let cat = catalog(vec![entry("a", json!({"selected": true, "replication-method": "INCREMENTAL", "replication-key": "updated_at", "schema-name": "public"}), c)]);
+        let cat = catalog(vec![entry(
+            "a",
+            json!({"selected": true, "replication-method": "INCREMENTAL", "replication-key": "updated_at", "schema-name": "public"}),
+            c,
+        )]);
         let s = select_streams(&cat, &config(None, false), None).unwrap();
         assert_eq!(s[0].replication_key.as_deref(), Some("updated_at"));
         assert!(s[0].columns.contains(&"updated_at".to_string()));
@@ -390,7 +419,11 @@ mod tests {
         let mut c = cols();
         c["id"]["inclusion"] = json!("available");
         c["id"]["selected"] = json!(false);
-        let cat = catalog(vec![entry("v", json!({"selected": true, "replication-method": "FULL_TABLE", "schema-name": "public", "is-view": true, "view-key-properties": ["id"], "table-key-properties": []}), c)]);
+        let cat = catalog(vec![entry(
+            "v",
+            json!({"selected": true, "replication-method": "FULL_TABLE", "schema-name": "public", "is-view": true, "view-key-properties": ["id"], "table-key-properties": []}),
+            c,
+        )]);
         let s = select_streams(&cat, &config(None, false), None).unwrap();
         assert_eq!(s[0].key_properties, vec!["id"]);
         assert_eq!(s[0].columns[0], "id");
@@ -402,11 +435,20 @@ mod tests {
             (json!({"selected": true, "schema-name": "public"}), "has no replication-method"),
             (json!({"selected": true, "schema-name": "public", "replication-method": "SOMETIMES"}), "is not FULL_TABLE or INCREMENTAL"),
             (json!({"selected": true, "schema-name": "public", "replication-method": "INCREMENTAL"}), "has no replication-key"),
-            (json!({"selected": true, "schema-name": "public", "replication-method": "INCREMENTAL", "replication-key": "nope"}), "replication-key nope is not a column"),
-            (json!({"selected": true, "schema-name": "public", "replication-method": "INCREMENTAL", "replication-key": "blob"}), "cannot encode"),
+            (
+                json!({"selected": true, "schema-name": "public", "replication-method": "INCREMENTAL", "replication-key": "nope"}),
+                "replication-key nope is not a column",
+            ),
+            (
+                json!({"selected": true, "schema-name": "public", "replication-method": "INCREMENTAL", "replication-key": "blob"}),
+                "cannot encode",
+            ),
             (json!({"selected": true, "schema-name": "public", "replication-method": "LOG_BASED"}), "LOG_BASED"),
             (json!({"selected": true, "replication-method": "FULL_TABLE"}), "has no schema-name"),
-            (json!({"selected": true, "schema-name": "public", "replication-method": "FULL_TABLE", "is-view": true, "view-key-properties": ["nope"]}), "key property nope"),
+            (
+                json!({"selected": true, "schema-name": "public", "replication-method": "FULL_TABLE", "is-view": true, "view-key-properties": ["nope"]}),
+                "key property nope",
+            ),
         ];
         for (root, want) in cases {
             let cat = catalog(vec![entry("a", root.clone(), cols())]);
@@ -439,7 +481,12 @@ mod tests {
 
     #[test]
     fn malformed_catalogs_are_catalog_errors() {
-        for text in ["not json", "{}", r#"{"streams": [{"stream": "x"}]}"#, r#"{"streams": [{"tap_stream_id": "x", "metadata": [{"metadata": {}}]}]}"#] {
+        for text in [
+            "not json",
+            "{}",
+            r#"{"streams": [{"stream": "x"}]}"#,
+            r#"{"streams": [{"tap_stream_id": "x", "metadata": [{"metadata": {}}]}]}"#,
+        ] {
             assert_eq!(Catalog::parse(text).unwrap_err().kind(), ErrorKind::Catalog, "{text}");
         }
     }

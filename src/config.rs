@@ -148,23 +148,119 @@ pub struct Setting {
 
 /// Every setting tap-heroku reads, in the order README.md lists them.
 pub const SETTINGS: &[Setting] = &[
-    Setting { name: "host", kind: "string", description: "Server host name or address (Heroku: the Host of the credentials).", default: None, secret: false },
-    Setting { name: "port", kind: "integer", description: "Server port; a number or a numeric string.", default: Some("5432"), secret: false },
-    Setting { name: "user", kind: "string", description: "Role to log in as; a read-only credential is enough.", default: None, secret: false },
+    Setting {
+        name: "host",
+        kind: "string",
+        description: "Server host name or address (Heroku: the Host of the credentials).",
+        default: None,
+        secret: false,
+    },
+    Setting {
+        name: "port",
+        kind: "integer",
+        description: "Server port; a number or a numeric string.",
+        default: Some("5432"),
+        secret: false,
+    },
+    Setting {
+        name: "user",
+        kind: "string",
+        description: "Role to log in as; a read-only credential is enough.",
+        default: None,
+        secret: false,
+    },
     Setting { name: "password", kind: "string", description: "Password of the role.", default: None, secret: true },
-    Setting { name: "dbname", kind: "string", description: "Database for the first connection (alias: database).", default: None, secret: false },
-    Setting { name: "database_url", kind: "string", description: "postgres://user:password@host:port/dbname?sslmode=... URL; discrete keys override its parts. Without host and database_url, the DATABASE_URL environment variable is read.", default: None, secret: true },
-    Setting { name: "sslmode", kind: "string", description: "disable, prefer, require, verify-ca or verify-full, with libpq's meaning (alias: ssl_mode).", default: Some("\"require\""), secret: false },
-    Setting { name: "sslrootcert", kind: "string", description: "CA certificate file used to verify the server (verify-ca, verify-full; with require it enables verify-ca, as in libpq).", default: None, secret: false },
-    Setting { name: "ssl", kind: "boolean", description: "singer-io compatibility: true means sslmode=require, false means sslmode=prefer; ignored when sslmode is set.", default: None, secret: false },
-    Setting { name: "connect_timeout", kind: "integer", description: "Seconds a connection attempt may take.", default: Some("30"), secret: false },
-    Setting { name: "filter_dbs", kind: "string", description: "Comma-separated databases to discover (default: every database the role may connect to).", default: None, secret: false },
-    Setting { name: "filter_schemas", kind: "string", description: "Comma-separated schemas (or a JSON array) to discover (default: all but system schemas).", default: None, secret: false },
-    Setting { name: "itersize", kind: "integer", description: "Rows per batch: a STATE follows every batch (rows come from the server-side cursor in fetches of at most 1,024).", default: Some("20000"), secret: false },
-    Setting { name: "default_replication_method", kind: "string", description: "FULL_TABLE or INCREMENTAL, for selected streams whose metadata names no replication-method.", default: None, secret: false },
-    Setting { name: "max_run_seconds", kind: "integer", description: "Stop cleanly between batches after this many seconds, with a resumable STATE.", default: None, secret: false },
-    Setting { name: "include_schemas_in_destination_stream_name", kind: "boolean", description: "Name destination streams {schema}_{table} instead of {table}.", default: Some("false"), secret: false },
-    Setting { name: "json_as_object", kind: "boolean", description: "Emit json and jsonb columns as JSON documents (objects, arrays, ...) instead of strings holding them (singer-io's form).", default: Some("false"), secret: false },
+    Setting {
+        name: "dbname",
+        kind: "string",
+        description: "Database for the first connection (alias: database).",
+        default: None,
+        secret: false,
+    },
+    Setting {
+        name: "database_url",
+        kind: "string",
+        description: "postgres://user:password@host:port/dbname?sslmode=... URL; discrete keys override its parts. Without host and database_url, the DATABASE_URL environment variable is read.",
+        default: None,
+        secret: true,
+    },
+    Setting {
+        name: "sslmode",
+        kind: "string",
+        description: "disable, prefer, require, verify-ca or verify-full, with libpq's meaning (alias: ssl_mode).",
+        default: Some("\"require\""),
+        secret: false,
+    },
+    Setting {
+        name: "sslrootcert",
+        kind: "string",
+        description: "CA certificate file used to verify the server (verify-ca, verify-full; with require it enables verify-ca, as in libpq).",
+        default: None,
+        secret: false,
+    },
+    Setting {
+        name: "ssl",
+        kind: "boolean",
+        description: "singer-io compatibility: true means sslmode=require, false means sslmode=prefer; ignored when sslmode is set.",
+        default: None,
+        secret: false,
+    },
+    Setting {
+        name: "connect_timeout",
+        kind: "integer",
+        description: "Seconds a connection attempt may take.",
+        default: Some("30"),
+        secret: false,
+    },
+    Setting {
+        name: "filter_dbs",
+        kind: "string",
+        description: "Comma-separated databases to discover (default: every database the role may connect to).",
+        default: None,
+        secret: false,
+    },
+    Setting {
+        name: "filter_schemas",
+        kind: "string",
+        description: "Comma-separated schemas (or a JSON array) to discover (default: all but system schemas).",
+        default: None,
+        secret: false,
+    },
+    Setting {
+        name: "itersize",
+        kind: "integer",
+        description: "Rows per batch: a STATE follows every batch (rows come from the server-side cursor in fetches of at most 1,024).",
+        default: Some("20000"),
+        secret: false,
+    },
+    Setting {
+        name: "default_replication_method",
+        kind: "string",
+        description: "FULL_TABLE or INCREMENTAL, for selected streams whose metadata names no replication-method.",
+        default: None,
+        secret: false,
+    },
+    Setting {
+        name: "max_run_seconds",
+        kind: "integer",
+        description: "Stop cleanly between batches after this many seconds, with a resumable STATE.",
+        default: None,
+        secret: false,
+    },
+    Setting {
+        name: "include_schemas_in_destination_stream_name",
+        kind: "boolean",
+        description: "Name destination streams {schema}_{table} instead of {table}.",
+        default: Some("false"),
+        secret: false,
+    },
+    Setting {
+        name: "json_as_object",
+        kind: "boolean",
+        description: "Emit json and jsonb columns as JSON documents (objects, arrays, ...) instead of strings holding them (singer-io's form).",
+        default: Some("false"),
+        secret: false,
+    },
 ];
 
 /// Keys other taps accept that tap-heroku reads but does not act on; a notice, not an unknown key.
@@ -191,15 +287,15 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .context(ErrorKind::Input, || format!("reading config {}", path.display()))
             .map_err(|e| e.with_hint("Pass the path of an existing JSON file with --config."))?;
-        let value: Value = serde_json::from_str(&text)
-            .context(ErrorKind::Config, || format!("config {} is not valid JSON", path.display()))
-            .map_err(|e| e.with_hint("Fix the JSON syntax of the config file; it must be one object such as {\"host\": ..., \"user\": ...}."))?;
+        let value: Value =
+            serde_json::from_str(&text).context(ErrorKind::Config, || format!("config {} is not valid JSON", path.display())).map_err(
+                |e| e.with_hint("Fix the JSON syntax of the config file; it must be one object such as {\"host\": ..., \"user\": ...}."),
+            )?;
         let Value::Object(map) = value else {
             return Err(Error::new(ErrorKind::Config, format!("config {} is not a JSON object", path.display()))
                 .with_hint("The config file must hold one JSON object of settings."));
         };
-        Config::from_map(&map, std::env::var("DATABASE_URL").ok().as_deref())
-            .map_err(|e| e.within(format!("config {}", path.display())))
+        Config::from_map(&map, std::env::var("DATABASE_URL").ok().as_deref()).map_err(|e| e.within(format!("config {}", path.display())))
     }
 
     /// Validates a parsed config object; `env_url` is the `DATABASE_URL` environment variable.
@@ -216,9 +312,10 @@ impl Config {
         if let Some(text) = opt_string(map, "database_url")?.or(opt_string(map, "sqlalchemy_url")?) {
             url = Some(ConnUrl::parse(&text).map_err(|e| e.within("database_url"))?);
         } else if !map.contains_key("host")
-            && let Some(text) = env_url {
-                url = Some(ConnUrl::parse(text).map_err(|e| e.within("DATABASE_URL environment variable"))?);
-            }
+            && let Some(text) = env_url
+        {
+            url = Some(ConnUrl::parse(text).map_err(|e| e.within("DATABASE_URL environment variable"))?);
+        }
         let url = url.unwrap_or_default();
 
         let host = opt_string(map, "host")?.or(url.host);
@@ -248,8 +345,9 @@ impl Config {
             missing.push("dbname");
         }
         if !missing.is_empty() {
-            return Err(Error::new(ErrorKind::Config, format!("missing required keys: {}", missing.join(", ")))
-                .with_hint("Set host, port, user, password and dbname in the config, or database_url (Heroku: `heroku config:get DATABASE_URL`)."));
+            return Err(Error::new(ErrorKind::Config, format!("missing required keys: {}", missing.join(", "))).with_hint(
+                "Set host, port, user, password and dbname in the config, or database_url (Heroku: `heroku config:get DATABASE_URL`).",
+            ));
         }
 
         let sslmode = match opt_string(map, "sslmode")?.or(opt_string(map, "ssl_mode")?) {
@@ -270,10 +368,11 @@ impl Config {
         };
         let sslrootcert = opt_string(map, "sslrootcert")?.or(url.sslrootcert).map(PathBuf::from);
         if let Some(path) = &sslrootcert
-            && !path.is_file() {
-                return Err(Error::new(ErrorKind::Config, format!("sslrootcert {} does not exist", path.display()))
-                    .with_hint("Point sslrootcert at a readable PEM file with the server's CA certificate, or remove the key."));
-            }
+            && !path.is_file()
+        {
+            return Err(Error::new(ErrorKind::Config, format!("sslrootcert {} does not exist", path.display()))
+                .with_hint("Point sslrootcert at a readable PEM file with the server's CA certificate, or remove the key."));
+        }
 
         let connect_timeout = match map.get("connect_timeout") {
             Some(v) if !v.is_null() => Duration::from_secs(parse_uint(v, "connect_timeout", 1, 3600)?),
@@ -329,8 +428,7 @@ impl Config {
 
 /// True for every key tap-heroku reads, including aliases.
 fn is_known_key(key: &str) -> bool {
-    SETTINGS.iter().any(|s| s.name == key)
-        || matches!(key, "database" | "ssl_mode" | "sqlalchemy_url")
+    SETTINGS.iter().any(|s| s.name == key) || matches!(key, "database" | "ssl_mode" | "sqlalchemy_url")
 }
 
 /// A string setting: JSON string (numbers are accepted and turned to text); null, absent and
@@ -442,8 +540,9 @@ impl ConnUrl {
     /// Parses `postgres://` / `postgresql://` URLs. Errors never repeat the URL (it holds a password).
     fn parse(text: &str) -> Result<ConnUrl> {
         let bad = |what: &str| {
-            Error::new(ErrorKind::Config, format!("the URL {what}"))
-                .with_hint("Use the form postgres://user:password@host:5432/dbname?sslmode=require (what `heroku config:get DATABASE_URL` prints).")
+            Error::new(ErrorKind::Config, format!("the URL {what}")).with_hint(
+                "Use the form postgres://user:password@host:5432/dbname?sslmode=require (what `heroku config:get DATABASE_URL` prints).",
+            )
         };
         let rest = text
             .strip_prefix("postgres://")
@@ -483,7 +582,8 @@ impl ConnUrl {
         };
         url.host = non_empty(percent_decode(host).ok_or_else(|| bad("has a malformed host"))?);
         if let Some(p) = port.filter(|p| !p.is_empty()) {
-            url.port = Some(p.parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?);
+            url.port =
+                Some(p.parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?);
         }
         if let Some(path) = path {
             url.dbname = non_empty(percent_decode(path).ok_or_else(|| bad("has a malformed database name"))?);
@@ -498,7 +598,11 @@ impl ConnUrl {
                 "password" => url.password = Some(v),
                 "dbname" => url.dbname = non_empty(v),
                 "host" => url.host = non_empty(v),
-                "port" => url.port = Some(v.parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?),
+                "port" => {
+                    url.port = Some(
+                        v.parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?,
+                    )
+                }
                 // A key with these characters is the tail of a password holding an unescaped `?`:
                 // refuse the URL rather than log any of it.
                 other if other.contains(['@', '/', ':', '#']) => {
@@ -548,9 +652,13 @@ mod tests {
 
     #[test]
     fn singer_io_forms_are_accepted() {
-        let c = parse(json!({"host": "h", "port": "6543", "user": "u", "password": "p", "dbname": "d",
+        let c = parse(
+            json!({"host": "h", "port": "6543", "user": "u", "password": "p", "dbname": "d",
             "ssl": "true", "itersize": "500", "include_schemas_in_destination_stream_name": "true",
-            "filter_dbs": "a, b", "default_replication_method": "FULL_TABLE"}), None).unwrap();
+            "filter_dbs": "a, b", "default_replication_method": "FULL_TABLE"}),
+            None,
+        )
+        .unwrap();
         assert_eq!(c.port, 6543);
         assert_eq!(c.sslmode, SslMode::Require);
         assert_eq!(c.itersize, 500);
@@ -591,8 +699,10 @@ mod tests {
     #[test]
     fn url_parts_and_overrides() {
         let c = parse(json!({"database_url": "postgres://us%40r:p%3Ass@db.example.com:5433/my_db?sslmode=verify-full"}), None).unwrap();
-        assert_eq!((c.user.as_str(), c.password.as_deref(), c.host.as_str(), c.port, c.dbname.as_str()),
-            ("us@r", Some("p:ss"), "db.example.com", 5433, "my_db"));
+        assert_eq!(
+            (c.user.as_str(), c.password.as_deref(), c.host.as_str(), c.port, c.dbname.as_str()),
+            ("us@r", Some("p:ss"), "db.example.com", 5433, "my_db")
+        );
         assert_eq!(c.sslmode, SslMode::VerifyFull);
         let c = parse(json!({"database_url": "postgresql://u:p@h/d", "dbname": "other", "sslmode": "disable"}), None).unwrap();
         assert_eq!((c.dbname.as_str(), c.port, c.sslmode), ("other", 5432, SslMode::Disable));

@@ -39,11 +39,7 @@ impl Connector {
     /// Builds the connector; fails only when the CA file cannot be loaded.
     pub fn new(config: &Config) -> Result<Connector> {
         let mut base = postgres::Config::new();
-        base.host(&config.host)
-            .port(config.port)
-            .user(&config.user)
-            .application_name("tap-heroku")
-            .connect_timeout(config.connect_timeout);
+        base.host(&config.host).port(config.port).user(&config.user).application_name("tap-heroku").connect_timeout(config.connect_timeout);
         if let Some(password) = &config.password {
             base.password(password);
         }
@@ -59,12 +55,7 @@ impl Connector {
         if config.sslmode == SslMode::Disable {
             log::warn!("sslmode=disable: the connection is not encrypted (Heroku rejects such connections)");
         }
-        Ok(Connector {
-            base,
-            tls,
-            endpoint: format!("{}@{}:{}", config.user, config.host, config.port),
-            sslmode: config.sslmode,
-        })
+        Ok(Connector { base, tls, endpoint: format!("{}@{}:{}", config.user, config.host, config.port), sslmode: config.sslmode })
     }
 
     /// Opens a session on `dbname` and applies [`SESSION_SETUP_SQL`].
@@ -80,7 +71,9 @@ impl Connector {
             None => config.connect(NoTls),
         }
         .map_err(|e| classify(e, &what(), self.sslmode))?;
-        client.batch_execute(SESSION_SETUP_SQL).map_err(|e| classify(e, &format!("setting up session on {}/{}", self.endpoint, dbname), self.sslmode))?;
+        client
+            .batch_execute(SESSION_SETUP_SQL)
+            .map_err(|e| classify(e, &format!("setting up session on {}/{}", self.endpoint, dbname), self.sslmode))?;
         Ok(client)
     }
 }
@@ -102,9 +95,7 @@ impl Connector {
 /// The openssl connector for `mode`: no verification for prefer/require (libpq's meaning) unless
 /// a root certificate is given, chain verification for verify-ca, chain and host name for verify-full.
 fn tls_connector(config: &Config, mode: SslMode) -> Result<MakeTlsConnector> {
-    let tls_error = |e: openssl::error::ErrorStack| {
-        Error::new(ErrorKind::Config, "setting up TLS").with_source(e)
-    };
+    let tls_error = |e: openssl::error::ErrorStack| Error::new(ErrorKind::Config, "setting up TLS").with_source(e);
     let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls_error)?;
     let verify = match mode {
         SslMode::VerifyCa | SslMode::VerifyFull => true,
@@ -161,7 +152,9 @@ pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
                 .with_source(db_error_only(message))
                 .with_hint("Check dbname in the config; `\\l` in psql lists the databases.")
         } else if code == SqlState::INSUFFICIENT_PRIVILEGE {
-            base.with_hint("Grant the role what it needs, e.g. GRANT SELECT ON ALL TABLES IN SCHEMA <schema> TO <role>, or deselect the stream.")
+            base.with_hint(
+                "Grant the role what it needs, e.g. GRANT SELECT ON ALL TABLES IN SCHEMA <schema> TO <role>, or deselect the stream.",
+            )
         } else if code == SqlState::UNDEFINED_TABLE {
             base.with_hint("The table no longer exists: run --discover again and update the catalog.")
         } else if code == SqlState::UNDEFINED_COLUMN {
@@ -188,24 +181,30 @@ pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
     }
     if text.contains("TLS handshake") || text.contains("certificate") {
         let hint = match sslmode {
-            SslMode::VerifyFull => "The server certificate failed verification: check sslrootcert and that host matches the certificate's name, or use \"sslmode\": \"require\" (Heroku's default certificates are not publicly verifiable).",
-            SslMode::VerifyCa | SslMode::Require if text.contains("certificate verify failed") => "The server certificate failed verification: check that sslrootcert holds the CA that signed it, or remove sslrootcert and use \"sslmode\": \"require\" to encrypt without verifying.",
+            SslMode::VerifyFull => {
+                "The server certificate failed verification: check sslrootcert and that host matches the certificate's name, or use \"sslmode\": \"require\" (Heroku's default certificates are not publicly verifiable)."
+            }
+            SslMode::VerifyCa | SslMode::Require if text.contains("certificate verify failed") => {
+                "The server certificate failed verification: check that sslrootcert holds the CA that signed it, or remove sslrootcert and use \"sslmode\": \"require\" to encrypt without verifying."
+            }
             _ => "The TLS handshake failed; check sslrootcert and that the server's port speaks PostgreSQL.",
         };
         return Error::new(ErrorKind::Connect, what.to_string()).with_source(e).with_hint(hint);
     }
-    let io_kind = std::error::Error::source(&e)
-        .and_then(|s| s.downcast_ref::<io::Error>())
-        .map(io::Error::kind);
+    let io_kind = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>()).map(io::Error::kind);
     if e.is_closed() && what.starts_with("reading rows") {
-        return Error::new(ErrorKind::Connect, what.to_string())
-            .with_source(e)
-            .with_hint("The connection to the server was lost during the sync; run again with the last STATE to continue where this run stopped.");
+        return Error::new(ErrorKind::Connect, what.to_string()).with_source(e).with_hint(
+            "The connection to the server was lost during the sync; run again with the last STATE to continue where this run stopped.",
+        );
     }
     if e.is_closed() || io_kind.is_some() || text.contains("error connecting") || text.contains("timeout") {
         let hint = match io_kind {
-            Some(io::ErrorKind::TimedOut) => "The server did not answer in time; check host and port, the network, or raise connect_timeout.",
-            Some(io::ErrorKind::ConnectionRefused) => "Nothing accepts connections at that host and port; check host and port in the config.",
+            Some(io::ErrorKind::TimedOut) => {
+                "The server did not answer in time; check host and port, the network, or raise connect_timeout."
+            }
+            Some(io::ErrorKind::ConnectionRefused) => {
+                "Nothing accepts connections at that host and port; check host and port in the config."
+            }
             _ => "Check host and port in the config and that the server is running and reachable.",
         };
         return Error::new(ErrorKind::Connect, what.to_string()).with_source(e).with_hint(hint);

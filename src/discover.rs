@@ -18,8 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::typemap::{self, TypeInfo, TypeMap};
 
 /// Schemas never discovered.
-const SYSTEM_SCHEMA_FILTER: &str =
-    "n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
+const SYSTEM_SCHEMA_FILTER: &str = "n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
 
 /// One column as pg_attribute describes it.
 #[derive(Clone, Debug)]
@@ -133,20 +132,13 @@ pub fn list_databases(client: &mut Client, config: &Config) -> Result<Vec<String
 fn discover_database(client: &mut Client, db: &str, config: &Config) -> Result<Vec<CatalogStream>> {
     let types = load_types(client)?;
     let relations = load_relations(client, Scope::Schemas(config.filter_schemas.as_deref()))?;
-    Ok(relations
-        .iter()
-        .filter(|r| !r.columns.is_empty())
-        .map(|r| catalog_entry(db, r, &types, config))
-        .collect())
+    Ok(relations.iter().filter(|r| !r.columns.is_empty()).map(|r| catalog_entry(db, r, &types, config)).collect())
 }
 
 /// Loads all of pg_type (one query).
 pub fn load_types(client: &mut Client) -> Result<TypeMap> {
     let rows = client
-        .query(
-            "select oid, typname::text, typtype, typcategory, typelem, typbasetype, typtypmod from pg_type",
-            &[],
-        )
+        .query("select oid, typname::text, typtype, typcategory, typelem, typbasetype, typtypmod from pg_type", &[])
         .map_err(|e| classify(e, "reading pg_type", crate::config::SslMode::Require))?;
     let mut types = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -328,9 +320,8 @@ pub fn column_type(types: &TypeMap, column: &Column, config: &Config) -> Option<
 
 /// A column's schema with `"null"` prepended to its types unless it is a key column.
 pub fn column_schema(mut schema: Map<String, Value>, is_key: bool) -> Map<String, Value> {
-    if !is_key
-        && let Some(Value::Array(types)) = schema.get_mut("type") {
-            types.insert(0, json!("null"));
-        }
+    if !is_key && let Some(Value::Array(types)) = schema.get_mut("type") {
+        types.insert(0, json!("null"));
+    }
     schema
 }

@@ -71,9 +71,9 @@ impl Rng {
     /// A string mixing ASCII, JSON/SQL/URL metacharacters, control characters and non-ASCII.
     fn text(&mut self) -> String {
         const PIECES: &[&str] = &[
-            "a", "Z", "0", "9", " ", "\"", "'", "\\", "/", ":", "@", "?", "&", "=", "%", "%2", "%zz", "%41", "%ff", "%c3%a9", ",",
-            ";", "--", "\n", "\t", "\u{0}", "\u{1f}", "\u{7f}", "é", "Ünï", "😀", "\u{2028}", "[", "]", "{", "}", "true", "null",
-            "-", "+", ".", "e", "5432",
+            "a", "Z", "0", "9", " ", "\"", "'", "\\", "/", ":", "@", "?", "&", "=", "%", "%2", "%zz", "%41", "%ff", "%c3%a9", ",", ";",
+            "--", "\n", "\t", "\u{0}", "\u{1f}", "\u{7f}", "é", "Ünï", "😀", "\u{2028}", "[", "]", "{", "}", "true", "null", "-", "+", ".",
+            "e", "5432",
         ];
         let n = self.below(12);
         (0..n).map(|_| *self.pick(PIECES)).collect()
@@ -102,11 +102,8 @@ fn run_case<T>(target: &str, seed: u64, iteration: usize, input: &dyn Fn() -> St
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(v) => v,
         Err(cause) => {
-            let what = cause
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| cause.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
+            let what =
+                cause.downcast_ref::<String>().cloned().or_else(|| cause.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
             panic!(
                 "fuzz target {target} failed: {what}\n  seed {seed} (set TAP_HEROKU_FUZZ_SEED to vary it), iteration {iteration}\n  input: {}",
                 input()
@@ -133,10 +130,46 @@ fn random_number(rng: &mut Rng) -> Value {
 /// A random JSON string from a list of values that mean something to the parsers, or noise.
 fn random_string(rng: &mut Rng) -> String {
     const MEANINGFUL: &[&str] = &[
-        "", " ", "true", "false", "TRUE", "5432", " 5432 ", "-1", "0", "65536", "abc", "FULL_TABLE", "INCREMENTAL", "LOG_BASED",
-        "full_table", "incremental", "require", "disable", "prefer", "allow", "verify-ca", "verify-full", "a,b", ",,", " , x ,",
-        "/nonexistent/ca.pem", "/", ".", "public", "app", "users", "id", "updated_at", "properties", "automatic", "available",
-        "unsupported", "app-public-users", "public-users", "STATE",
+        "",
+        " ",
+        "true",
+        "false",
+        "TRUE",
+        "5432",
+        " 5432 ",
+        "-1",
+        "0",
+        "65536",
+        "abc",
+        "FULL_TABLE",
+        "INCREMENTAL",
+        "LOG_BASED",
+        "full_table",
+        "incremental",
+        "require",
+        "disable",
+        "prefer",
+        "allow",
+        "verify-ca",
+        "verify-full",
+        "a,b",
+        ",,",
+        " , x ,",
+        "/nonexistent/ca.pem",
+        "/",
+        ".",
+        "public",
+        "app",
+        "users",
+        "id",
+        "updated_at",
+        "properties",
+        "automatic",
+        "available",
+        "unsupported",
+        "app-public-users",
+        "public-users",
+        "STATE",
     ];
     match rng.below(4) {
         0 | 1 => rng.pick(MEANINGFUL).to_string(),
@@ -343,14 +376,33 @@ fn config_from_map_never_panics_nor_prints_the_password() {
 
 /// Keys a mutation adds to catalog objects.
 const CATALOG_KEYS: &[&str] = &[
-    "streams", "tap_stream_id", "table_name", "stream", "metadata", "schema", "breadcrumb", "selected", "replication-method",
-    "replication-key", "schema-name", "database-name", "table-key-properties", "view-key-properties", "is-view", "inclusion",
-    "selected-by-default", "sql-datatype", "properties", "type", "row-count",
+    "streams",
+    "tap_stream_id",
+    "table_name",
+    "stream",
+    "metadata",
+    "schema",
+    "breadcrumb",
+    "selected",
+    "replication-method",
+    "replication-key",
+    "schema-name",
+    "database-name",
+    "table-key-properties",
+    "view-key-properties",
+    "is-view",
+    "inclusion",
+    "selected-by-default",
+    "sql-datatype",
+    "properties",
+    "type",
+    "row-count",
 ];
 
 /// A small valid catalog: an INCREMENTAL table, a FULL_TABLE view, an unselected table.
 fn base_catalog() -> Value {
-    let column = |inclusion: &str, ty: &str| json!({"inclusion": inclusion, "selected-by-default": inclusion != "unsupported", "sql-datatype": ty});
+    let column =
+        |inclusion: &str, ty: &str| json!({"inclusion": inclusion, "selected-by-default": inclusion != "unsupported", "sql-datatype": ty});
     json!({"streams": [
         {"tap_stream_id": "app-public-users", "table_name": "users", "stream": "users",
          "schema": {"type": "object", "properties": {"id": {"type": ["integer"]}, "name": {"type": ["null", "string"]}, "updated_at": {"type": ["null", "string"]}}},
@@ -443,8 +495,17 @@ fn duplicate_column_breadcrumbs_select_the_column_once() {
 
 /// Keys a mutation adds to state objects.
 const STATE_KEYS: &[&str] = &[
-    "bookmarks", "currently_syncing", "type", "value", "version", "last_replication_method", "replication_key",
-    "replication_key_value", "last_pk_fetched", "xmin", "app-public-users",
+    "bookmarks",
+    "currently_syncing",
+    "type",
+    "value",
+    "version",
+    "last_replication_method",
+    "replication_key",
+    "replication_key_value",
+    "last_pk_fetched",
+    "xmin",
+    "app-public-users",
 ];
 
 /// A valid state in tap-postgres's shape, with our FULL_TABLE resume point.

@@ -111,9 +111,7 @@ fn run(args: &Args) -> Result<()> {
         let connector = connect::Connector::new(&config)?;
         let catalog = discover::discover(&config, &connector)?;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", catalog.to_json())
-            .and_then(|()| out.flush())
-            .context(ErrorKind::Output, || "writing the catalog to stdout")?;
+        writeln!(out, "{}", catalog.to_json()).and_then(|()| out.flush()).context(ErrorKind::Output, || "writing the catalog to stdout")?;
         return Ok(());
     }
     let Some(catalog_path) = catalog_path else {

@@ -129,7 +129,9 @@ impl<W: Write> Drop for MessageWriter<W> {
 
 /// The hint of every stdout failure.
 fn with_output_hint(e: crate::error::Error) -> crate::error::Error {
-    e.with_hint("The program reading tap-heroku's output (the target) stopped or failed; check its log. The last STATE it received is resumable.")
+    e.with_hint(
+        "The program reading tap-heroku's output (the target) stopped or failed; check its log. The last STATE it received is resumable.",
+    )
 }
 
 /// The non-RECORD messages, serialized with `type` first as singer-python writes them.
@@ -183,7 +185,10 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert_eq!(lines[0]["key_properties"], json!(["id"]));
         assert_eq!(lines[0]["bookmark_properties"], json!([]));
-        assert_eq!(lines[1], json!({"type": "RECORD", "stream": "us\"ers", "record": {"id": 1}, "version": 17, "time_extracted": "2024-06-01T12:00:00.000000Z"}));
+        assert_eq!(
+            lines[1],
+            json!({"type": "RECORD", "stream": "us\"ers", "record": {"id": 1}, "version": 17, "time_extracted": "2024-06-01T12:00:00.000000Z"})
+        );
         assert_eq!(lines[2], json!({"type": "ACTIVATE_VERSION", "stream": "users", "version": 17}));
         assert_eq!(lines[3], json!({"type": "STATE", "value": {"bookmarks": {}}}));
     }

@@ -53,11 +53,8 @@ pub fn full_table(items: &[String], schema: &str, table: &str, order_keys: &[Key
     }
     let names: Vec<String> = order_keys.iter().map(|k| quote_ident(k.name)).collect();
     if resume {
-        let params: Vec<String> = order_keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("cast(${}::text as {})", i + 1, k.cast_type))
-            .collect();
+        let params: Vec<String> =
+            order_keys.iter().enumerate().map(|(i, k)| format!("cast(${}::text as {})", i + 1, k.cast_type)).collect();
         sql.push_str(&format!(" where ({}) > ({})", names.join(", "), params.join(", ")));
     }
     sql.push_str(&format!(" order by {}", names.join(", ")));

@@ -28,9 +28,8 @@ impl State {
         if text.trim().is_empty() {
             return Ok(State::default());
         }
-        let value: Value = serde_json::from_str(text)
-            .context(ErrorKind::State, || "the state is not valid JSON")
-            .map_err(|e| e.with_hint(hint))?;
+        let value: Value =
+            serde_json::from_str(text).context(ErrorKind::State, || "the state is not valid JSON").map_err(|e| e.with_hint(hint))?;
         let bad = |what: String| Error::new(ErrorKind::State, what).with_hint(hint);
         // Some runners store the whole STATE message; accept its value.
         let value = match value {

@@ -421,7 +421,13 @@ mod tests {
     /// A map with the built-in types the tests need plus a domain, an enum, hstore and arrays.
     fn types() -> TypeMap {
         let t = |oid, name: &str, typtype: u8, cat: u8, elem, base, typmod| TypeInfo {
-            oid, typname: name.into(), typtype, typcategory: cat, typelem: elem, typbasetype: base, typtypmod: typmod,
+            oid,
+            typname: name.into(),
+            typtype,
+            typcategory: cat,
+            typelem: elem,
+            typbasetype: base,
+            typtypmod: typmod,
         };
         TypeMap::new([
             t(16, "bool", b'b', b'B', 0, 0, -1),
@@ -459,8 +465,10 @@ mod tests {
     #[test]
     fn numeric_bounds_are_inclusive() {
         let c = map_column(&types(), 1700, (12 << 16 | 2) + 4).unwrap();
-        assert_eq!(Value::Object(c.schema).to_string(),
-            r#"{"maximum":9999999999.99,"minimum":-9999999999.99,"multipleOf":0.01,"type":["number","string"]}"#);
+        assert_eq!(
+            Value::Object(c.schema).to_string(),
+            r#"{"maximum":9999999999.99,"minimum":-9999999999.99,"multipleOf":0.01,"type":["number","string"]}"#
+        );
         let c = map_column(&types(), 1700, -1).unwrap();
         assert_eq!(Value::Object(c.schema).to_string(), r#"{"type":["number","string"]}"#);
         let c = map_column(&types(), 1700, (1000 << 16) + 4).unwrap();
@@ -488,7 +496,10 @@ mod tests {
     #[test]
     fn arrays_use_recursive_definitions_and_casts() {
         let a = map_column(&types(), 1007, -1).unwrap();
-        assert_eq!(Value::Object(a.schema).to_string(), r##"{"items":{"$ref":"#/definitions/sdc_recursive_integer_array"},"type":["array"]}"##);
+        assert_eq!(
+            Value::Object(a.schema).to_string(),
+            r##"{"items":{"$ref":"#/definitions/sdc_recursive_integer_array"},"type":["array"]}"##
+        );
         assert_eq!(a.encoder, Encoder::Array(Box::new(Encoder::Int4)));
         let a = map_column(&types(), 3905, -1).unwrap();
         assert_eq!((a.cast, a.encoder), (Cast::TextArray, Encoder::Array(Box::new(Encoder::Text))));
@@ -525,8 +536,14 @@ mod tests {
     #[test]
     fn json_as_object_changes_json_columns_only() {
         let mut t = types();
-        t.by_oid.insert(114, TypeInfo { oid: 114, typname: "json".into(), typtype: b'b', typcategory: b'U', typelem: 0, typbasetype: 0, typtypmod: -1 });
-        t.by_oid.insert(199, TypeInfo { oid: 199, typname: "_json".into(), typtype: b'b', typcategory: b'A', typelem: 114, typbasetype: 0, typtypmod: -1 });
+        t.by_oid.insert(
+            114,
+            TypeInfo { oid: 114, typname: "json".into(), typtype: b'b', typcategory: b'U', typelem: 0, typbasetype: 0, typtypmod: -1 },
+        );
+        t.by_oid.insert(
+            199,
+            TypeInfo { oid: 199, typname: "_json".into(), typtype: b'b', typcategory: b'A', typelem: 114, typbasetype: 0, typtypmod: -1 },
+        );
         let j = json_as_object(map_column(&t, 114, -1).unwrap());
         assert_eq!(j.encoder, Encoder::JsonDocument);
         assert_eq!(j.schema["type"], json!(["object", "array", "string", "number", "boolean"]));
@@ -545,8 +562,10 @@ mod tests {
     #[test]
     fn definitions_are_singer_io_shaped() {
         let d = array_definitions();
-        assert_eq!(d["sdc_recursive_timestamp_array"].to_string(),
-            r##"{"format":"date-time","items":{"$ref":"#/definitions/sdc_recursive_timestamp_array"},"type":["null","string","array"]}"##);
+        assert_eq!(
+            d["sdc_recursive_timestamp_array"].to_string(),
+            r##"{"format":"date-time","items":{"$ref":"#/definitions/sdc_recursive_timestamp_array"},"type":["null","string","array"]}"##
+        );
         assert_eq!(d.as_object().unwrap().len(), 6);
     }
 }

@@ -37,7 +37,11 @@ fn fixture_catalog_matches_golden() {
     if got.trim_end() != want.trim_end() {
         let got_path = std::env::temp_dir().join("tap-heroku-fixture-got.json");
         std::fs::write(&got_path, &got).unwrap();
-        panic!("discovered catalog differs from catalogs/fixture.json; got is in {}:\ndiff {golden_path} {}", got_path.display(), got_path.display());
+        panic!(
+            "discovered catalog differs from catalogs/fixture.json; got is in {}:\ndiff {golden_path} {}",
+            got_path.display(),
+            got_path.display()
+        );
     }
 }
 
@@ -57,7 +61,8 @@ fn catalog_covers_views_partitions_and_privileges() {
     sorted.sort();
     assert_eq!(ids, sorted, "streams are sorted by tap_stream_id");
 
-    let root = |t: &str| catalog["streams"].as_array().unwrap().iter().find(|s| s["table_name"] == t).unwrap()["metadata"][0]["metadata"].clone();
+    let root =
+        |t: &str| catalog["streams"].as_array().unwrap().iter().find(|s| s["table_name"] == t).unwrap()["metadata"][0]["metadata"].clone();
     assert_eq!(root("texts_view")["is-view"], json!(true));
     assert_eq!(root("numbers_mv")["is-view"], json!(true));
     assert_eq!(root("events")["is-view"], json!(false));

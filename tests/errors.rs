@@ -84,7 +84,8 @@ fn assert_hidden(out: &TapOutput, label: &str, secrets: &[&str]) {
 /// Asserts exit 0 and a catalog on stdout that lists `tap_stream_id`.
 fn assert_catalog_lists(out: &TapOutput, label: &str, tap_stream_id: &str) {
     assert_eq!(out.code, 0, "[{label}] discovery failed:\n{}", out.stderr);
-    let catalog: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("[{label}] stdout is not a catalog ({e}):\n{}", out.stdout));
+    let catalog: Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("[{label}] stdout is not a catalog ({e}):\n{}", out.stdout));
     let ids: Vec<&str> = catalog["streams"].as_array().expect("streams array").iter().filter_map(|s| s["tap_stream_id"].as_str()).collect();
     assert!(ids.contains(&tap_stream_id), "[{label}] catalog lacks {tap_stream_id}: {ids:?}");
 }
@@ -93,8 +94,10 @@ fn assert_catalog_lists(out: &TapOutput, label: &str, tap_stream_id: &str) {
 /// readable by its role; returns it with its config file and its discovered catalog.
 fn items_db() -> (TestDb, PathBuf, Value) {
     let db = TestDb::new();
-    db.exec("create table items (id int primary key, n int not null, note text); \
-             insert into items select g, g * 10, 'row ' || g from generate_series(1, 3) g");
+    db.exec(
+        "create table items (id int primary key, n int not null, note text); \
+             insert into items select g, g * 10, 'row ' || g from generate_series(1, 3) g",
+    );
     db.grant_reader();
     let config = db.config_file(json!({}));
     let catalog = support::discover(&config);
@@ -197,7 +200,8 @@ fn sslmode_disable_against_the_ssl_only_server() {
 #[test]
 fn sslmode_require_against_a_server_without_ssl() {
     let s = server();
-    let out = discover_with(&json!({"host": s.host, "port": s.plain_port, "user": "nobody", "password": WRONG_PASSWORD, "dbname": "postgres"}));
+    let out =
+        discover_with(&json!({"host": s.host, "port": s.plain_port, "user": "nobody", "password": WRONG_PASSWORD, "dbname": "postgres"}));
     assert_refused(&out, "require vs plain", 69, &["TLS"], &["SSL", "sslmode"]);
     assert_hidden(&out, "require vs plain", &[WRONG_PASSWORD]);
 }
@@ -286,7 +290,13 @@ fn config_file_problems() {
         ("port too big", with(json!({"port": 70000})), 78, vec!["port"], &["port"]),
         ("port bool", with(json!({"port": true})), 78, vec!["port"], &["port"]),
         ("bad sslmode", with(json!({"sslmode": "sometimes"})), 78, vec!["sslmode"], &["sslmode"]),
-        ("missing sslrootcert", with(json!({"sslrootcert": "/nonexistent/ca.crt"})), 78, vec!["sslrootcert", "/nonexistent/ca.crt"], &["sslrootcert"]),
+        (
+            "missing sslrootcert",
+            with(json!({"sslrootcert": "/nonexistent/ca.crt"})),
+            78,
+            vec!["sslrootcert", "/nonexistent/ca.crt"],
+            &["sslrootcert"],
+        ),
         (
             "mysql url",
             Some(json!({"database_url": format!("mysql://u:{WRONG_PASSWORD}@h/d")}).to_string()),
@@ -387,9 +397,11 @@ fn bad_catalogs_are_refused_before_any_output() {
 #[test]
 fn same_destination_stream_name_twice_is_refused() {
     let db = TestDb::new();
-    db.exec("create schema a; create schema b; \
+    db.exec(
+        "create schema a; create schema b; \
              create table a.dup (id int primary key); create table b.dup (id int primary key); \
-             insert into a.dup values (1); insert into b.dup values (2)");
+             insert into a.dup values (1); insert into b.dup values (2)",
+    );
     db.grant_reader();
     let mut catalog = support::discover(&db.config_file(json!({})));
     for s in catalog["streams"].as_array_mut().unwrap() {
@@ -465,7 +477,8 @@ fn password_never_appears_in_output() {
         args.extend(extra.iter().map(|a| a.to_string()));
         args
     };
-    let bad_state = write_json(&json!({"bookmarks": {format!("{}-public-items", db.name): {"replication_key": "n", "replication_key_value": "abc"}}}));
+    let bad_state =
+        write_json(&json!({"bookmarks": {format!("{}-public-items", db.name): {"replication_key": "n", "replication_key_value": "abc"}}}));
     let no_host = || with(json!({"host": null, "port": null, "user": null, "password": null, "dbname": null}));
 
     // (label, expected exit code, args, extra environment)

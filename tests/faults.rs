@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{TapOutput, TestDb, assert_records_match_schemas, discover, select, server, stream_mut, sync, write_json, id, root};
+use crate::support::{TapOutput, TestDb, assert_records_match_schemas, discover, id, root, select, server, stream_mut, sync, write_json};
 
 /// Rows of the tables interrupted mid-stream: enough that a sync is far from done when we act.
 const BIG_ROWS: i64 = 100_000;
@@ -43,7 +43,9 @@ fn fixture(sql: &str, extra: Value) -> (TestDb, PathBuf, Value) {
 
 /// A table `name (id int primary key, v int)` holding ids 1..=BIG_ROWS.
 fn big_table_sql(name: &str) -> String {
-    format!("create table {name} (id int primary key, v int not null); insert into {name} select g, g * 7 from generate_series(1, {BIG_ROWS}) g; analyze {name}")
+    format!(
+        "create table {name} (id int primary key, v int not null); insert into {name} select g, g * 7 from generate_series(1, {BIG_ROWS}) g; analyze {name}"
+    )
 }
 
 /// The command line of a sync.
@@ -239,7 +241,11 @@ fn assert_failure(out: &TapOutput, label: &str, code: i32, needles: &[&str], hin
         let at = lines.iter().position(|l| l.starts_with("tap-heroku: error: ")).unwrap();
         let hint = lines.get(at + 1).unwrap_or_else(|| panic!("no hint line after the error line: {}", ctx()));
         assert_eq!(at + 2, lines.len(), "the hint must be the last stderr line: {}", ctx());
-        assert!(hint.len() > 10 && hint.trim_end().ends_with('.') && !hint.starts_with("tap-heroku:"), "hint is not a sentence: {hint:?}: {}", ctx());
+        assert!(
+            hint.len() > 10 && hint.trim_end().ends_with('.') && !hint.starts_with("tap-heroku:"),
+            "hint is not a sentence: {hint:?}: {}",
+            ctx()
+        );
     }
 }
 
@@ -356,7 +362,11 @@ fn backend_terminated_mid_stream_exits_69_and_resumes_without_loss() {
     let before: Vec<i64> = record_ids(&messages[..at], "big");
     let after_state: Vec<i64> = record_ids(&messages[at..], "big");
     assert!(before.len() >= 5_000 && (before.len() as i64) < BIG_ROWS, "the run was cut mid-stream: {} records", before.len());
-    assert_eq!(state["bookmarks"][&sid]["last_pk_fetched"], json!({"id": before.last().unwrap()}), "the last STATE covers the last record before it");
+    assert_eq!(
+        state["bookmarks"][&sid]["last_pk_fetched"],
+        json!({"id": before.last().unwrap()}),
+        "the last STATE covers the last record before it"
+    );
     // The fault hit between batches (the backend was idle), so nothing follows the last STATE.
     assert!(after_state.is_empty(), "{} records after the last STATE would be sent again on resume", after_state.len());
 
@@ -436,7 +446,11 @@ fn closed_stdout_descriptor_behaves_as_dev_null() {
         .stdin(Stdio::null())
         .output()
         .expect("running tap-heroku with stdout closed");
-    let out = TapOutput { stdout: String::new(), stderr: String::from_utf8_lossy(&out.stderr).into_owned(), code: out.status.code().unwrap_or(-1) };
+    let out = TapOutput {
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code().unwrap_or(-1),
+    };
     assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
     assert!(out.stderr.contains("synced stream few: 2 rows"), "the sync itself ran normally:\n{}", out.stderr);
 }
@@ -718,7 +732,10 @@ fn fifty_megabyte_bytea_and_ten_megabyte_jsonb_pass_with_bounded_memory() {
         }
     }
     let peak_mb = finished.peak_rss_kb / 1024;
-    eprintln!("PEAK RSS of tap-heroku with a 50 MiB bytea and a {} MiB jsonb, itersize 1: {peak_mb} MiB ({elapsed:?})", want[1].3.unwrap() >> 20);
+    eprintln!(
+        "PEAK RSS of tap-heroku with a 50 MiB bytea and a {} MiB jsonb, itersize 1: {peak_mb} MiB ({elapsed:?})",
+        want[1].3.unwrap() >> 20
+    );
     assert!(finished.peak_rss_kb > 0, "VmHWM was sampled");
     assert!(peak_mb < 400, "peak RSS {peak_mb} MiB for a 50 MiB row");
 }
@@ -738,7 +755,8 @@ impl StatementLog {
     /// Logs every statement of `db`'s role from now on.
     fn start(db: &TestDb) -> StatementLog {
         let path = PathBuf::from(server().socket_dir).join("primary.log");
-        let start = std::fs::metadata(&path).unwrap_or_else(|e| panic!("the server log {} ({e}): tests/server.sh writes it", path.display())).len();
+        let start =
+            std::fs::metadata(&path).unwrap_or_else(|e| panic!("the server log {} ({e}): tests/server.sh writes it", path.display())).len();
         db.exec(&format!("alter role {} set log_statement = 'all'", db.role));
         StatementLog { path, start }
     }
@@ -829,9 +847,7 @@ fn hostile_identifiers_replicate_and_never_reach_sql_unquoted() {
     select(&mut catalog, &full, "FULL_TABLE", None);
     select(&mut catalog, &inc, "INCREMENTAL", Some(&key));
     let (id_full, id_inc) = (id(&db, &schema, &full), id(&db, &schema, &inc));
-    let row_full = |g: i64| {
-        json!({&pk: g, &cols[0]: format!("sel {g}"), &cols[1]: format!("select {g}"), &cols[2]: -g, &cols[3]: format!("ü {g}"), &cols[4]: format!("nl\n{g}")})
-    };
+    let row_full = |g: i64| json!({&pk: g, &cols[0]: format!("sel {g}"), &cols[1]: format!("select {g}"), &cols[2]: -g, &cols[3]: format!("ü {g}"), &cols[4]: format!("nl\n{g}")});
     let row_inc = |g: i64| json!({"id": g, &key: format!("2024-06-01T{g:02}:00:00+00:00")});
 
     let first = sync(&config, &catalog, None).success();
@@ -898,12 +914,18 @@ fn hostile_catalog_and_state_text_is_skipped_or_bound_never_executed() {
         fake(1, &|s| set_root(s, "schema-name", json!(p))),
         fake(2, &|s| s["table_name"] = json!(p)),
         fake(3, &|s| {
-            s["metadata"].as_array_mut().unwrap().push(json!({"breadcrumb": ["properties", text_key], "metadata": {"inclusion": "available"}}));
+            s["metadata"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"breadcrumb": ["properties", text_key], "metadata": {"inclusion": "available"}}));
             set_root(s, "replication-method", json!("INCREMENTAL"));
             set_root(s, "replication-key", json!(text_key));
         }),
         fake(4, &|s| {
-            s["metadata"].as_array_mut().unwrap().push(json!({"breadcrumb": ["properties", format!("c{p}")], "metadata": {"selected": true}}));
+            s["metadata"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"breadcrumb": ["properties", format!("c{p}")], "metadata": {"selected": true}}));
         }),
     ];
     cat["streams"].as_array_mut().unwrap().extend(fakes);
@@ -912,7 +934,9 @@ fn hostile_catalog_and_state_text_is_skipped_or_bound_never_executed() {
     let messages = out.messages();
     assert_eq!(schema_streams(&messages), ["a_ok"], "only the real stream syncs");
     assert_eq!(record_ids(&messages, "a_ok"), [1, 2, 3]);
-    for (fake_id, needle) in [("fake-1", "no longer exists"), ("fake-2", "no longer exists"), ("fake-3", "no longer exists"), ("fake-4", "no longer exists")] {
+    for (fake_id, needle) in
+        [("fake-1", "no longer exists"), ("fake-2", "no longer exists"), ("fake-3", "no longer exists"), ("fake-4", "no longer exists")]
+    {
         assert_eq!(log_lines(&out, "ERROR", &[fake_id, needle]).len(), 1, "{fake_id}:\n{}", out.stderr);
     }
 
@@ -1025,7 +1049,11 @@ fn secrets_stay_hidden_at_trace_level_in_failures_and_successes() {
         ("unknown database", 78, run(config_url(&url(s.port, "no_such_db_x"), json!({})), None, vec![])),
         ("sslmode disable", 69, run(config_url(&format!("{good_url}?sslmode=disable"), json!({})), Some(&items), vec![])),
         ("wrong password", 77, run(discrete(json!({"password": wrong})), Some(&items), vec![])),
-        ("port out of range in the URL", 78, run(config_url(&url(s.port, &db.name).replace(&format!(":{}/", s.port), ":99999/"), json!({})), Some(&items), vec![])),
+        (
+            "port out of range in the URL",
+            78,
+            run(config_url(&url(s.port, &db.name).replace(&format!(":{}/", s.port), ":99999/"), json!({})), Some(&items), vec![]),
+        ),
         ("bad percent escape after the password", 78, run(config_url(&format!("{good_url}%zz"), json!({})), Some(&items), vec![])),
         ("about", 0, (vec!["--about".into(), "--config".into(), config_url(&good_url, json!({})).display().to_string()], vec![])),
     ];
@@ -1046,7 +1074,11 @@ fn secrets_stay_hidden_at_trace_level_in_failures_and_successes() {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let out = crate::support::tap_env(&args, &env);
         assert_eq!(out.code, code, "[{label}] exit code; stderr:\n{}", out.stderr);
-        assert!(code != 0 || label == "about" || out.stderr.lines().any(|l| l.starts_with("TRACE") || l.starts_with("DEBUG")), "[{label}] trace logging is on:\n{}", out.stderr);
+        assert!(
+            code != 0 || label == "about" || out.stderr.lines().any(|l| l.starts_with("TRACE") || l.starts_with("DEBUG")),
+            "[{label}] trace logging is on:\n{}",
+            out.stderr
+        );
         check(label, &out);
     }
 

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use postgres::NoTls;
 use serde_json::{Value, json};
 
-use crate::support::{TapOutput, TestDb, assert_records_match_schemas, discover, select, select_column, server, stream_mut, sync, id, root};
+use crate::support::{
+    TapOutput, TestDb, assert_records_match_schemas, discover, id, root, select, select_column, server, stream_mut, sync,
+};
 
 // ---- helpers -------------------------------------------------------------------------------
 
@@ -145,7 +147,8 @@ fn states(messages: &[Value]) -> Vec<Value> {
 
 /// The `version`s of `stream`'s RECORD messages, deduplicated.
 fn record_versions(messages: &[Value], stream: &str) -> Vec<i64> {
-    let mut v: Vec<i64> = messages.iter().filter(|m| m["type"] == "RECORD" && m["stream"] == stream).map(|m| m["version"].as_i64().unwrap()).collect();
+    let mut v: Vec<i64> =
+        messages.iter().filter(|m| m["type"] == "RECORD" && m["stream"] == stream).map(|m| m["version"].as_i64().unwrap()).collect();
     v.dedup();
     v
 }
@@ -213,7 +216,8 @@ fn full_table_messages_state_and_column_selection() {
     assert_eq!(record_versions(&first, "items"), [version]);
     assert_eq!(first[first.len() - 3], json!({"type": "ACTIVATE_VERSION", "stream": "items", "version": version}));
     let done = json!({"currently_syncing": null, "bookmarks": {&sid: {"last_replication_method": "FULL_TABLE", "version": version}}});
-    let mut want_states = vec![json!({"currently_syncing": &sid, "bookmarks": {&sid: {"last_replication_method": "FULL_TABLE", "version": version}}})];
+    let mut want_states =
+        vec![json!({"currently_syncing": &sid, "bookmarks": {&sid: {"last_replication_method": "FULL_TABLE", "version": version}}})];
     for last in [3, 6, 7] {
         want_states.push(json!({"currently_syncing": &sid, "bookmarks": {&sid: {
             "last_replication_method": "FULL_TABLE", "version": version, "last_pk_fetched": {"id": last}}}}));
@@ -283,7 +287,8 @@ fn selection_rules_for_singer_io_and_meltano_catalogs() {
     };
     assert_eq!(props("sel"), ["a", "d", "e", "id", "k"]);
     assert_eq!(props("meltano"), ["id", "y"]);
-    let want: Vec<Value> = (1..=3).map(|i| json!({"id": i, "a": format!("a{i}"), "d": format!("d{i}"), "e": format!("e{i}"), "k": 10 * i})).collect();
+    let want: Vec<Value> =
+        (1..=3).map(|i| json!({"id": i, "a": format!("a{i}"), "d": format!("d{i}"), "e": format!("e{i}"), "k": 10 * i})).collect();
     assert_eq!(records(&messages, "sel"), want);
     assert_eq!(records(&messages, "meltano"), [json!({"id": 1, "y": "y1"}), json!({"id": 2, "y": "y2"})]);
     let schema = messages.iter().find(|m| m["type"] == "SCHEMA" && m["stream"] == "sel").unwrap();
@@ -411,7 +416,8 @@ fn incremental_ties_across_batch_boundaries_are_never_skipped() {
     );
     select(&mut catalog, "ties", "INCREMENTAL", Some("k"));
     let sid = id(&db, "public", "ties");
-    let all: Vec<Value> = [(1, 1), (2, 5), (3, 5), (4, 5), (5, 5), (6, 5), (7, 5), (8, 9)].iter().map(|(i, k)| json!({"id": i, "k": k})).collect();
+    let all: Vec<Value> =
+        [(1, 1), (2, 5), (3, 5), (4, 5), (5, 5), (6, 5), (7, 5), (8, 9)].iter().map(|(i, k)| json!({"id": i, "k": k})).collect();
     let full = run_ok(&config, &catalog, None);
     assert_same_rows(&records(&full, "ties"), &all, "first run");
 
@@ -426,7 +432,8 @@ fn incremental_ties_across_batch_boundaries_are_never_skipped() {
         let after = run_ok(&config, &catalog, Some(&state));
         let resent: Vec<Value> = all.iter().filter(|r| r["k"].as_i64() >= value.as_i64()).cloned().collect();
         assert_same_rows(&records(&after, "ties"), &resent, &format!("cut after STATE #{n} (bookmark {value}): rows with k >= bookmark"));
-        let mut union: Vec<i64> = records(&before, "ties").iter().chain(records(&after, "ties").iter()).map(|r| r["id"].as_i64().unwrap()).collect();
+        let mut union: Vec<i64> =
+            records(&before, "ties").iter().chain(records(&after, "ties").iter()).map(|r| r["id"].as_i64().unwrap()).collect();
         union.sort();
         union.dedup();
         assert_eq!(union, (1..=8).collect::<Vec<_>>(), "cut after STATE #{n}: nothing skipped");
@@ -445,7 +452,8 @@ fn full_table_resumes_after_a_crash_with_the_same_version() {
     );
     select(&mut catalog, "cpk", "FULL_TABLE", None);
     let sid = id(&db, "public", "cpk");
-    let all: Vec<Value> = (1..=20).map(|i| json!({"a": i % 3, "b": format!("{}{i}", if i % 2 == 0 { "x" } else { "X" }), "v": format!("v{i}")})).collect();
+    let all: Vec<Value> =
+        (1..=20).map(|i| json!({"a": i % 3, "b": format!("{}{i}", if i % 2 == 0 { "x" } else { "X" }), "v": format!("v{i}")})).collect();
     let full = run_ok(&config, &catalog, None);
     assert_same_rows(&records(&full, "cpk"), &all, "full run");
     assert_eq!(shape(&full), [stream_shape(true, 20, 3, true), strings(&["STATE"])].concat());
@@ -466,13 +474,19 @@ fn full_table_resumes_after_a_crash_with_the_same_version() {
         assert_eq!(kinds.iter().filter(|k| *k == "ACTIVATE_VERSION").count(), 1, "cut after STATE #{n}: {kinds:?}");
         let activate = after.iter().position(|m| m["type"] == "ACTIVATE_VERSION").unwrap();
         assert!(after[..activate].iter().all(|m| m["type"] != "ACTIVATE_VERSION"));
-        assert!(after[activate..].iter().all(|m| m["type"] != "RECORD"), "cut after STATE #{n}: ACTIVATE_VERSION follows the records: {kinds:?}");
+        assert!(
+            after[activate..].iter().all(|m| m["type"] != "RECORD"),
+            "cut after STATE #{n}: ACTIVATE_VERSION follows the records: {kinds:?}"
+        );
         assert_eq!(after[activate]["version"].as_i64(), Some(version), "the interrupted version is activated");
         for v in record_versions(&after, "cpk") {
             assert_eq!(v, version, "cut after STATE #{n}: the resumed records keep the version");
         }
         let end = states(&after).pop().unwrap();
-        assert_eq!(end, json!({"currently_syncing": null, "bookmarks": {&sid: {"last_replication_method": "FULL_TABLE", "version": version}}}));
+        assert_eq!(
+            end,
+            json!({"currently_syncing": null, "bookmarks": {&sid: {"last_replication_method": "FULL_TABLE", "version": version}}})
+        );
     }
 }
 
@@ -507,8 +521,13 @@ fn max_run_seconds_zero_stops_after_one_batch_and_resumes() {
         assert!(records(run, "b_nopk").is_empty());
     }
     let version = record_versions(&runs[0], "a_pk")[0];
-    let activations: Vec<(usize, Value)> =
-        runs.iter().enumerate().flat_map(|(i, r)| r.iter().filter(|m| m["type"] == "ACTIVATE_VERSION" && m["stream"] == "a_pk").map(move |m| (i, m["version"].clone()))).collect();
+    let activations: Vec<(usize, Value)> = runs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            r.iter().filter(|m| m["type"] == "ACTIVATE_VERSION" && m["stream"] == "a_pk").map(move |m| (i, m["version"].clone()))
+        })
+        .collect();
     assert_eq!(activations, [(0, json!(version)), (3, json!(version))], "activated when first seen and when complete");
     for run in &runs {
         assert!(record_versions(run, "a_pk").iter().all(|v| *v == version));
@@ -576,7 +595,13 @@ fn tap_postgres_and_pipelinewise_states() {
             false,
             true,
         ),
-        ("other key", json!({&orders: with(json!({"replication_key": "id", "replication_key_value": 4}))}), vec![1, 2, 3, 4, 5], false, true),
+        (
+            "other key",
+            json!({&orders: with(json!({"replication_key": "id", "replication_key_value": 4}))}),
+            vec![1, 2, 3, 4, 5],
+            false,
+            true,
+        ),
     ];
     for (label, bookmarks, ids, kept, users_activate_first) in cases {
         let state = json!({"currently_syncing": null, "bookmarks": bookmarks});
@@ -636,8 +661,12 @@ fn currently_syncing_stream_goes_first() {
 fn two_databases_in_one_catalog() {
     let db = TestDb::new();
     let other = db.sibling("other");
-    db.exec("create table in_first (id int primary key, name text); insert into in_first select i, 'first ' || i from generate_series(1, 3) i");
-    other.exec("create table in_other (id int primary key, name text); insert into in_other select i, 'other ' || i from generate_series(1, 4) i");
+    db.exec(
+        "create table in_first (id int primary key, name text); insert into in_first select i, 'first ' || i from generate_series(1, 3) i",
+    );
+    other.exec(
+        "create table in_other (id int primary key, name text); insert into in_other select i, 'other ' || i from generate_series(1, 4) i",
+    );
     db.grant_reader();
     other.grant_reader();
     let config = db.config_file(json!({}));
@@ -858,7 +887,11 @@ const KEY_TYPES: &[(&str, &str, &[&str])] = &[
     ("varchar", "varchar(10)", &["'ab'", "'b\"c'", "'zz'"]),
     ("bpchar", "char(4)", &["'a'", "'b b'", "'c'"]),
     ("citext", "citext", &["'a'", "'B'", "'c'"]),
-    ("uuid", "uuid", &["'00000000-0000-0000-0000-000000000001'", "'00000000-0000-0000-0000-0000000000aa'", "'ffffffff-0000-0000-0000-000000000000'"]),
+    (
+        "uuid",
+        "uuid",
+        &["'00000000-0000-0000-0000-000000000001'", "'00000000-0000-0000-0000-0000000000aa'", "'ffffffff-0000-0000-0000-000000000000'"],
+    ),
     ("date", "date", &["'2024-01-01'", "'2024-06-01'", "'9999-12-31'"]),
     ("ts", "timestamp", &["'2024-06-01 12:00:00'", "'2024-06-01 12:00:00.000001'", "'2024-06-02 00:00:00'"]),
     ("tstz", "timestamptz", &["'2024-06-01 12:00:00+00'", "'2024-06-01 12:00:00.000001+00'", "'2024-06-02 00:00:00+05'"]),
@@ -877,8 +910,10 @@ const KEY_TYPES: &[(&str, &str, &[&str])] = &[
 /// A database with one table `kt_<suffix> (id int, k <type> primary key)` per key type, rows
 /// with ids 1.. in key order, and its config and catalog.
 fn key_type_fixture(types: &[(&str, &str, &[&str])]) -> (TestDb, PathBuf, Value) {
-    let mut sql = String::from("create extension if not exists citext; create type mood as enum ('sad', 'ok', 'happy'); \
-                                create domain posint as int check (value > 0);");
+    let mut sql = String::from(
+        "create extension if not exists citext; create type mood as enum ('sad', 'ok', 'happy'); \
+                                create domain posint as int check (value > 0);",
+    );
     for (suffix, ty, values) in types {
         sql.push_str(&format!("create table kt_{suffix} (id int, k {ty} primary key);"));
         for (i, v) in values.iter().enumerate() {
@@ -892,7 +927,8 @@ fn key_type_fixture(types: &[(&str, &str, &[&str])]) -> (TestDb, PathBuf, Value)
 /// run sends exactly the last row again; a FULL_TABLE resumed after its first row sends the others.
 fn assert_bookmarks_round_trip(types: &[(&str, &str, &[&str])]) {
     let (db, config, catalog) = key_type_fixture(types);
-    let ids = |messages: &[Value], table: &str| -> Vec<i64> { records(messages, table).iter().map(|r| r["id"].as_i64().unwrap()).collect() };
+    let ids =
+        |messages: &[Value], table: &str| -> Vec<i64> { records(messages, table).iter().map(|r| r["id"].as_i64().unwrap()).collect() };
 
     let mut incremental = catalog.clone();
     for (suffix, _, _) in types {
@@ -970,7 +1006,11 @@ fn full_table_resume_after_an_infinite_primary_key_sends_nothing_twice() {
     let full = run_ok(&config, &catalog, None);
     // STATE #3 follows the batch holding the infinity row.
     let (before, state) = cut_after_state(&full, 3);
-    assert_eq!(bookmark(&state, &id(&db, "public", "inf"))["last_pk_fetched"], json!({"k": "infinity"}), "the bookmark keeps the real value, not the sentinel");
+    assert_eq!(
+        bookmark(&state, &id(&db, "public", "inf"))["last_pk_fetched"],
+        json!({"k": "infinity"}),
+        "the bookmark keeps the real value, not the sentinel"
+    );
     let after = run_ok(&config, &catalog, Some(&state));
     let union: Vec<Value> = records(&before, "inf").into_iter().chain(records(&after, "inf")).collect();
     assert_same_rows(&union, &records(&full, "inf"), "every row exactly once");

@@ -619,10 +619,7 @@ fn bytea_and_types_read_as_text() {
             ("numrange", &[("'[1.50,2.5)'", "\"[1.50,2.5)\"")]),
             (
                 "tstzrange",
-                &[(
-                    "'[2024-01-01 00:00:00+00, 2024-02-01 00:00:00+00)'",
-                    r#""[\"2024-01-01 00:00:00+00\",\"2024-02-01 00:00:00+00\")""#,
-                )],
+                &[("'[2024-01-01 00:00:00+00, 2024-02-01 00:00:00+00)'", r#""[\"2024-01-01 00:00:00+00\",\"2024-02-01 00:00:00+00\")""#)],
             ),
             ("tsrange", &[("'[2024-01-01 10:00, 2024-01-02)'", r#""[\"2024-01-01 10:00:00\",\"2024-01-02 00:00:00\")""#)]),
             ("daterange", &[("'[2024-01-01, 2024-02-01]'", "\"[2024-01-01,2024-02-02)\"")]),
@@ -642,9 +639,28 @@ fn bytea_and_types_read_as_text() {
         ],
     );
     for t in [
-        "macaddr", "macaddr8", "xml", "tsvector", "int4range", "numrange", "tstzrange", "tsrange", "daterange",
-        "int4multirange", "point", "box", "pg_lsn", "tsquery", "jsonpath", "circle", "polygon", "txid_snapshot", "datemultirange",
-        "ltree", "cube", "isbn",
+        "macaddr",
+        "macaddr8",
+        "xml",
+        "tsvector",
+        "int4range",
+        "numrange",
+        "tstzrange",
+        "tsrange",
+        "daterange",
+        "int4multirange",
+        "point",
+        "box",
+        "pg_lsn",
+        "tsquery",
+        "jsonpath",
+        "circle",
+        "polygon",
+        "txid_snapshot",
+        "datemultirange",
+        "ltree",
+        "cube",
+        "isbn",
     ] {
         synced.assert_server_oracle(t, json_string);
     }
@@ -785,7 +801,10 @@ fn arrays_nest_and_encode_each_element() {
                     r#"["2024-06-01T10:00:00+00:00","9999-12-31T23:59:59.999999+00:00",null,"2024-01-01T00:00:00.500000+00:00"]"#,
                 )],
             ),
-            ("timestamp[]", &[(r#"'{"2024-02-29 12:34:56.123456",-infinity}'"#, r#"["2024-02-29T12:34:56.123456+00:00","0001-01-01T00:00:00+00:00"]"#)]),
+            (
+                "timestamp[]",
+                &[(r#"'{"2024-02-29 12:34:56.123456",-infinity}'"#, r#"["2024-02-29T12:34:56.123456+00:00","0001-01-01T00:00:00+00:00"]"#)],
+            ),
             (
                 "date[]",
                 &[(
@@ -812,10 +831,7 @@ fn arrays_nest_and_encode_each_element() {
                     r#"["[\"2024-01-01 00:00:00+00\",\"2024-02-01 00:00:00+00\")"]"#,
                 )],
             ),
-            (
-                "uuid[]",
-                &[("'{A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11,NULL}'", r#"["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",null]"#)],
-            ),
+            ("uuid[]", &[("'{A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11,NULL}'", r#"["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",null]"#)]),
             ("mood[]", &[("'{happy,sad,NULL}'", r#"["happy","sad",null]"#)]),
             ("money[]", &[("'{1234.56,-0.01,NULL}'", "[1234.56,-0.01,null]")]),
             ("bytea[]", &[(r"ARRAY['\x00ff'::bytea, '\x'::bytea, NULL]", r#"["00ff","",null]"#)]),
@@ -955,7 +971,10 @@ fn reg_types_are_independent_of_search_path() {
 
     set_role_settings(&db, &[("search_path", "extra, public")]);
     assert_eq!(
-        db.admin().query_one("select setconfig[1] from pg_db_role_setting where setrole = $1::text::regrole", &[&db.role]).unwrap().get::<_, String>(0),
+        db.admin()
+            .query_one("select setconfig[1] from pg_db_role_setting where setrole = $1::text::regrole", &[&db.role])
+            .unwrap()
+            .get::<_, String>(0),
         "search_path=extra, public"
     );
     let with_path = bodies(&sync_everything(&db));

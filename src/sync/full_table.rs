@@ -65,12 +65,8 @@ pub(super) fn sync<W: Write>(
 
     let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
     let key_names: Vec<String> = plan.order_keys.iter().map(|(i, _)| plan.columns[*i].name.clone()).collect();
-    let keys: Vec<KeyColumn<'_>> = plan
-        .order_keys
-        .iter()
-        .zip(&key_names)
-        .map(|((_, cast_type), name)| KeyColumn { name, cast_type })
-        .collect();
+    let keys: Vec<KeyColumn<'_>> =
+        plan.order_keys.iter().zip(&key_names).map(|((_, cast_type), name)| KeyColumn { name, cast_type }).collect();
     let sql = query::full_table(&items, &plan.selected.schema_name, &plan.selected.table_name, &keys, resume_from.is_some());
     let params = resume_from.unwrap_or_default();
     let tracked: Vec<usize> = plan.order_keys.iter().map(|(i, _)| *i).collect();

@@ -31,10 +31,8 @@ pub(super) fn sync<W: Write>(
     let key_name = plan.columns[key_index].name.clone();
     let mut bookmark = plan.bookmark.clone();
     let version = bookmark.get("version").and_then(Value::as_i64).unwrap_or_else(now_version);
-    let start_value = bookmark
-        .get("replication_key_value")
-        .filter(|v| !v.is_null())
-        .map(|v| bookmark_param(v, &plan.columns[key_index].encoder));
+    let start_value =
+        bookmark.get("replication_key_value").filter(|v| !v.is_null()).map(|v| bookmark_param(v, &plan.columns[key_index].encoder));
     bookmark.insert("last_replication_method".into(), json!("INCREMENTAL"));
     bookmark.insert("replication_key".into(), json!(key_name));
     bookmark.insert("version".into(), json!(version));

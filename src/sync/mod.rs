@@ -158,8 +158,8 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
     for plan in &mut plans {
         let session = sessions.get_mut(&plan.selected.database).expect("planned streams have a session");
         let id = plan.selected.tap_stream_id.clone();
-        let outcome = sync_stream(&mut session.client, plan, &mut state, &mut writer, &limits)
-            .map_err(|e| e.within(format!("stream {id}")))?;
+        let outcome =
+            sync_stream(&mut session.client, plan, &mut state, &mut writer, &limits).map_err(|e| e.within(format!("stream {id}")))?;
         match outcome {
             Outcome::Complete => {}
             Outcome::OutOfTime => {
@@ -169,7 +169,8 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
             }
             Outcome::Signalled(signum) => {
                 writer.write_state(&state.to_value())?;
-                let (kind, name) = if signum == signals::SIGINT { (ErrorKind::Interrupted, "SIGINT") } else { (ErrorKind::Terminated, "SIGTERM") };
+                let (kind, name) =
+                    if signum == signals::SIGINT { (ErrorKind::Interrupted, "SIGINT") } else { (ErrorKind::Terminated, "SIGTERM") };
                 return Err(Error::new(kind, format!("stopped by {name} during stream {id}"))
                     .with_hint("The last STATE written is resumable: run again with it to continue where this run stopped."));
             }
@@ -188,10 +189,8 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
 
 /// Checks one stream against the live table and decides its columns, query and SCHEMA.
 fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut State, config: &Config) -> Result<StreamPlan> {
-    let relations = discover::load_relations(
-        &mut session.client,
-        Scope::Table { schema: &selected.schema_name, name: &selected.table_name },
-    )?;
+    let relations =
+        discover::load_relations(&mut session.client, Scope::Table { schema: &selected.schema_name, name: &selected.table_name })?;
     let table = query::qualified_name(&selected.schema_name, &selected.table_name);
     let relation = relations.into_iter().next().ok_or_else(|| {
         Error::new(ErrorKind::Query, format!("table {table} no longer exists or the role cannot see it"))
@@ -211,17 +210,28 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
     let mut cast_types = Vec::with_capacity(selected.columns.len());
     for name in &selected.columns {
         let column = live.get(name.as_str()).ok_or_else(|| {
-            Error::new(ErrorKind::Query, format!("selected column {} no longer exists or the role cannot read it", query::quote_ident(name)))
-                .with_hint("Run --discover again and update the catalog, or grant the role SELECT on the column.")
+            Error::new(
+                ErrorKind::Query,
+                format!("selected column {} no longer exists or the role cannot read it", query::quote_ident(name)),
+            )
+            .with_hint("Run --discover again and update the catalog, or grant the role SELECT on the column.")
         })?;
         let mapped = discover::column_type(&session.types, column, config).ok_or_else(|| {
-            Error::new(ErrorKind::Query, format!("column {} now has type {}, which tap-heroku cannot encode", query::quote_ident(name), column.sql_datatype))
-                .with_hint("Deselect the column, or run --discover again and update the catalog.")
+            Error::new(
+                ErrorKind::Query,
+                format!("column {} now has type {}, which tap-heroku cannot encode", query::quote_ident(name), column.sql_datatype),
+            )
+            .with_hint("Deselect the column, or run --discover again and update the catalog.")
         })?;
         if let Some(was) = selected.sql_datatypes.get(name)
-            && *was != column.sql_datatype {
-                log::warn!("stream {}: column {name} was {was} at discovery and is {} now; the SCHEMA message follows the database", selected.tap_stream_id, column.sql_datatype);
-            }
+            && *was != column.sql_datatype
+        {
+            log::warn!(
+                "stream {}: column {name} was {was} at discovery and is {} now; the SCHEMA message follows the database",
+                selected.tap_stream_id,
+                column.sql_datatype
+            );
+        }
         // Only primary key columns are known never to be NULL (a view's key columns may be).
         let not_null = relation.primary_key.contains(name);
         properties.insert(name.clone(), Value::Object(discover::column_schema(mapped.schema, not_null)));
@@ -276,11 +286,22 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
             }
             let key_column = KeyColumn { name: key, cast_type: &cast_types[i] };
             if !bookmarkable(&columns[i].encoder) {
-                return Err(Error::new(ErrorKind::Catalog, format!("replication-key {} is of a type whose values cannot be bookmarked", query::quote_ident(key)))
-                    .with_hint("Choose a replication key of a scalar type (timestamp, date, integer, numeric, text, uuid, ...), or use FULL_TABLE."));
+                return Err(Error::new(
+                    ErrorKind::Catalog,
+                    format!("replication-key {} is of a type whose values cannot be bookmarked", query::quote_ident(key)),
+                )
+                .with_hint(
+                    "Choose a replication key of a scalar type (timestamp, date, integer, numeric, text, uuid, ...), or use FULL_TABLE.",
+                ));
             }
             check_orderable(&mut session.client, &selected, &key_column)?;
-            check_bookmark_value(&mut session.client, bookmark.get("replication_key_value"), &columns[i].encoder, &key_column, "replication_key_value")?;
+            check_bookmark_value(
+                &mut session.client,
+                bookmark.get("replication_key_value"),
+                &columns[i].encoder,
+                &key_column,
+                "replication_key_value",
+            )?;
             if !selected.is_view && !has_leading_index(&mut session.client, relation.oid, key)? {
                 log::warn!(
                     "stream {}: replication key {key} has no index; each sync scans the whole table. Create one: create index on {} ({})",
@@ -319,9 +340,11 @@ fn check_orderable(client: &mut Client, selected: &SelectedStream, key: &KeyColu
     );
     match client.prepare_typed(&sql, &[Type::TEXT]) {
         Ok(_) => Ok(()),
-        Err(e) if e.as_db_error().is_some() => Err(Error::new(ErrorKind::Catalog, format!("replication-key {column} cannot be compared or ordered"))
-            .with_source(e)
-            .with_hint("Choose a replication key of an ordered type (timestamp, date, integer, numeric, text, uuid, ...), or use FULL_TABLE.")),
+        Err(e) if e.as_db_error().is_some() => {
+            Err(Error::new(ErrorKind::Catalog, format!("replication-key {column} cannot be compared or ordered")).with_source(e).with_hint(
+                "Choose a replication key of an ordered type (timestamp, date, integer, numeric, text, uuid, ...), or use FULL_TABLE.",
+            ))
+        }
         Err(e) => Err(classify(e, "checking the replication key", crate::config::SslMode::Require)),
     }
 }
@@ -452,10 +475,16 @@ fn sync_stream<W: Write>(
     }?;
     for column in &plan.columns {
         if column.notes & NOTE_INFINITY_CLAMPED != 0 {
-            log::warn!("stream {id}: column {} holds infinity, written as singer-io's sentinel 9999-12-31T23:59:59.999999+00:00 / 0001-01-01T00:00:00+00:00", column.name);
+            log::warn!(
+                "stream {id}: column {} holds infinity, written as singer-io's sentinel 9999-12-31T23:59:59.999999+00:00 / 0001-01-01T00:00:00+00:00",
+                column.name
+            );
         }
         if column.notes & NOTE_YEAR_OUT_OF_RANGE != 0 {
-            log::warn!("stream {id}: column {} holds years outside 1..9999, written with ISO 8601 expanded years (e.g. -0044-03-15) that some targets reject", column.name);
+            log::warn!(
+                "stream {id}: column {} holds years outside 1..9999, written with ISO 8601 expanded years (e.g. -0044-03-15) that some targets reject",
+                column.name
+            );
         }
     }
     Ok(outcome)
@@ -547,9 +576,8 @@ impl RowSink {
             }
             line.extend_from_slice(&column.key);
             let start = line.len();
-            let raw: Option<Raw<'_>> = row.try_get(i).map_err(|e| {
-                Error::new(ErrorKind::Internal, format!("reading column {}", column.name)).with_source(e)
-            })?;
+            let raw: Option<Raw<'_>> =
+                row.try_get(i).map_err(|e| Error::new(ErrorKind::Internal, format!("reading column {}", column.name)).with_source(e))?;
             let mut notes = 0;
             match raw {
                 None => line.extend_from_slice(b"null"),
@@ -767,12 +795,7 @@ fn read_portal(
     recycled: &std::sync::mpsc::Receiver<Vec<postgres::Row>>,
 ) -> Result<()> {
     let query_error = |e: postgres::Error| classify(e, "reading rows", sslmode);
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(query_error)?;
+    let mut tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().map_err(query_error)?;
     tx.batch_execute(&format!("set local search_path = {search_path}")).map_err(query_error)?;
     let statement = tx.prepare_typed(sql, &vec![Type::TEXT; params.len()]).map_err(query_error)?;
     let bound: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();

@@ -218,11 +218,7 @@ impl TapOutput {
 
     /// The `record`s of RECORD messages of `stream`.
     pub fn records(&self, stream: &str) -> Vec<Value> {
-        self.messages()
-            .into_iter()
-            .filter(|m| m["type"] == "RECORD" && m["stream"] == stream)
-            .map(|m| m["record"].clone())
-            .collect()
+        self.messages().into_iter().filter(|m| m["type"] == "RECORD" && m["stream"] == stream).map(|m| m["record"].clone()).collect()
     }
 
     /// The value of the last STATE message.
@@ -388,12 +384,14 @@ fn validates(v: &Value, schema: &Value, root: &Value) -> bool {
         }
     }
     if let (Value::String(s), Some(max)) = (v, schema.get("maxLength").and_then(Value::as_u64))
-        && s.chars().count() as u64 > max {
-            return false;
-        }
+        && s.chars().count() as u64 > max
+    {
+        return false;
+    }
     if let Value::Array(items) = v
-        && let Some(item_schema) = schema.get("items") {
-            return items.iter().all(|i| validates(i, item_schema, root));
-        }
+        && let Some(item_schema) = schema.get("items")
+    {
+        return items.iter().all(|i| validates(i, item_schema, root));
+    }
     true
 }
