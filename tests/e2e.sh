@@ -254,6 +254,15 @@ tap_config() {
         "$PORT" "$READER" "$READER_PW" "$2" "$2" >"$1"
 }
 
+# source_discovered DIR DB: a fresh source database DB with the fixture, the tap's config for it
+# in DIR/config.json and its discovered catalog in DIR/catalog.json.
+source_discovered() {
+    mkdir -p "$1"
+    new_source_db "$2"
+    tap_config "$1/config.json" "$2"
+    "$TAP" --config "$1/config.json" --discover >"$1/catalog.json"
+}
+
 # select_streams CATALOG OUT STREAM=METHOD[:KEY]...: marks the streams selected.
 select_streams() {
     "$PYTHON" - "$@" <<'EOF'
@@ -570,10 +579,7 @@ EOF
 
 check_a() {
     local d=$WORK/a
-    mkdir -p "$d"
-    new_source_db e2e_a
-    tap_config "$d/config.json" e2e_a
-    "$TAP" --config "$d/config.json" --discover >"$d/catalog.json"
+    source_discovered "$d" e2e_a
     select_streams "$d/catalog.json" "$d/selected.json" customers=FULL_TABLE orders=INCREMENTAL:updated_at readings=FULL_TABLE
     echo '{"destination_path": "out", "do_timestamp_file": false}' >"$d/target.json"
     (cd "$d" && "$TAP" --config config.json --catalog selected.json 2>tap.log | tee tap.out \
@@ -600,11 +606,8 @@ EOF
 
 check_b() {
     local d=$WORK/b
-    mkdir -p "$d"
-    new_source_db e2e_b
+    source_discovered "$d" e2e_b
     psql_admin postgres -c 'create database e2e_b_dst' -c 'revoke connect on database e2e_b_dst from public'
-    tap_config "$d/config.json" e2e_b
-    "$TAP" --config "$d/config.json" --discover >"$d/catalog.json"
     select_streams "$d/catalog.json" "$d/selected.json" customers=FULL_TABLE orders=INCREMENTAL:updated_at readings=FULL_TABLE
     # The target logs in as the superuser over TCP with SSL, as it would to a warehouse.
     # validate_records on: the target checks every record against its SCHEMA (JSON Schema
@@ -660,10 +663,7 @@ print(",".join(sorted(str(json.loads(l)["record"]["id"]) for l in open(sys.argv[
 
 check_c() {
     local d=$WORK/c
-    mkdir -p "$d"
-    new_source_db e2e_c
-    tap_config "$d/config.json" e2e_c
-    "$TAP" --config "$d/config.json" --discover >"$d/catalog.json"
+    source_discovered "$d" e2e_c
     select_streams "$d/catalog.json" "$d/selected.json" customers=FULL_TABLE orders=INCREMENTAL:updated_at readings=FULL_TABLE events=INCREMENTAL:seq
     # singer-check-tap runs a tap itself only with --config (no catalog), so it reads the sync
     # output on stdin: a first run, and a second run from the state of the first.

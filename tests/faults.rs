@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{TapOutput, TestDb, assert_records_match_schemas, discover, id, root, select, server, stream_mut, sync, write_json};
+use crate::support::{TapOutput, TestDb, assert_records_match_schemas, fixture, id, root, select, server, stream_mut, sync, write_json};
 
 /// Rows of the tables interrupted mid-stream: enough that a sync is far from done when we act.
 const BIG_ROWS: i64 = 100_000;
@@ -29,17 +29,6 @@ const EXIT_LIMIT: Duration = Duration::from_secs(30);
 const WATCHDOG: Duration = Duration::from_secs(120);
 
 // ---- fixtures ------------------------------------------------------------------------------
-
-/// A fresh database holding `sql`, readable by its role, with its config (merged with `extra`)
-/// and its discovered catalog.
-fn fixture(sql: &str, extra: Value) -> (TestDb, PathBuf, Value) {
-    let db = TestDb::new();
-    db.exec(sql);
-    db.grant_reader();
-    let config = db.config_file(extra);
-    let catalog = discover(&config);
-    (db, config, catalog)
-}
 
 /// A table `name (id int primary key, v int)` holding ids 1..=BIG_ROWS.
 fn big_table_sql(name: &str) -> String {

@@ -15,21 +15,10 @@ use postgres::NoTls;
 use serde_json::{Value, json};
 
 use crate::support::{
-    TapOutput, TestDb, assert_records_match_schemas, discover, id, root, select, select_column, server, stream_mut, sync,
+    TapOutput, TestDb, assert_records_match_schemas, discover, fixture, id, root, select, select_column, server, stream_mut, sync,
 };
 
 // ---- helpers -------------------------------------------------------------------------------
-
-/// A fresh database holding `sql`, readable by its role, with its config (merged with `extra`)
-/// and its discovered catalog.
-fn fixture(sql: &str, extra: Value) -> (TestDb, PathBuf, Value) {
-    let db = TestDb::new();
-    db.exec(sql);
-    db.grant_reader();
-    let config = db.config_file(extra);
-    let catalog = discover(&config);
-    (db, config, catalog)
-}
 
 /// True for `time_extracted` values shaped like `2024-06-01T12:00:00.123456Z`.
 fn is_time_extracted(text: &str) -> bool {

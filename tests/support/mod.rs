@@ -267,6 +267,17 @@ pub fn tap_env(args: &[&str], env: &[(&str, &str)]) -> TapOutput {
     }
 }
 
+/// A fresh database holding `sql`, readable by its role, with its config (merged with `extra`)
+/// and its discovered catalog.
+pub fn fixture(sql: &str, extra: Value) -> (TestDb, PathBuf, Value) {
+    let db = TestDb::new();
+    db.exec(sql);
+    db.grant_reader();
+    let config = db.config_file(extra);
+    let catalog = discover(&config);
+    (db, config, catalog)
+}
+
 /// Runs `--discover` with `config` and returns the catalog.
 pub fn discover(config: &Path) -> Value {
     let out = tap(&["--config", config.to_str().unwrap(), "--discover"]).success();
