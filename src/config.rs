@@ -90,6 +90,16 @@ impl ReplicationMethod {
     }
 }
 
+/// How FULL_TABLE reads a table (`full_table_order`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FullTableOrder {
+    /// In storage order, in ranges of blocks (`where ctid >= .. and ctid < ..`); the resume point
+    /// is the next block. Needs PostgreSQL 14 (TID range scans); other servers use the key.
+    Physical,
+    /// `order by` the primary key; the resume point is the last key sent.
+    PrimaryKey,
+}
+
 /// A validated configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -123,6 +133,8 @@ pub struct Config {
     pub include_schemas_in_destination_stream_name: bool,
     /// json and jsonb columns as JSON documents instead of strings.
     pub json_as_object: bool,
+    /// How FULL_TABLE reads tables and resumes.
+    pub full_table_order: FullTableOrder,
 }
 
 impl std::fmt::Debug for Config {
@@ -259,6 +271,13 @@ pub const SETTINGS: &[Setting] = &[
         kind: "boolean",
         description: "Emit json and jsonb columns as JSON documents (objects, arrays, ...) instead of strings holding them (singer-io's form).",
         default: Some("false"),
+        secret: false,
+    },
+    Setting {
+        name: "full_table_order",
+        kind: "string",
+        description: "How FULL_TABLE reads a table: physical (storage order in ranges of blocks, resumable at the next block, also without a primary key; PostgreSQL 14+) or primary_key (ordered by the primary key, resumable after the last key sent).",
+        default: Some("\"physical\""),
         secret: false,
     },
 ];
@@ -416,6 +435,14 @@ impl Config {
             json_as_object: match map.get("json_as_object") {
                 Some(v) if !v.is_null() => parse_bool(v, "json_as_object")?,
                 _ => false,
+            },
+            full_table_order: match opt_string(map, "full_table_order")?.map(|t| t.to_ascii_lowercase()).as_deref() {
+                None | Some("physical") => FullTableOrder::Physical,
+                Some("primary_key") => FullTableOrder::PrimaryKey,
+                Some(_) => {
+                    return Err(Error::new(ErrorKind::Config, "full_table_order is not physical or primary_key")
+                        .with_hint("Set full_table_order to \"physical\" (the default) or \"primary_key\"."));
+                }
             },
         })
     }
@@ -668,6 +695,11 @@ mod tests {
         assert_eq!(c.default_replication_method, Some(ReplicationMethod::FullTable));
         let c = parse(json!({"host": "h", "user": "u", "dbname": "d", "json_as_object": "true"}), None).unwrap();
         assert!(c.json_as_object);
+        assert_eq!(c.full_table_order, FullTableOrder::Physical);
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d", "full_table_order": "PRIMARY_KEY"}), None).unwrap();
+        assert_eq!(c.full_table_order, FullTableOrder::PrimaryKey);
+        let e = parse(json!({"host": "h", "user": "u", "dbname": "d", "full_table_order": "random"}), None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
     }
 
     #[test]

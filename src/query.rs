@@ -61,6 +61,28 @@ pub fn full_table(items: &[String], schema: &str, table: &str, order_keys: &[Key
     sql
 }
 
+/// FULL_TABLE by block ranges: `select <items> from <table> where ctid >= $1 and ctid < $2`, the
+/// parameters being tid text like `(120,0)`; a TID range scan on PostgreSQL 14+.
+pub fn full_table_blocks(items: &[String], schema: &str, table: &str) -> String {
+    format!(
+        "select {} from {} where ctid >= cast($1::text as tid) and ctid < cast($2::text as tid)",
+        items.join(", "),
+        qualified_name(schema, table)
+    )
+}
+
+/// The catch-up of a resumed block-range read: rows before block `$1` (tid text) whose xmin is
+/// not older than `$2` (a 32-bit xid), i.e. inserted or updated since that snapshot. `age()`
+/// compares the ids on the wraparound circle; a negative age is a frozen id from more than
+/// 2^31 transactions ago.
+pub fn full_table_catch_up(items: &[String], schema: &str, table: &str) -> String {
+    format!(
+        "select {} from {} where ctid < cast($1::text as tid) and age(xmin) between 0 and age(cast($2::text as xid))",
+        items.join(", "),
+        qualified_name(schema, table)
+    )
+}
+
 /// INCREMENTAL: `select <items> from <table> [where <key> >= $1] order by <key>` (Stitch's query).
 pub fn incremental(items: &[String], schema: &str, table: &str, key: &KeyColumn<'_>, has_bookmark: bool) -> String {
     let column = quote_ident(key.name);

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{TapOutput, TestDb, assert_records_match_schemas, fixture, id, root, select, server, stream_mut, sync, write_json};
+use crate::support::{
+    TapOutput, TestDb, assert_records_match_schemas, catch_up_ids, fixture, id, root, select, server, stream_mut, sync, write_json,
+};
 
 /// Rows of the tables interrupted mid-stream: enough that a sync is far from done when we act.
 const BIG_ROWS: i64 = 100_000;
@@ -327,7 +329,7 @@ fn wait_until_backend_idle(db: &TestDb) {
 
 #[test]
 fn backend_terminated_mid_stream_exits_69_and_resumes_without_loss() {
-    let (db, config, mut catalog) = fixture(&big_table_sql("big"), json!({"itersize": 1000}));
+    let (db, config, mut catalog) = fixture(&big_table_sql("big"), json!({"full_table_order": "primary_key", "itersize": 1000}));
     select(&mut catalog, "big", "FULL_TABLE", None);
     let sid = id(&db, "public", "big");
 
@@ -447,11 +449,14 @@ fn closed_stdout_descriptor_behaves_as_dev_null() {
 // ---- 3. SIGTERM and SIGINT -----------------------------------------------------------------
 
 /// Interrupts a sync of a BIG_ROWS table with `signal` after 3,000 records, checks the exit and
-/// the output, resumes from the last STATE and checks the union of both runs.
+/// the output, resumes from the last STATE and checks the union of both runs. `method`:
+/// `FULL_TABLE` (in primary key order), `PHYSICAL` (FULL_TABLE in block ranges) or `INCREMENTAL`.
 fn interrupt_and_resume(signal: &str, code: i32, method: &str) {
     let table = format!("sig_{}_{}", signal.to_lowercase(), method.to_lowercase());
-    let (db, config, mut catalog) = fixture(&big_table_sql(&table), json!({"itersize": 1000}));
-    select(&mut catalog, &table, method, (method == "INCREMENTAL").then_some("id"));
+    let order = if method == "PHYSICAL" { "physical" } else { "primary_key" };
+    let (db, config, mut catalog) = fixture(&big_table_sql(&table), json!({"full_table_order": order, "itersize": 1000}));
+    let catalog_method = if method == "INCREMENTAL" { "INCREMENTAL" } else { "FULL_TABLE" };
+    select(&mut catalog, &table, catalog_method, (method == "INCREMENTAL").then_some("id"));
     let sid = id(&db, "public", &table);
     let label = format!("SIG{signal} during {method}");
 
@@ -470,13 +475,25 @@ fn interrupt_and_resume(signal: &str, code: i32, method: &str) {
     assert!(before.len() >= 3_000 && (before.len() as i64) < BIG_ROWS, "[{label}] cut mid-stream: {} records", before.len());
     let bookmark = &state["bookmarks"][&sid];
     let last_sent = *before.last().unwrap();
-    let may_repeat: BTreeSet<i64> = if method == "FULL_TABLE" {
-        assert_eq!(bookmark["last_pk_fetched"], json!({"id": last_sent}), "[{label}] the STATE covers the last record");
-        BTreeSet::new()
-    } else {
-        // INCREMENTAL resumes with `>=`: the bookmark row is sent again, nothing else.
-        assert_eq!(bookmark["replication_key_value"], json!(last_sent), "[{label}] the STATE covers the last record");
-        BTreeSet::from([last_sent])
+    let may_repeat: BTreeSet<i64> = match method {
+        "FULL_TABLE" => {
+            assert_eq!(bookmark["last_pk_fetched"], json!({"id": last_sent}), "[{label}] the STATE covers the last record");
+            BTreeSet::new()
+        }
+        "PHYSICAL" => {
+            // The STATEs written on the signal repeat the last block range's: the records after
+            // it (of the range under way) come again, and whatever the catch-up rule names.
+            let range_start =
+                messages.iter().position(|m| m["type"] == "STATE" && m["value"] == state).expect("the final STATE's first occurrence");
+            assert!(bookmark["block_resume"]["next_block"].as_u64().is_some_and(|b| b > 0), "[{label}] a block mark: {bookmark}");
+            let partial = record_ids(&messages[range_start..], &table);
+            partial.into_iter().chain(catch_up_ids(&db, &table, bookmark)).collect()
+        }
+        _ => {
+            // INCREMENTAL resumes with `>=`: the bookmark row is sent again, nothing else.
+            assert_eq!(bookmark["replication_key_value"], json!(last_sent), "[{label}] the STATE covers the last record");
+            BTreeSet::from([last_sent])
+        }
     };
 
     let second = sync(&config, &catalog, Some(&state)).success();
@@ -507,12 +524,17 @@ fn sigterm_while_the_server_computes_a_batch_exits_promptly() {
 }
 
 #[test]
-fn sigterm_mid_full_table_exits_143_and_resumes_exactly_once() {
+fn sigterm_mid_full_table_in_key_order_exits_143_and_resumes_exactly_once() {
     interrupt_and_resume("TERM", 143, "FULL_TABLE");
 }
 
 #[test]
-fn sigint_mid_full_table_exits_130_and_resumes_exactly_once() {
+fn sigterm_mid_physical_full_table_exits_143_and_resumes_without_loss() {
+    interrupt_and_resume("TERM", 143, "PHYSICAL");
+}
+
+#[test]
+fn sigint_mid_full_table_in_key_order_exits_130_and_resumes_exactly_once() {
     interrupt_and_resume("INT", 130, "FULL_TABLE");
 }
 

@@ -15,7 +15,7 @@ use postgres::NoTls;
 use serde_json::{Value, json};
 
 use crate::support::{
-    TapOutput, TestDb, assert_records_match_schemas, discover, fixture, id, root, select, select_column, server, stream_mut, sync,
+    self, TapOutput, TestDb, assert_records_match_schemas, discover, fixture, id, root, select, select_column, server, stream_mut, sync,
 };
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ fn full_table_messages_state_and_column_selection() {
         "create type pair as (a int, b text); \
          create table items (id int primary key, name text, secret text, comp pair); \
          insert into items select i, 'item ' || i, 'secret ' || i, row(i, 'x')::pair from generate_series(1, 7) i",
-        json!({"itersize": 3}),
+        json!({"full_table_order": "primary_key", "itersize": 3}),
     );
     select(&mut catalog, "items", "FULL_TABLE", None);
     select_column(&mut catalog, "items", "secret", false);
@@ -437,7 +437,7 @@ fn full_table_resumes_after_a_crash_with_the_same_version() {
     let (db, config, mut catalog) = fixture(
         "create table cpk (a int, b text collate \"en-x-icu\", v text, primary key (a, b)); \
          insert into cpk select i % 3, case when i % 2 = 0 then 'x' else 'X' end || i, 'v' || i from generate_series(1, 20) i",
-        json!({"itersize": 3}),
+        json!({"full_table_order": "primary_key", "itersize": 3}),
     );
     select(&mut catalog, "cpk", "FULL_TABLE", None);
     let sid = id(&db, "public", "cpk");
@@ -484,9 +484,9 @@ fn max_run_seconds_zero_stops_after_one_batch_and_resumes() {
     let (db, config, mut catalog) = fixture(
         "create table a_pk (id int primary key, name text); insert into a_pk select i, 'pk ' || i from generate_series(1, 10) i; \
          create table b_nopk (id int, name text); insert into b_nopk select i, 'nopk ' || i from generate_series(1, 5) i",
-        json!({"itersize": 3, "max_run_seconds": 0}),
+        json!({"full_table_order": "primary_key", "itersize": 3, "max_run_seconds": 0}),
     );
-    let unlimited = db.config_file(json!({"itersize": 3}));
+    let unlimited = db.config_file(json!({"full_table_order": "primary_key", "itersize": 3}));
     select(&mut catalog, "a_pk", "FULL_TABLE", None);
     select(&mut catalog, "b_nopk", "FULL_TABLE", None);
     let (a, b) = (id(&db, "public", "a_pk"), id(&db, "public", "b_nopk"));
@@ -730,11 +730,12 @@ fn weird_identifiers_replicate() {
            create index on "Weird ""S""; -- Ünï"."from; drop table x; --" ("order by");
            insert into "Weird ""S""; -- Ünï"."from; drop table x; --"
              select i, timestamptz '2024-06-01 00:00:00+00' + i * interval '1 hour', 'äö ' || i from generate_series(1, 4) i"#,
-        json!({"itersize": 2}),
+        json!({"full_table_order": "primary_key", "itersize": 2}),
     );
     // The catalog names the streams after their tables; the sync's config asks for schema_table.
     assert_eq!(stream_mut(&mut catalog, t1)["stream"], json!(t1));
-    let config = db.config_file(json!({"itersize": 2, "include_schemas_in_destination_stream_name": true}));
+    let config =
+        db.config_file(json!({"full_table_order": "primary_key", "itersize": 2, "include_schemas_in_destination_stream_name": true}));
     select(&mut catalog, t1, "FULL_TABLE", None);
     select(&mut catalog, t2, "INCREMENTAL", Some("order by"));
     let (s1, s2) = (format!("{schema}_{t1}"), format!("{schema}_{t2}"));
@@ -909,7 +910,7 @@ fn key_type_fixture(types: &[(&str, &str, &[&str])]) -> (TestDb, PathBuf, Value)
             sql.push_str(&format!("insert into kt_{suffix} values ({}, {v});", i + 1));
         }
     }
-    fixture(&sql, json!({"itersize": 1}))
+    fixture(&sql, json!({"full_table_order": "primary_key", "itersize": 1}))
 }
 
 /// Syncs every `kt_*` table twice and checks the bookmarks round-trip: INCREMENTAL's second
@@ -989,7 +990,7 @@ fn bit1_key_bookmarks_round_trip() {
 fn full_table_resume_after_an_infinite_primary_key_sends_nothing_twice() {
     let (db, config, mut catalog) = fixture(
         "create table inf (k timestamptz primary key, n int); insert into inf values ('2024-01-01 00:00:00+00', 1), ('infinity', 2)",
-        json!({"itersize": 1}),
+        json!({"full_table_order": "primary_key", "itersize": 1}),
     );
     select(&mut catalog, "inf", "FULL_TABLE", None);
     let full = run_ok(&config, &catalog, None);
@@ -1035,14 +1036,14 @@ fn citext_keys_from_an_extension_schema_compare_as_citext() {
         "create schema ext; grant usage on schema ext to public; create extension citext schema ext; \
          create table ci (id int primary key, code ext.citext); insert into ci values (1, 'a'), (2, 'B'), (3, 'c'); \
          create table cipk (code ext.citext primary key, n int); insert into cipk values ('a', 1), ('B', 2), ('c', 3)",
-        json!({"itersize": 1, "max_run_seconds": 0}),
+        json!({"full_table_order": "primary_key", "itersize": 1, "max_run_seconds": 0}),
     );
     select(&mut catalog, "ci", "INCREMENTAL", Some("code"));
     // Run 1 stops after one row, bookmark "a"; run 2 must send a (again), B and c.
     let first = run_ok(&config, &catalog, None);
     assert_eq!(records(&first, "ci").iter().map(|r| r["code"].clone()).collect::<Vec<_>>(), [json!("a")]);
     let state = states(&first).pop().unwrap();
-    let unlimited = db.config_file(json!({}));
+    let unlimited = db.config_file(json!({"full_table_order": "primary_key"}));
     let second = run_ok(&unlimited, &catalog, Some(&state));
     assert_eq!(records(&second, "ci").iter().map(|r| r["code"].clone()).collect::<Vec<_>>(), [json!("a"), json!("B"), json!("c")]);
 
@@ -1116,4 +1117,196 @@ fn huge_max_run_seconds_is_no_deadline() {
         fixture("create table t (id int primary key); insert into t values (1), (2)", json!({"max_run_seconds": 9223372036854775000u64}));
     select(&mut catalog, "t", "FULL_TABLE", None);
     assert_eq!(records(&run_ok(&config, &catalog, None), "t").len(), 2);
+}
+
+// ---- FULL_TABLE in storage order (block ranges, the default) -------------------------------
+
+/// `block_resume.next_block` of `id`'s bookmark in a STATE value, if there is one.
+fn next_block(state: &Value, id: &str) -> Option<u64> {
+    bookmark(state, id).get("block_resume").map(|m| m["next_block"].as_u64().expect("an integer next_block"))
+}
+
+/// How often each `id` occurs in `records`.
+fn id_counts(records: &[Value]) -> BTreeMap<i64, usize> {
+    let mut counts = BTreeMap::new();
+    for r in records {
+        *counts.entry(r["id"].as_i64().expect("an integer id")).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn physical_full_table_reads_block_ranges_and_resumes_at_every_state() {
+    // About 5 rows per 8 kB block (fillfactor 10) and no primary key: resumable all the same.
+    let (db, config, mut catalog) = fixture(
+        "create table blk (id int not null, pad text) with (fillfactor = 10); \
+         insert into blk select i, repeat('p', 100) from generate_series(1, 60) i",
+        json!({"itersize": 10}),
+    );
+    select(&mut catalog, "blk", "FULL_TABLE", None);
+    let sid = id(&db, "public", "blk");
+    let all: Vec<Value> = (1..=60).map(|i| json!({"id": i, "pad": "p".repeat(100)})).collect();
+    let full = run_ok(&config, &catalog, None);
+    assert_same_rows(&records(&full, "blk"), &all, "full run");
+    let version = record_versions(&full, "blk")[0];
+    let kinds = shape(&full);
+    assert_eq!(kinds[..3], strings(&["SCHEMA", "STATE", "ACTIVATE_VERSION"]), "{kinds:?}");
+    assert_eq!(kinds[kinds.len() - 3..], strings(&["ACTIVATE_VERSION", "STATE", "STATE"]), "{kinds:?}");
+
+    // Each range's STATE says which rows came before it: exactly those stored before next_block.
+    let mut marks = Vec::new();
+    let mut sent = std::collections::BTreeSet::new();
+    for m in &full {
+        if m["type"] == "RECORD" {
+            sent.insert(m["record"]["id"].as_i64().unwrap());
+        } else if m["type"] == "STATE"
+            && let Some(b) = next_block(&m["value"], &sid)
+        {
+            if b < u64::from(u32::MAX) {
+                assert_eq!(sent, support::ids_before_block(&db, "blk", b), "the rows sent before the STATE with next_block {b}");
+            } else {
+                assert_eq!(sent.len(), 60, "the last, open-ended range ends the table");
+            }
+            marks.push(b);
+        }
+    }
+    assert!(marks.len() >= 4 && marks.windows(2).all(|w| w[0] < w[1]), "several block ranges, in order: {marks:?}");
+    let end = states(&full).pop().unwrap();
+    assert_eq!(end, json!({"currently_syncing": null, "bookmarks": {&sid: {"last_replication_method": "FULL_TABLE", "version": version}}}));
+
+    // STATE #1 starts the stream; #2.. follow the ranges. Cut after each and resume.
+    for n in 2..=marks.len() + 1 {
+        let (before, state) = cut_after_state(&full, n);
+        assert_eq!(state["currently_syncing"], json!(sid));
+        let again = support::catch_up_ids(&db, "blk", bookmark(&state, &sid));
+        let out = sync(&config, &catalog, Some(&state)).success();
+        assert!(out.stderr.contains("resuming an interrupted full table sync at block"), "cut after STATE #{n}:\n{}", out.stderr);
+        let after = checked(&out);
+        let union: Vec<Value> = records(&before, "blk").into_iter().chain(records(&after, "blk")).collect();
+        let counts = id_counts(&union);
+        assert_eq!(counts.keys().copied().collect::<Vec<_>>(), (1..=60).collect::<Vec<_>>(), "cut after STATE #{n}: every row");
+        let twice: Vec<i64> = counts.iter().filter(|(_, c)| **c > 1).map(|(i, _)| *i).collect();
+        assert!(
+            twice.iter().all(|i| again.contains(i) && counts[i] == 2),
+            "cut after STATE #{n}: sent twice {twice:?}, expected only {again:?}"
+        );
+        let activations: Vec<&Value> = after.iter().filter(|m| m["type"] == "ACTIVATE_VERSION").map(|m| &m["version"]).collect();
+        assert_eq!(activations, [&json!(version)], "cut after STATE #{n}: the interrupted version is activated");
+        assert!(record_versions(&after, "blk").iter().all(|v| *v == version), "cut after STATE #{n}: the resumed records keep the version");
+        assert_eq!(states(&after).pop().unwrap(), end, "cut after STATE #{n}");
+    }
+}
+
+#[test]
+fn physical_resume_sends_rows_changed_or_moved_into_blocks_already_read() {
+    // About 89 rows per full block, 7 blocks; ranges of about 2 blocks.
+    let (db, config, mut catalog) = fixture(
+        "create table mv (id int primary key, v text); insert into mv select i, repeat('a', 50) from generate_series(1, 600) i",
+        json!({"itersize": 100}),
+    );
+    select(&mut catalog, "mv", "FULL_TABLE", None);
+    let sid = id(&db, "public", "mv");
+    let full = run_ok(&config, &catalog, None);
+    assert_eq!(records(&full, "mv").len(), 600);
+    let n = (1..).find(|&n| next_block(&cut_after_state(&full, n).1, &sid).is_some_and(|b| b >= 3)).unwrap();
+    let (before, state) = cut_after_state(&full, n);
+    let b = next_block(&state, &sid).unwrap();
+    let last_block: i64 = db.admin().query_one("select max((ctid::text::point)[0])::bigint from mv", &[]).unwrap().get(0);
+    assert!((b as i64) < last_block, "the cut leaves full blocks unread (next_block {b}, last block {last_block})");
+
+    // While the sync is interrupted: empty block 0 (vacuum records its free space), move an
+    // unread row there by growing it, insert rows (once the last block is full they go to block
+    // 0 too), change a row already read and one not yet read.
+    let moved: i32 = db.admin().query_one(&format!("select id from mv where ctid >= '({b},0)' order by ctid limit 1"), &[]).unwrap().get(0);
+    let early: i32 =
+        db.admin().query_one("select id from mv where ctid >= '(1,0)' and ctid < '(2,0)' order by ctid limit 1", &[]).unwrap().get(0);
+    db.exec("delete from mv where ctid < '(1,0)'");
+    db.exec("vacuum mv");
+    db.exec(&format!("update mv set v = repeat('z', 300) where id = {moved}"));
+    db.exec("insert into mv select i, 'new ' || i from generate_series(1001, 1300) i");
+    db.exec(&format!("update mv set v = 'changed early' where id = {early}"));
+    db.exec("update mv set v = 'changed late' where id = 600");
+    let in_block = |id: i64| -> i64 {
+        db.admin().query_one("select (ctid::text::point)[0]::bigint from mv where id = $1", &[&(id as i32)]).unwrap().get(0)
+    };
+    assert!(in_block(i64::from(moved)) < b as i64, "the grown row {moved} moved into a block already read");
+    assert!((1001..=1300).any(|i| in_block(i) < b as i64), "new rows went into blocks already read");
+
+    let out = sync(&config, &catalog, Some(&state)).success();
+    let after = checked(&out);
+    assert_eq!(record_versions(&after, "mv"), [record_versions(&full, "mv")[0]], "the resume keeps the version");
+    // A target that upserts by key ends with exactly the table: the last record of every id is
+    // the row as it is now (and the deleted rows are not sent again).
+    let mut last: BTreeMap<i64, Value> = BTreeMap::new();
+    for r in records(&before, "mv").into_iter().chain(records(&after, "mv")) {
+        last.insert(r["id"].as_i64().unwrap(), r);
+    }
+    let now: BTreeMap<i64, Value> = db
+        .admin()
+        .query("select id, v from mv", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (i64::from(r.get::<_, i32>(0)), json!({"id": r.get::<_, i32>(0), "v": r.get::<_, String>(1)})))
+        .collect();
+    for (i, row) in &now {
+        assert_eq!(last.get(i), Some(row), "row {i} as it is now");
+    }
+    let after_ids = id_counts(&records(&after, "mv"));
+    assert!(after_ids.keys().all(|i| now.contains_key(i)), "only live rows are sent");
+    for i in [i64::from(moved), i64::from(early), 600, 1001, 1300] {
+        assert!(after_ids.contains_key(&i), "row {i} changed in the gap is sent by the resumed run");
+    }
+}
+
+#[test]
+fn physical_resume_restarts_after_a_rewrite_and_partitioned_tables_use_the_key() {
+    let (db, config, mut catalog) = fixture(
+        "create table rw (id int primary key, pad text) with (fillfactor = 10); \
+         insert into rw select i, repeat('r', 100) from generate_series(1, 40) i; \
+         create table parted (id int primary key, v text) partition by range (id); \
+         create table parted_1 partition of parted for values from (1) to (100); \
+         create table parted_2 partition of parted for values from (100) to (200); \
+         insert into parted select i, 'v' || i from generate_series(1, 150) i",
+        json!({"itersize": 10}),
+    );
+    select(&mut catalog, "rw", "FULL_TABLE", None);
+    let sid = id(&db, "public", "rw");
+    let full = run_ok(&config, &catalog, None);
+    let version = record_versions(&full, "rw")[0];
+    let (_, state) = cut_after_state(&full, 3);
+    assert!(next_block(&state, &sid).is_some());
+
+    // VACUUM FULL gives the table new storage: block numbers mean nothing now.
+    db.exec("vacuum full rw");
+    let out = sync(&config, &catalog, Some(&state)).success();
+    assert!(out.stderr.contains("was rewritten"), "{}", out.stderr);
+    let after = checked(&out);
+    assert_eq!(id_counts(&records(&after, "rw")), (1..=40).map(|i| (i, 1)).collect::<BTreeMap<_, _>>(), "every row once");
+    let new_version = record_versions(&after, "rw");
+    assert_eq!(new_version.len(), 1);
+    assert_ne!(new_version[0], version, "a new version");
+
+    // A mark from a snapshot the server has not reached (a state from another server, say)
+    // cannot be trusted either.
+    let mut future = state.clone();
+    future["bookmarks"][&sid]["block_resume"]["snapshot_xmin"] = json!(1u64 << 40);
+    let again = checked(&sync(&config, &catalog, Some(&future)).success());
+    assert_eq!(records(&again, "rw").len(), 40);
+    assert_ne!(record_versions(&again, "rw"), [version]);
+
+    // A block_resume of another shape is refused before any output.
+    let mut bad = state.clone();
+    bad["bookmarks"][&sid]["block_resume"] = json!("12");
+    let refused = sync(&config, &catalog, Some(&bad)).fails_with(65, "block_resume");
+    assert!(refused.stdout.is_empty());
+
+    // A partitioned table has no blocks of its own: it is read in primary key order.
+    select(&mut catalog, "parted", "FULL_TABLE", None);
+    root(&mut catalog, "rw")["selected"] = json!(false);
+    let out = sync(&config, &catalog, None).success();
+    assert!(out.stderr.contains("partitioned table"), "{}", out.stderr);
+    let parted = checked(&out);
+    let pid = id(&db, "public", "parted");
+    assert_eq!(records(&parted, "parted").iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), (1..=150).collect::<Vec<_>>());
+    assert_eq!(bookmark(&cut_after_state(&parted, 2).1, &pid)["last_pk_fetched"], json!({"id": 10}));
 }

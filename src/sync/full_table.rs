@@ -1,17 +1,21 @@
 //! FULL_TABLE: every row every run, with ACTIVATE_VERSION as singer-io's tap-postgres does it.
 //!
-//! Tables with a primary key are read `order by <pk>` and the last key sent is kept in the
-//! bookmark as `last_pk_fetched`; an interrupted sync resumes with `where (pk) > (last)` and the
-//! same table version, so nothing is sent twice and nothing is skipped among rows that existed
-//! when the first run started. Views and tables without a primary key are read with Stitch's
-//! plain `select cols from t` and start over (with a new version) when interrupted.
+//! By default (`full_table_order: physical`) tables and materialized views are read in storage
+//! order in ranges of blocks and resume at the next block ([`super::physical`]). Otherwise (the
+//! config says `primary_key`, the server predates PostgreSQL 14, or a partitioned table) tables
+//! with a primary key are read `order by <pk>` and the last key sent is kept in the bookmark as
+//! `last_pk_fetched`; an interrupted sync resumes with `where (pk) > (last)` and the same table
+//! version, so nothing is sent twice and nothing is skipped among rows that existed when the
+//! first run started. Views, and tables without a primary key read that way, are read with
+//! Stitch's plain `select cols from t` and start over (with a new version) when interrupted.
 
 use std::io::Write;
 
 use postgres::Client;
 use serde_json::{Map, Value, json};
 
-use super::{Limits, Outcome, RowSink, StreamPlan, bookmark_param, now_version, run_query};
+use super::physical::{self, BlockMark, BlockRead};
+use super::{Limits, Outcome, RowSink, Source, StreamPlan, bookmark_param, now_version, run_query};
 use crate::error::Result;
 use crate::message::MessageWriter;
 use crate::query::{self, KeyColumn};
@@ -29,6 +33,7 @@ pub(super) fn sync<W: Write>(
     let stream = plan.selected.stream.clone();
     let mut bookmark = plan.bookmark.clone();
     let previous_version = bookmark.get("version").and_then(Value::as_i64);
+    // A sync interrupted in primary key order is finished that way, whatever the config says now.
     let resume_from: Option<Vec<String>> = match bookmark.get("last_pk_fetched") {
         Some(Value::Object(last)) if !plan.order_keys.is_empty() && previous_version.is_some() => plan
             .order_keys
@@ -40,19 +45,43 @@ pub(super) fn sync<W: Write>(
             .collect(),
         _ => None,
     };
+    let block_reads = plan.block_reads.filter(|_| resume_from.is_none());
+    let mut block_resume = match (block_reads, bookmark.get("block_resume").and_then(BlockMark::from_value)) {
+        (Some(oid), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
+        _ => None,
+    };
+    if let Some((oid, mark)) = block_resume
+        && !physical::resumable(client, oid, &mark)?
+    {
+        log::info!(
+            "stream {id}: the table was rewritten (VACUUM FULL, CLUSTER, TRUNCATE, ...) or too many transactions passed since the interrupted sync; it is read again from the start"
+        );
+        block_resume = None;
+    }
     if bookmark.get("xmin").is_some_and(|x| !x.is_null()) {
         log::info!("stream {id}: the state holds an xmin resume point from tap-postgres; the table is read again from the start");
     }
-    let version = match (&resume_from, previous_version) {
-        (Some(_), Some(v)) => v,
+    let resuming = resume_from.is_some() || block_resume.is_some();
+    let version = match previous_version {
+        Some(v) if resuming => v,
         _ => now_version(),
     };
     if resume_from.is_some() {
         log::info!("stream {id}: resuming an interrupted full table sync after the last primary key sent");
     }
+    if let Some((_, mark)) = block_resume {
+        log::info!(
+            "stream {id}: resuming an interrupted full table sync at block {}, after the rows changed in earlier blocks since it began",
+            mark.next_block
+        );
+    }
+    // Resume points are kept while resuming, so a run that dies before its first batch resumes
+    // at the same point.
     if resume_from.is_none() {
-        // Kept while resuming, so a run that dies before its first batch resumes at the same point.
         bookmark.remove("last_pk_fetched");
+    }
+    if block_resume.is_none() {
+        bookmark.remove("block_resume");
     }
     bookmark.remove("xmin");
     bookmark.insert("last_replication_method".into(), json!("FULL_TABLE"));
@@ -64,30 +93,63 @@ pub(super) fn sync<W: Write>(
     }
 
     let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
+    let (schema_name, table_name) = (&plan.selected.schema_name, &plan.selected.table_name);
     let key_names: Vec<String> = plan.order_keys.iter().map(|(i, _)| plan.columns[*i].name.clone()).collect();
-    let keys: Vec<KeyColumn<'_>> =
-        plan.order_keys.iter().zip(&key_names).map(|((_, cast_type), name)| KeyColumn { name, cast_type }).collect();
-    let sql = query::full_table(&items, &plan.selected.schema_name, &plan.selected.table_name, &keys, resume_from.is_some());
-    let params = resume_from.unwrap_or_default();
-    let tracked: Vec<usize> = plan.order_keys.iter().map(|(i, _)| *i).collect();
-    let mut sink = RowSink::new(plan, version, tracked);
-    let outcome = run_query(client, (&sql, &params, &plan.search_path), &mut plan.columns, &mut sink, writer, limits, |sink, writer| {
-        if !key_names.is_empty() {
-            let mut last = Map::new();
-            for (t, name) in key_names.iter().enumerate() {
-                if let Some(v) = sink.last_value(t) {
-                    last.insert(name.clone(), v);
+    let (outcome, bookmark) = if let Some(oid) = block_reads {
+        let range_sql = query::full_table_blocks(&items, schema_name, table_name);
+        let catch_up_sql = query::full_table_catch_up(&items, schema_name, table_name);
+        let read = BlockRead {
+            oid,
+            range_sql: &range_sql,
+            catch_up_sql: &catch_up_sql,
+            resume: block_resume.map(|(_, mark)| mark),
+            itersize: limits.config.itersize,
+        };
+        let mut sink = RowSink::new(plan, version, Vec::new());
+        let outcome = run_query(
+            client,
+            (Source::Blocks(read), &plan.search_path),
+            &mut plan.columns,
+            &mut sink,
+            writer,
+            limits,
+            |_, writer, mark| {
+                if let Some(mark) = mark {
+                    bookmark.insert("block_resume".into(), mark.to_value());
+                }
+                state.set_bookmark(&id, bookmark.clone());
+                writer.write_state(&state.to_value())
+            },
+        )?;
+        bookmark.remove("block_resume");
+        (outcome, bookmark)
+    } else {
+        let keys: Vec<KeyColumn<'_>> =
+            plan.order_keys.iter().zip(&key_names).map(|((_, cast_type), name)| KeyColumn { name, cast_type }).collect();
+        let sql = query::full_table(&items, schema_name, table_name, &keys, resume_from.is_some());
+        let params = resume_from.unwrap_or_default();
+        let tracked: Vec<usize> = plan.order_keys.iter().map(|(i, _)| *i).collect();
+        let mut sink = RowSink::new(plan, version, tracked);
+        let source = Source::Query { sql: &sql, params: &params };
+        let outcome = run_query(client, (source, &plan.search_path), &mut plan.columns, &mut sink, writer, limits, |sink, writer, _| {
+            if !key_names.is_empty() {
+                let mut last = Map::new();
+                for (t, name) in key_names.iter().enumerate() {
+                    if let Some(v) = sink.last_value(t) {
+                        last.insert(name.clone(), v);
+                    }
+                }
+                if last.len() == key_names.len() {
+                    bookmark.insert("last_pk_fetched".into(), Value::Object(last));
                 }
             }
-            if last.len() == key_names.len() {
-                bookmark.insert("last_pk_fetched".into(), Value::Object(last));
-            }
-        }
-        state.set_bookmark(&id, bookmark.clone());
-        writer.write_state(&state.to_value())
-    })?;
-    if outcome == Outcome::Complete {
+            state.set_bookmark(&id, bookmark.clone());
+            writer.write_state(&state.to_value())
+        })?;
         bookmark.remove("last_pk_fetched");
+        (outcome, bookmark)
+    };
+    if outcome == Outcome::Complete {
         state.set_bookmark(&id, bookmark);
         writer.write_activate_version(&stream, version)?;
         state.set_currently_syncing(None);

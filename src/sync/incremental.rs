@@ -11,7 +11,7 @@ use std::io::Write;
 use postgres::Client;
 use serde_json::{Value, json};
 
-use super::{Limits, Outcome, RowSink, StreamPlan, bookmark_param, now_version, run_query};
+use super::{Limits, Outcome, RowSink, Source, StreamPlan, bookmark_param, now_version, run_query};
 use crate::error::Result;
 use crate::message::MessageWriter;
 use crate::query::{self, KeyColumn};
@@ -45,7 +45,8 @@ pub(super) fn sync<W: Write>(
     let sql = query::incremental(&items, &plan.selected.schema_name, &plan.selected.table_name, &key, start_value.is_some());
     let params: Vec<String> = start_value.into_iter().collect();
     let mut sink = RowSink::new(plan, version, vec![key_index]);
-    let outcome = run_query(client, (&sql, &params, &plan.search_path), &mut plan.columns, &mut sink, writer, limits, |sink, writer| {
+    let source = Source::Query { sql: &sql, params: &params };
+    let outcome = run_query(client, (source, &plan.search_path), &mut plan.columns, &mut sink, writer, limits, |sink, writer, _| {
         if let Some(v) = sink.last_value(0) {
             bookmark.insert("replication_key_value".into(), v);
         }

@@ -13,6 +13,7 @@
 
 mod full_table;
 mod incremental;
+mod physical;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -23,7 +24,7 @@ use postgres::{Client, IsolationLevel};
 use serde_json::{Map, Value, json};
 
 use crate::catalog::{Catalog, SelectedStream, select_streams};
-use crate::config::{Config, ReplicationMethod};
+use crate::config::{Config, FullTableOrder, ReplicationMethod};
 use crate::connect::{Connector, classify};
 use crate::discover::{self, Column, Scope};
 use crate::encode::{self, NOTE_INFINITY_CLAMPED, NOTE_YEAR_OUT_OF_RANGE, write_json_str};
@@ -33,6 +34,7 @@ use crate::query::{self, KeyColumn};
 use crate::signals;
 use crate::state::State;
 use crate::typemap::{self, Encoder, TypeMap};
+use physical::{BlockMark, BlockRead};
 
 /// How often a progress line is logged during a long stream.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
@@ -47,6 +49,8 @@ struct Session {
     client: Client,
     /// pg_type of that database.
     types: TypeMap,
+    /// `server_version_num`, e.g. 150004.
+    server_version: i32,
 }
 
 /// One column to emit.
@@ -75,6 +79,10 @@ pub struct StreamPlan {
     order_keys: Vec<(usize, String)>,
     /// INCREMENTAL key: (index into `columns`, cast type).
     replication_key: Option<(usize, String)>,
+    /// FULL_TABLE in block ranges ([`physical`]): the table's oid, when the config asks for it,
+    /// the relation has storage (a table or materialized view) and the server has TID range
+    /// scans (PostgreSQL 14+).
+    block_reads: Option<u32>,
     /// The bookmark this run starts from (already adopted from a pipelinewise-style id).
     bookmark: Map<String, Value>,
     /// estimated rows (reltuples), for progress.
@@ -127,7 +135,11 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
             std::collections::hash_map::Entry::Vacant(e) => {
                 let mut client = connector.connect(&stream.database)?;
                 let types = discover::load_types(&mut client)?;
-                e.insert(Session { client, types })
+                let server_version = client
+                    .query_one("select current_setting('server_version_num')::int", &[])
+                    .map_err(|e| classify(e, "reading the server version", config.sslmode))?
+                    .get(0);
+                e.insert(Session { client, types, server_version })
             }
         };
         let id = stream.tap_stream_id.clone();
@@ -254,6 +266,7 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
     let mut bookmark = state.take_bookmark(&selected.tap_stream_id, &alias);
     let mut order_keys = Vec::new();
     let mut replication_key = None;
+    let mut block_reads = None;
     match selected.method {
         ReplicationMethod::FullTable => {
             if bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != "FULL_TABLE") {
@@ -266,6 +279,30 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
                 if let Some(keys) = keys {
                     order_keys = keys.into_iter().map(|i| (i, cast_types[i].clone())).collect();
                 }
+            }
+            if config.full_table_order == FullTableOrder::Physical {
+                if matches!(relation.relkind, b'r' | b'm') && session.server_version >= 140_000 {
+                    block_reads = Some(relation.oid);
+                } else if relation.relkind != b'v' {
+                    log::info!(
+                        "stream {}: {}; it is read in primary key order",
+                        selected.tap_stream_id,
+                        if relation.relkind == b'p' {
+                            "a partitioned table has no blocks of its own"
+                        } else {
+                            "reading by blocks needs PostgreSQL 14"
+                        }
+                    );
+                }
+            }
+            if let Some(resume) = bookmark.get("block_resume").filter(|v| !v.is_null())
+                && physical::BlockMark::from_value(resume).is_none()
+            {
+                return Err(Error::new(
+                    ErrorKind::State,
+                    "the state's bookmark block_resume is not an object of next_block, relfilenode and snapshot_xmin",
+                )
+                .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning)."));
             }
             if let Some(Value::Object(last)) = bookmark.get("last_pk_fetched") {
                 for (i, cast_type) in &order_keys {
@@ -321,7 +358,17 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
         .filter_map(|i| live.get(columns[i].name.as_str()).map(|c| session.types.base_type(c.typid)))
         .collect();
     let search_path = key_search_path(&mut session.client, &key_types)?;
-    Ok(StreamPlan { selected, columns, schema, order_keys, replication_key, bookmark, row_estimate: relation.row_count, search_path })
+    Ok(StreamPlan {
+        selected,
+        columns,
+        schema,
+        order_keys,
+        replication_key,
+        block_reads,
+        bookmark,
+        row_estimate: relation.row_count,
+        search_path,
+    })
 }
 
 /// Whether values of this encoder can serve as a bookmark that the server reads back.
@@ -666,31 +713,52 @@ const SIGNAL_POLL_INTERVAL: Duration = Duration::from_millis(100);
 enum Fetched {
     /// Rows, in server order.
     Rows(Vec<postgres::Row>),
-    /// A portal fetch of `itersize` rows ended; `full` when it returned `itersize` rows, so more
-    /// may follow. The last message of a complete read has `full: false`.
+    /// A batch ended: `itersize` rows of a query, or one block range of a physical read. `full`
+    /// when more may follow; the last message of a complete read has `full: false`. `mark`: for
+    /// a block range, where the read stands after it.
     BatchEnd {
-        /// The fetch returned as many rows as asked for.
+        /// More rows may follow.
         full: bool,
+        /// The resume point after a block range.
+        mark: Option<BlockMark>,
     },
+    /// The catch-up of a resumed physical read is done (a STATE, but no place to stop).
+    CaughtUp(BlockMark),
 }
 
-/// Runs `sql` with `params` in a read-only REPEATABLE READ transaction, reading a portal
-/// `itersize` rows at a time, and writes every row; after each fetch calls `on_batch` (which
-/// writes STATE). A reader thread fetches and parses rows while this thread encodes and writes
-/// them, so the server, the TLS and protocol work and the JSON encoding overlap; at most
-/// [`CHANNEL_CHUNKS`] chunks of [`CHUNK_ROWS`] rows wait between them. Stops early with
-/// [`Outcome::OutOfTime`] when the deadline passes between fetches, and with
-/// [`Outcome::Signalled`] right after the record being written when SIGINT or SIGTERM arrives.
+/// What a stream reads.
+enum Source<'a> {
+    /// One query with its text parameters, in batches of `itersize` rows.
+    Query {
+        /// The statement.
+        sql: &'a str,
+        /// Its `$n` parameters, sent as text.
+        params: &'a [String],
+    },
+    /// A table in block ranges ([`physical`]).
+    Blocks(BlockRead<'a>),
+}
+
+/// Runs `source` in a read-only REPEATABLE READ transaction and writes every row; after each
+/// batch calls `on_batch` (which writes STATE) with the block mark of a physical read. A reader
+/// thread fetches and parses rows while this thread encodes and writes them, so the server, the
+/// TLS and protocol work and the JSON encoding overlap; at most [`CHANNEL_CHUNKS`] chunks of
+/// [`CHUNK_ROWS`] rows wait between them. Stops early with [`Outcome::OutOfTime`] when the
+/// deadline passes between batches, and with [`Outcome::Signalled`] right after the record being
+/// written when SIGINT or SIGTERM arrives (then `on_batch` gets no mark).
 fn run_query<W: Write>(
     client: &mut Client,
-    (sql, params, search_path): (&str, &[String], &str),
+    (source, search_path): (Source<'_>, &str),
     columns: &mut [ColumnPlan],
     sink: &mut RowSink,
     writer: &mut MessageWriter<W>,
     limits: &Limits<'_>,
-    mut on_batch: impl FnMut(&RowSink, &mut MessageWriter<W>) -> Result<()>,
+    mut on_batch: impl FnMut(&RowSink, &mut MessageWriter<W>, Option<BlockMark>) -> Result<()>,
 ) -> Result<Outcome> {
-    log::debug!("query: {sql}");
+    match &source {
+        Source::Query { sql, .. } => log::debug!("query: {sql}"),
+        Source::Blocks(read) => log::debug!("query by block ranges: {}", read.range_sql),
+    }
     let batch = i32::try_from(limits.config.itersize).unwrap_or(i32::MAX);
     let sslmode = limits.config.sslmode;
     let cancel_token = client.cancel_token();
@@ -701,7 +769,11 @@ fn run_query<W: Write>(
         let (recycler, recycled) = std::sync::mpsc::sync_channel::<Vec<postgres::Row>>(CHANNEL_CHUNKS + 1);
         let reader = std::thread::Builder::new()
             .name("reader".into())
-            .spawn_scoped(scope, move || read_portal(client, (sql, params), search_path, batch, sslmode, &sender, &recycled))
+            .spawn_scoped(scope, move || {
+                let query_error = |e: postgres::Error| classify(e, "reading rows", sslmode);
+                let target = FetchTarget { sender: &sender, recycled: &recycled, query_error: &query_error };
+                read_source(client, &source, search_path, batch, &target)
+            })
             .map_err(|e| Error::new(ErrorKind::Internal, "starting the reader thread").with_source(e))?;
         // `Ok(None)`: the reader stopped early; its own result says why.
         let outcome: Result<Option<Outcome>> = (|| {
@@ -713,7 +785,7 @@ fn run_query<W: Write>(
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                         if let Some(signum) = signals::received() {
                             limits.connector.cancel(&cancel_token);
-                            on_batch(sink, writer)?;
+                            on_batch(sink, writer, None)?;
                             return Ok(Some(Outcome::Signalled(signum)));
                         }
                         continue;
@@ -727,13 +799,17 @@ fn run_query<W: Write>(
                             sink.write_row(row, columns, writer)?;
                             if let Some(signum) = signals::received() {
                                 limits.connector.cancel(&cancel_token);
-                                on_batch(sink, writer)?;
+                                on_batch(sink, writer, None)?;
                                 return Ok(Some(Outcome::Signalled(signum)));
                             }
                         }
                     }
-                    Fetched::BatchEnd { full } => {
-                        on_batch(sink, writer)?;
+                    Fetched::CaughtUp(mark) => {
+                        on_batch(sink, writer, Some(mark))?;
+                        sink.stated_row_count = sink.row_count;
+                    }
+                    Fetched::BatchEnd { full, mark } => {
+                        on_batch(sink, writer, mark)?;
                         sink.stated_row_count = sink.row_count;
                         sink.report(false);
                         if !full {
@@ -759,7 +835,7 @@ fn run_query<W: Write>(
                 // The server or the connection failed: a STATE for the records already written
                 // keeps them from being sent again on resume.
                 if sink.row_count > sink.stated_row_count
-                    && let Err(state_error) = on_batch(sink, writer)
+                    && let Err(state_error) = on_batch(sink, writer, None)
                 {
                     log::warn!("could not write a STATE after the failure: {}", state_error.chain());
                 }
@@ -782,52 +858,77 @@ impl Drop for RecycleOnDrop<'_> {
     }
 }
 
-/// The reader thread: transaction, portal, fetches of `batch` rows sent on in chunks. Returns
-/// early (rolling back) when the encoder has stopped listening; a failure closes the channel and
-/// is returned.
-fn read_portal(
-    client: &mut Client,
-    (sql, params): (&str, &[String]),
-    search_path: &str,
-    batch: i32,
-    sslmode: crate::config::SslMode,
-    sender: &std::sync::mpsc::SyncSender<Fetched>,
-    recycled: &std::sync::mpsc::Receiver<Vec<postgres::Row>>,
-) -> Result<()> {
-    let query_error = |e: postgres::Error| classify(e, "reading rows", sslmode);
+/// The reader thread's ends of the channels and how it reports a failed query.
+struct FetchTarget<'a> {
+    /// To the encoder.
+    sender: &'a std::sync::mpsc::SyncSender<Fetched>,
+    /// Written chunks coming back, to be freed here.
+    recycled: &'a std::sync::mpsc::Receiver<Vec<postgres::Row>>,
+    /// Turns a failed query into our error.
+    query_error: &'a dyn Fn(postgres::Error) -> Error,
+}
+
+impl FetchTarget<'_> {
+    /// Sends `fetched` on; `false` when the encoder has stopped listening.
+    fn send(&self, fetched: Fetched) -> bool {
+        self.sender.send(fetched).is_ok()
+    }
+}
+
+/// The reader thread: the stream's transaction, then its source read to the end. Returns early
+/// (rolling back) when the encoder has stopped listening; a failure closes the channel and is
+/// returned.
+fn read_source(client: &mut Client, source: &Source<'_>, search_path: &str, batch: i32, target: &FetchTarget<'_>) -> Result<()> {
+    let query_error = target.query_error;
     let mut tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().map_err(query_error)?;
     tx.batch_execute(&format!("set local search_path = {search_path}")).map_err(query_error)?;
-    let statement = tx.prepare_typed(sql, &vec![Type::TEXT; params.len()]).map_err(query_error)?;
+    let complete = match source {
+        Source::Query { sql, params } => read_query(&mut tx, sql, params, batch, target)?,
+        Source::Blocks(read) => physical::read(&mut tx, read, target)?,
+    };
+    if complete { tx.commit().map_err(query_error) } else { Ok(()) }
+}
+
+/// Reads one query's portal in batches of `batch` rows, each followed by a batch end. Returns
+/// `false` when the encoder stopped listening.
+fn read_query(tx: &mut postgres::Transaction<'_>, sql: &str, params: &[String], batch: i32, target: &FetchTarget<'_>) -> Result<bool> {
+    let statement = tx.prepare_typed(sql, &vec![Type::TEXT; params.len()]).map_err(target.query_error)?;
     let bound: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    let portal = tx.bind(&statement, &bound).map_err(query_error)?;
-    // Each `itersize` batch is fetched in pieces of at most CHUNK_ROWS: one runtime entry per
-    // piece (`query_portal`) instead of one per row (`query_portal_raw`'s iterator), which was
-    // most of this thread's time, while memory stays a few chunks.
-    let mut in_batch = 0i64;
+    let portal = tx.bind(&statement, &bound).map_err(target.query_error)?;
     loop {
-        // Free the rows the encoder has written here, where they were allocated.
-        while recycled.try_recv().is_ok() {}
-        let want = (i64::from(batch) - in_batch).min(CHUNK_ROWS as i64);
-        let rows = tx.query_portal(&portal, want as i32).map_err(query_error)?;
-        let fetched = rows.len() as i64;
-        in_batch += fetched;
-        if fetched > 0 && sender.send(Fetched::Rows(rows)).is_err() {
-            return Ok(());
+        let Some(fetched) = pump(tx, &portal, i64::from(batch), target)? else { return Ok(false) };
+        let full = fetched == i64::from(batch);
+        if !target.send(Fetched::BatchEnd { full, mark: None }) {
+            return Ok(false);
         }
-        if fetched < want {
-            if sender.send(Fetched::BatchEnd { full: false }).is_err() {
-                return Ok(());
-            }
-            break;
-        }
-        if in_batch == i64::from(batch) {
-            in_batch = 0;
-            if sender.send(Fetched::BatchEnd { full: true }).is_err() {
-                return Ok(());
-            }
+        if !full {
+            return Ok(true);
         }
     }
-    tx.commit().map_err(query_error)
+}
+
+/// Fetches up to `limit` rows of `portal` in pieces of at most [`CHUNK_ROWS`] and sends them on:
+/// one runtime entry per piece (`query_portal`) instead of one per row (`query_portal_raw`'s
+/// iterator, which was most of this thread's time), while memory stays a few chunks. Returns
+/// the rows fetched (fewer than `limit` when the portal ran out), or `None` when the encoder
+/// stopped listening.
+fn pump(tx: &mut postgres::Transaction<'_>, portal: &postgres::Portal, limit: i64, target: &FetchTarget<'_>) -> Result<Option<i64>> {
+    let mut total = 0i64;
+    while total < limit {
+        // Free the rows the encoder has written here, where they were allocated.
+        while target.recycled.try_recv().is_ok() {}
+        let want = (limit - total).min(CHUNK_ROWS as i64);
+        let rows = tx.query_portal(portal, want as i32).map_err(target.query_error)?;
+        let fetched = rows.len() as i64;
+        total += fetched;
+        if fetched > 0 && !target.send(Fetched::Rows(rows)) {
+            return Ok(None);
+        }
+        if fetched < want {
+            break;
+        }
+    }
+    Ok(Some(total))
 }
 
 #[cfg(test)]

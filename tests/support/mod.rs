@@ -406,3 +406,32 @@ fn validates(v: &Value, schema: &Value, root: &Value) -> bool {
     }
     true
 }
+
+/// The ids a resumed physical FULL_TABLE read sends again before reading on: rows of `table`
+/// (with an integer `id`) in blocks before the bookmark's `block_resume.next_block` whose xmin
+/// is not older than its `snapshot_xmin` (the tap's catch-up rule, evaluated here as admin).
+/// Usually empty for an unchanged table, but a transaction of another test that was open when
+/// the interrupted run took its snapshot makes rows inserted after it count as newer.
+pub fn catch_up_ids(db: &TestDb, table: &str, bookmark: &Value) -> std::collections::BTreeSet<i64> {
+    let mark = &bookmark["block_resume"];
+    let next_block = mark["next_block"].as_u64().unwrap_or_else(|| panic!("no block_resume in {bookmark}"));
+    let xid = (mark["snapshot_xmin"].as_u64().expect("snapshot_xmin") % (1 << 32)).to_string();
+    let sql =
+        format!("select id::bigint from {table} where ctid < cast($1::text as tid) and age(xmin) between 0 and age(cast($2::text as xid))");
+    db.admin()
+        .query(&sql, &[&format!("({next_block},0)"), &xid])
+        .unwrap_or_else(|e| panic!("predicting the catch-up: {e}"))
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .collect()
+}
+
+/// The ids of `table`'s rows stored in blocks before `block`, as admin.
+pub fn ids_before_block(db: &TestDb, table: &str, block: u64) -> std::collections::BTreeSet<i64> {
+    db.admin()
+        .query(&format!("select id::bigint from {table} where ctid < cast($1::text as tid)"), &[&format!("({block},0)")])
+        .unwrap_or_else(|e| panic!("reading ctids: {e}"))
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .collect()
+}
