@@ -280,19 +280,14 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
                     order_keys = keys.into_iter().map(|i| (i, cast_types[i].clone())).collect();
                 }
             }
-            if config.full_table_order == FullTableOrder::Physical {
-                if matches!(relation.relkind, b'r' | b'm') && session.server_version >= 140_000 {
-                    block_reads = Some(relation.oid);
-                } else if relation.relkind != b'v' {
-                    log::info!(
-                        "stream {}: {}; it is read in primary key order",
+            if config.full_table_order == FullTableOrder::Physical && relation.relkind != b'v' {
+                match block_reads_refused(&mut session.client, &relation, session.server_version)? {
+                    None => block_reads = Some(relation.oid),
+                    Some(reason) => log::info!(
+                        "stream {}: {reason}; it is read {}",
                         selected.tap_stream_id,
-                        if relation.relkind == b'p' {
-                            "a partitioned table has no blocks of its own"
-                        } else {
-                            "reading by blocks needs PostgreSQL 14"
-                        }
-                    );
+                        if relation.primary_key.is_empty() { "without a resume point" } else { "in primary key order" }
+                    ),
                 }
             }
             if let Some(resume) = bookmark.get("block_resume").filter(|v| !v.is_null())
@@ -368,6 +363,30 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
         bookmark,
         row_estimate: relation.row_count,
         search_path,
+    })
+}
+
+/// Why a FULL_TABLE stream cannot be read in block ranges, or `None` when it can: the relation
+/// needs storage of its own (a table or materialized view, not a partitioned table), no
+/// inheritance children (whose blocks `ctid` ranges would mix in), table-wide SELECT (`ctid` and
+/// `xmin` are not covered by column grants), and the server TID range scans (PostgreSQL 14).
+fn block_reads_refused(client: &mut Client, relation: &discover::Relation, server_version: i32) -> Result<Option<&'static str>> {
+    if server_version < 140_000 {
+        return Ok(Some("reading by blocks needs PostgreSQL 14"));
+    }
+    if !matches!(relation.relkind, b'r' | b'm') {
+        return Ok(Some("a partitioned table has no blocks of its own"));
+    }
+    let row = client
+        .query_one("select c.relhassubclass, has_table_privilege(c.oid, 'select') from pg_class c where c.oid = $1", &[&relation.oid])
+        .map_err(|e| classify(e, "reading pg_class", crate::config::SslMode::Require))?;
+    let (has_children, table_select): (bool, bool) = (row.get(0), row.get(1));
+    Ok(if has_children {
+        Some("a table with inheritance children is not read by blocks")
+    } else if !table_select {
+        Some("the role may read only some columns, and reading by blocks needs SELECT on the whole table")
+    } else {
+        None
     })
 }
 
