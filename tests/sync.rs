@@ -762,6 +762,22 @@ fn weird_identifiers_replicate() {
     let second = run_ok(&config, &catalog, Some(&state));
     assert_eq!(records(&second, &s1), (3..=5).map(row1).collect::<Vec<_>>());
     assert_eq!(records(&second, &s2), [row2(4), row2(9)]);
+
+    // The same table read by block ranges (the default order), resumed from a block mark whose
+    // snapshot is older than every row: the catch-up query sends block 0's rows.
+    let physical = db.config_file(json!({"itersize": 2, "include_schemas_in_destination_stream_name": true}));
+    root(&mut catalog, t2)["selected"] = json!(false);
+    let whole = run_ok(&physical, &catalog, None);
+    assert_same_rows(&records(&whole, &s1), &(1..=5).map(row1).collect::<Vec<_>>(), "by blocks");
+    let (_, at_start) = cut_after_state(&whole, 1);
+    let mut resume = at_start.clone();
+    let relfilenode: i64 =
+        db.admin().query_one(r#"select pg_relation_filenode('"Weird ""S""; -- Ünï"."Select"')::bigint"#, &[]).unwrap().get(0);
+    resume["bookmarks"][&id1]["block_resume"] = json!({"next_block": 1, "relfilenode": relfilenode, "snapshot_xmin": 3});
+    let out = sync(&physical, &catalog, Some(&resume)).success();
+    assert!(out.stderr.contains("resuming an interrupted full table sync at block 1"), "{}", out.stderr);
+    assert!(out.stderr.contains("sent 5 rows changed before block 1"), "{}", out.stderr);
+    assert_same_rows(&records(&checked(&out), &s1), &(1..=5).map(row1).collect::<Vec<_>>(), "resumed by blocks");
 }
 
 /// A superuser session on the hot standby, or `None` while the database has not arrived there.
