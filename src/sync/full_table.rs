@@ -99,6 +99,7 @@ pub(super) fn sync<W: Write>(
         let range_sql = query::full_table_blocks(&items, schema_name, table_name);
         let catch_up_sql = query::full_table_catch_up(&items, schema_name, table_name);
         let read = BlockRead {
+            stream_id: &id,
             oid,
             range_sql: &range_sql,
             catch_up_sql: &catch_up_sql,

@@ -58,6 +58,8 @@ impl BlockMark {
 
 /// One block-range read of a table.
 pub struct BlockRead<'a> {
+    /// The stream's `tap_stream_id`, for log lines.
+    pub stream_id: &'a str,
     /// `pg_class.oid` of the table.
     pub oid: u32,
     /// `select <items> from <table> where ctid >= $1 and ctid < $2` (see `query::full_table_blocks`).
@@ -116,7 +118,7 @@ pub fn read(tx: &mut Transaction<'_>, read: &BlockRead<'_>, target: &FetchTarget
             let xid = (resume.snapshot_xmin % (1 << 32)).to_string();
             let portal = tx.bind(&statement, &[&tid(resume.next_block), &xid]).map_err(query_error)?;
             let Some(rows) = pump(tx, &portal, i64::MAX, target)? else { return Ok(false) };
-            log::info!("sent {rows} rows changed before block {} since the interrupted run", resume.next_block);
+            log::info!("stream {}: sent {rows} rows changed before block {} since the interrupted run", read.stream_id, resume.next_block);
             if !target.send(Fetched::CaughtUp(mark(resume.next_block))) {
                 return Ok(false);
             }
@@ -124,7 +126,7 @@ pub fn read(tx: &mut Transaction<'_>, read: &BlockRead<'_>, target: &FetchTarget
         } else {
             // Rewritten between the check before this run and this transaction: read it all
             // again (with the same version; every row is sent).
-            log::info!("the table was rewritten just now; reading it from the first block");
+            log::info!("stream {}: the table was rewritten just now; reading it from the first block", read.stream_id);
         }
     }
 
