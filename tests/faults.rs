@@ -5,8 +5,9 @@
 //!
 //! Each interrupted run is resumed from the last STATE it wrote and the union of both runs is
 //! compared with the table, id by id: nothing may be missing, and duplicates are allowed only
-//! where README's guarantees allow them (none for FULL_TABLE with a primary key; the bookmark
-//! row for INCREMENTAL).
+//! where README's guarantees allow them (none for FULL_TABLE in primary key order; the records
+//! of the block range under way, and what the catch-up rule names, for FULL_TABLE by block
+//! ranges; the bookmark row for INCREMENTAL).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};

@@ -1,8 +1,8 @@
 //! Data sync end to end: stream and column selection, the Singer message sequence, FULL_TABLE
 //! and INCREMENTAL semantics (ties, NULL keys, collations, batching with `itersize`), resuming
-//! from a cut stdout or `max_run_seconds`, singer-io/pipelinewise state files, several
-//! databases, views, weird identifiers, the hot standby, vanished or unreadable streams and the
-//! replication key index warning.
+//! from a cut stdout or `max_run_seconds` (FULL_TABLE by block ranges and in primary key
+//! order), singer-io/pipelinewise state files, several databases, views, weird identifiers, the
+//! hot standby, vanished or unreadable streams and the replication key index warning.
 //!
 //! Row sets are compared exactly (as multisets of records), never by count alone; every run's
 //! RECORDs are checked against their SCHEMA.
