@@ -1315,6 +1315,9 @@ fn physical_resume_restarts_after_a_rewrite_and_partitioned_tables_use_the_key()
     bad["bookmarks"][&sid]["block_resume"] = json!("12");
     let refused = sync(&config, &catalog, Some(&bad)).fails_with(65, "block_resume");
     assert!(refused.stdout.is_empty());
+    bad["bookmarks"][&sid]["block_resume"] = json!({"next_block": 1u64 << 32, "relfilenode": 1, "snapshot_xmin": 1});
+    let refused = sync(&config, &catalog, Some(&bad)).fails_with(65, "block_resume");
+    assert!(refused.stdout.is_empty(), "block numbers are 32-bit");
 
     // A partitioned table has no blocks of its own: it is read in primary key order.
     select(&mut catalog, "parted", "FULL_TABLE", None);

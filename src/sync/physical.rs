@@ -18,7 +18,8 @@ use postgres::{Client, Transaction};
 use serde_json::{Value, json};
 
 use super::{FetchTarget, Fetched, pump};
-use crate::error::{Error, ErrorKind, Result};
+use crate::connect::classify;
+use crate::error::Result;
 
 /// The upper bound of the last range: past every block a table can have.
 const END_BLOCK: u64 = u32::MAX as u64;
@@ -52,7 +53,9 @@ impl BlockMark {
     /// Reads the bookmark form; `None` when it is not one.
     pub fn from_value(value: &Value) -> Option<BlockMark> {
         let field = |name: &str| value.get(name).and_then(Value::as_u64);
-        Some(BlockMark { next_block: field("next_block")?, relfilenode: field("relfilenode")?, snapshot_xmin: field("snapshot_xmin")? })
+        // Block numbers are 32-bit; END_BLOCK is the mark after the last range.
+        let next_block = field("next_block").filter(|&b| b <= END_BLOCK)?;
+        Some(BlockMark { next_block, relfilenode: field("relfilenode")?, snapshot_xmin: field("snapshot_xmin")? })
     }
 }
 
@@ -82,7 +85,7 @@ fn tid(block: u64) -> String {
 pub fn resumable(client: &mut Client, oid: u32, mark: &BlockMark) -> Result<bool> {
     let row = client
         .query_one("select pg_relation_filenode($1::oid)::bigint, txid_snapshot_xmax(txid_current_snapshot())", &[&oid])
-        .map_err(|e| Error::new(ErrorKind::Query, "checking the table's storage for resuming").with_source(e))?;
+        .map_err(|e| classify(e, "checking the table's storage for resuming", crate::config::SslMode::Require))?;
     let relfilenode: Option<i64> = row.get(0);
     let xmax: i64 = row.get(1);
     let same_storage = relfilenode.is_some_and(|f| f as u64 == mark.relfilenode);
@@ -170,6 +173,9 @@ mod tests {
         assert_eq!(BlockMark::from_value(&json!({"next_block": 1, "relfilenode": 2})), None);
         assert_eq!(BlockMark::from_value(&json!({"next_block": -1, "relfilenode": 2, "snapshot_xmin": 3})), None);
         assert_eq!(BlockMark::from_value(&json!("12")), None);
+        let end = BlockMark { next_block: END_BLOCK, ..mark };
+        assert_eq!(BlockMark::from_value(&end.to_value()), Some(end));
+        assert_eq!(BlockMark::from_value(&json!({"next_block": END_BLOCK + 1, "relfilenode": 2, "snapshot_xmin": 3})), None);
     }
 
     #[test]
