@@ -2,11 +2,13 @@
 """Throughput benchmark of tap-heroku against PostgreSQL's own COPY, in the same run.
 
 Creates `narrow` (bigint id, timestamptz updated_at with an index, short text, numeric(12,2),
-boolean) and `wide` (about 20 columns of mixed types with NULLs) in a Heroku-like server (SSL
-on, scram password, read-only role), then times over several repetitions:
+boolean), `wide` (about 20 columns of mixed types with NULLs) and `uuid_keyed` (a random uuid
+primary key, so key order is not storage order) in a Heroku-like server (SSL on, scram
+password, read-only role), then times over several repetitions:
 
-  * tap-heroku FULL_TABLE (storage order, the default; on narrow also full_table_order
-    primary_key) and INCREMENTAL (first run, no bookmark) into /dev/null,
+  * tap-heroku FULL_TABLE (storage order, the default; on narrow and uuid_keyed also
+    full_table_order primary_key) and INCREMENTAL on narrow (first run, no bookmark) into
+    /dev/null,
   * psql -c "COPY t TO STDOUT (FORMAT binary)" into /dev/null,
   * psql -c "COPY (SELECT row_to_json(r) FROM t r) TO STDOUT" into /dev/null,
 
@@ -15,7 +17,7 @@ each to COPY binary, output bytes per row and peak RSS (from /usr/bin/time -v). 
 peak RSS on a 200,000-row prefix of narrow and the discovery time of a database with 2,000
 tables of 20 columns.
 
-Usage: bench/run.sh [--narrow-rows N] [--wide-rows N] [--reps N]
+Usage: bench/run.sh [--narrow-rows N] [--wide-rows N] [--uuid-rows N] [--reps N] [--skip-discovery]
 (bench/run.sh starts the servers with tests/server.sh and stops them afterwards.)
 """
 
@@ -58,7 +60,7 @@ def conninfo():
             f"password={READER_PASSWORD} dbname={DB} sslmode=require")
 
 
-def setup(narrow_rows, wide_rows, prefix_rows):
+def setup(narrow_rows, wide_rows, prefix_rows, uuid_rows):
     admin_sql(f"drop database if exists {DB}", db="postgres")
     admin_sql(f"create database {DB}", db="postgres")
     started = time.time()
@@ -84,12 +86,14 @@ insert into wide
     ('10.' || (i % 256) || '.' || ((i / 256) % 256) || '.1')::inet,
     case when i % 5 = 0 then null else 'note ' || i end
   from generate_series(1, {wide_rows}) i;
+create table uuid_keyed (id uuid primary key default gen_random_uuid(), n integer, t text);
+insert into uuid_keyed (n, t) select i, 'row ' || i from generate_series(1, {uuid_rows}) i;
 vacuum analyze;
 grant connect on database {DB} to {READER};
 grant usage on schema public to {READER};
 grant select on all tables in schema public to {READER};
 """)
-    print(f"bench: created narrow ({narrow_rows} rows), narrow_prefix ({prefix_rows}), wide ({wide_rows}) in {time.time() - started:.1f}s",
+    print(f"bench: created narrow ({narrow_rows} rows), narrow_prefix ({prefix_rows}), wide ({wide_rows}), uuid_keyed ({uuid_rows}) in {time.time() - started:.1f}s",
           file=sys.stderr)
 
 
@@ -108,6 +112,7 @@ def catalogs(tmp, config):
         ("narrow INCREMENTAL", "narrow", "INCREMENTAL", "updated_at"),
         ("narrow_prefix FULL_TABLE", "narrow_prefix", "FULL_TABLE", None),
         ("wide FULL_TABLE", "wide", "FULL_TABLE", None),
+        ("uuid_keyed FULL_TABLE", "uuid_keyed", "FULL_TABLE", None),
     ]:
         cat = json.loads(json.dumps(catalog))
         for stream in cat["streams"]:
@@ -201,12 +206,13 @@ def main():
     parser.add_argument("--narrow-rows", type=int, default=2_000_000)
     parser.add_argument("--wide-rows", type=int, default=300_000)
     parser.add_argument("--prefix-rows", type=int, default=200_000)
+    parser.add_argument("--uuid-rows", type=int, default=1_000_000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--skip-discovery", action="store_true")
     args = parser.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
-    setup(args.narrow_rows, args.wide_rows, args.prefix_rows)
+    setup(args.narrow_rows, args.wide_rows, args.prefix_rows, args.uuid_rows)
     tmp = tempfile.mkdtemp(prefix="tap-heroku-bench.")
     config = write(os.path.join(tmp, "config.json"), {
         "host": env("TAP_HEROKU_TEST_HOST"), "port": env("TAP_HEROKU_TEST_PORT"), "user": READER,
@@ -214,17 +220,19 @@ def main():
     pk_config = write(os.path.join(tmp, "config-primary-key.json"), {**json.load(open(config)), "full_table_order": "primary_key"})
     cats = catalogs(tmp, config)
     results = {}
-    tables = [("narrow", args.narrow_rows), ("wide", args.wide_rows)]
+    tables = [("narrow", args.narrow_rows), ("wide", args.wide_rows), ("uuid_keyed", args.uuid_rows)]
     for table, rows in tables:
         measure(f"{table} COPY binary", ["psql", "-X", conninfo(), "-c", f"copy {table} to stdout (format binary)"], rows, args.reps, results)
         measure(f"{table} COPY row_to_json", ["psql", "-X", conninfo(), "-c", f"copy (select row_to_json(r) from {table} r) to stdout"], rows, args.reps, results)
         for method in ["FULL_TABLE", "INCREMENTAL"] if table == "narrow" else ["FULL_TABLE"]:
             name = f"{table} {method}"
             measure(f"{name} tap-heroku", [TAP, "--config", config, "--catalog", cats[name], "--log-level", "warn"], rows, args.reps, results)
-        if table == "narrow":
-            # The other FULL_TABLE order, for comparison: resumable by primary key, ordered by it.
-            measure("narrow FULL_TABLE primary_key order tap-heroku",
-                    [TAP, "--config", pk_config, "--catalog", cats["narrow FULL_TABLE"], "--log-level", "warn"], rows, args.reps, results)
+        if table in ("narrow", "uuid_keyed"):
+            # The other FULL_TABLE order, for comparison: resumable by primary key, ordered by it
+            # (on uuid_keyed the key order is not the storage order: an index scan jumping
+            # around the heap).
+            measure(f"{table} FULL_TABLE primary_key order tap-heroku",
+                    [TAP, "--config", pk_config, "--catalog", cats[f"{table} FULL_TABLE"], "--log-level", "warn"], rows, args.reps, results)
     measure("narrow_prefix FULL_TABLE tap-heroku", [TAP, "--config", config, "--catalog", cats["narrow_prefix FULL_TABLE"], "--log-level", "warn"],
             args.prefix_rows, args.reps, results)
 
