@@ -94,8 +94,7 @@ pub(super) fn sync<W: Write>(
 
     let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
     let (schema_name, table_name) = (&plan.selected.schema_name, &plan.selected.table_name);
-    let key_names: Vec<String> = plan.order_keys.iter().map(|(i, _)| plan.columns[*i].name.clone()).collect();
-    let (outcome, bookmark) = if let Some(oid) = block_reads {
+    let outcome = if let Some(oid) = block_reads {
         let range_sql = query::full_table_blocks(&items, schema_name, table_name);
         let catch_up_sql = query::full_table_catch_up(&items, schema_name, table_name);
         let read = BlockRead {
@@ -107,24 +106,15 @@ pub(super) fn sync<W: Write>(
             itersize: limits.config.itersize,
         };
         let mut sink = RowSink::new(plan, version, Vec::new());
-        let outcome = run_query(
-            client,
-            (Source::Blocks(read), &plan.search_path),
-            &mut plan.columns,
-            &mut sink,
-            writer,
-            limits,
-            |_, writer, mark| {
-                if let Some(mark) = mark {
-                    bookmark.insert("block_resume".into(), mark.to_value());
-                }
-                state.set_bookmark(&id, bookmark.clone());
-                writer.write_state(&state.to_value())
-            },
-        )?;
-        bookmark.remove("block_resume");
-        (outcome, bookmark)
+        run_query(client, (Source::Blocks(read), &plan.search_path), &mut plan.columns, &mut sink, writer, limits, |_, writer, mark| {
+            if let Some(mark) = mark {
+                bookmark.insert("block_resume".into(), mark.to_value());
+            }
+            state.set_bookmark(&id, bookmark.clone());
+            writer.write_state(&state.to_value())
+        })?
     } else {
+        let key_names: Vec<String> = plan.order_keys.iter().map(|(i, _)| plan.columns[*i].name.clone()).collect();
         let keys: Vec<KeyColumn<'_>> =
             plan.order_keys.iter().zip(&key_names).map(|((_, cast_type), name)| KeyColumn { name, cast_type }).collect();
         let sql = query::full_table(&items, schema_name, table_name, &keys, resume_from.is_some());
@@ -132,7 +122,7 @@ pub(super) fn sync<W: Write>(
         let tracked: Vec<usize> = plan.order_keys.iter().map(|(i, _)| *i).collect();
         let mut sink = RowSink::new(plan, version, tracked);
         let source = Source::Query { sql: &sql, params: &params };
-        let outcome = run_query(client, (source, &plan.search_path), &mut plan.columns, &mut sink, writer, limits, |sink, writer, _| {
+        run_query(client, (source, &plan.search_path), &mut plan.columns, &mut sink, writer, limits, |sink, writer, _| {
             if !key_names.is_empty() {
                 let mut last = Map::new();
                 for (t, name) in key_names.iter().enumerate() {
@@ -146,11 +136,11 @@ pub(super) fn sync<W: Write>(
             }
             state.set_bookmark(&id, bookmark.clone());
             writer.write_state(&state.to_value())
-        })?;
-        bookmark.remove("last_pk_fetched");
-        (outcome, bookmark)
+        })?
     };
     if outcome == Outcome::Complete {
+        bookmark.remove("last_pk_fetched");
+        bookmark.remove("block_resume");
         state.set_bookmark(&id, bookmark);
         writer.write_activate_version(&stream, version)?;
         state.set_currently_syncing(None);

@@ -49,8 +49,6 @@ struct Session {
     client: Client,
     /// pg_type of that database.
     types: TypeMap,
-    /// `server_version_num`, e.g. 150004.
-    server_version: i32,
 }
 
 /// One column to emit.
@@ -135,11 +133,7 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
             std::collections::hash_map::Entry::Vacant(e) => {
                 let mut client = connector.connect(&stream.database)?;
                 let types = discover::load_types(&mut client)?;
-                let server_version = client
-                    .query_one("select current_setting('server_version_num')::int", &[])
-                    .map_err(|e| classify(e, "reading the server version", config.sslmode))?
-                    .get(0);
-                e.insert(Session { client, types, server_version })
+                e.insert(Session { client, types })
             }
         };
         let id = stream.tap_stream_id.clone();
@@ -281,7 +275,7 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
                 }
             }
             if config.full_table_order == FullTableOrder::Physical && relation.relkind != b'v' {
-                match block_reads_refused(&mut session.client, &relation, session.server_version)? {
+                match block_reads_refused(&mut session.client, &relation)? {
                     None => block_reads = Some(relation.oid),
                     Some(reason) => log::info!(
                         "stream {}: {reason}; it is read {}",
@@ -370,18 +364,20 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
 /// needs storage of its own (a table or materialized view, not a partitioned table), no
 /// inheritance children (whose blocks `ctid` ranges would mix in), table-wide SELECT (`ctid` and
 /// `xmin` are not covered by column grants), and the server TID range scans (PostgreSQL 14).
-fn block_reads_refused(client: &mut Client, relation: &discover::Relation, server_version: i32) -> Result<Option<&'static str>> {
-    if server_version < 140_000 {
-        return Ok(Some("reading by blocks needs PostgreSQL 14"));
-    }
-    if !matches!(relation.relkind, b'r' | b'm') {
-        return Ok(Some("a partitioned table has no blocks of its own"));
-    }
+fn block_reads_refused(client: &mut Client, relation: &discover::Relation) -> Result<Option<&'static str>> {
     let row = client
-        .query_one("select c.relhassubclass, has_table_privilege(c.oid, 'select') from pg_class c where c.oid = $1", &[&relation.oid])
+        .query_one(
+            "select current_setting('server_version_num')::int, c.relhassubclass, has_table_privilege(c.oid, 'select') \
+             from pg_class c where c.oid = $1",
+            &[&relation.oid],
+        )
         .map_err(|e| classify(e, "reading pg_class", crate::config::SslMode::Require))?;
-    let (has_children, table_select): (bool, bool) = (row.get(0), row.get(1));
-    Ok(if has_children {
+    let (server_version, has_children, table_select): (i32, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    Ok(if server_version < 140_000 {
+        Some("reading by blocks needs PostgreSQL 14")
+    } else if !matches!(relation.relkind, b'r' | b'm') {
+        Some("a partitioned table has no blocks of its own")
+    } else if has_children {
         Some("a table with inheritance children is not read by blocks")
     } else if !table_select {
         Some("the role may read only some columns, and reading by blocks needs SELECT on the whole table")
