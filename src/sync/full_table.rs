@@ -6,7 +6,9 @@
 //! with a primary key are read `order by <pk>` and the last key sent is kept in the bookmark as
 //! `last_pk_fetched`; an interrupted sync resumes with `where (pk) > (last)` and the same table
 //! version, so nothing is sent twice and nothing is skipped among rows that existed when the
-//! first run started. Views, and tables without a primary key read that way, are read with
+//! first run started; an inheritance parent, whose children may repeat its keys, resumes at the
+//! last key (`>=`) instead, sending the rows with that key again. Views, and tables without a
+//! primary key read that way, are read with
 //! Stitch's plain `select cols from t` and start over (with a new version) when interrupted.
 
 use std::io::Write;
@@ -18,7 +20,7 @@ use super::physical::{self, BlockMark, BlockRead};
 use super::{Limits, Outcome, RowSink, Source, StreamPlan, bookmark_param, now_version, run_query};
 use crate::error::Result;
 use crate::message::MessageWriter;
-use crate::query::{self, KeyColumn};
+use crate::query::{self, KeyColumn, KeyStart};
 use crate::state::State;
 
 /// Syncs one FULL_TABLE stream.
@@ -47,7 +49,7 @@ pub(super) fn sync<W: Write>(
     };
     let block_reads = plan.block_reads.filter(|_| resume_from.is_none());
     let mut block_resume = match (block_reads, bookmark.get("block_resume").and_then(BlockMark::from_value)) {
-        (Some(oid), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
+        (Some((oid, _)), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
         _ => None,
     };
     if let Some((oid, mark)) = block_resume
@@ -94,12 +96,15 @@ pub(super) fn sync<W: Write>(
 
     let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
     let (schema_name, table_name) = (&plan.selected.schema_name, &plan.selected.table_name);
-    let outcome = if let Some(oid) = block_reads {
+    let outcome = if let Some((oid, lockable)) = block_reads {
         let range_sql = query::full_table_blocks(&items, schema_name, table_name);
         let catch_up_sql = query::full_table_catch_up(&items, schema_name, table_name);
+        let table = query::qualified_name(schema_name, table_name);
         let read = BlockRead {
             stream_id: &id,
             oid,
+            table: &table,
+            lockable,
             range_sql: &range_sql,
             catch_up_sql: &catch_up_sql,
             resume: block_resume.map(|(_, mark)| mark),
@@ -117,7 +122,12 @@ pub(super) fn sync<W: Write>(
         let key_names: Vec<String> = plan.order_keys.iter().map(|(i, _)| plan.columns[*i].name.clone()).collect();
         let keys: Vec<KeyColumn<'_>> =
             plan.order_keys.iter().zip(&key_names).map(|((_, cast_type), name)| KeyColumn { name, cast_type }).collect();
-        let sql = query::full_table(&items, schema_name, table_name, &keys, resume_from.is_some());
+        let start = match (&resume_from, plan.order_keys_repeat) {
+            (None, _) => KeyStart::First,
+            (Some(_), false) => KeyStart::After,
+            (Some(_), true) => KeyStart::AtOrAfter,
+        };
+        let sql = query::full_table(&items, schema_name, table_name, &keys, start);
         let params = resume_from.unwrap_or_default();
         let tracked: Vec<usize> = plan.order_keys.iter().map(|(i, _)| *i).collect();
         let mut sink = RowSink::new(plan, version, tracked);

@@ -75,12 +75,15 @@ pub struct StreamPlan {
     schema: Value,
     /// Key columns for ordering/resuming a FULL_TABLE sync: (index into `columns`, cast type).
     order_keys: Vec<(usize, String)>,
+    /// The order keys may repeat (an inheritance parent reads its children's rows too): a
+    /// resumed key-order read starts at the last key sent (`>=`) instead of after it.
+    order_keys_repeat: bool,
     /// INCREMENTAL key: (index into `columns`, cast type).
     replication_key: Option<(usize, String)>,
     /// FULL_TABLE in block ranges ([`physical`]): the table's oid, when the config asks for it,
     /// the relation has storage (a table or materialized view) and the server has TID range
-    /// scans (PostgreSQL 14+).
-    block_reads: Option<u32>,
+    /// scans (PostgreSQL 14+); and whether it is a table (`LOCK TABLE` takes tables only).
+    block_reads: Option<(u32, bool)>,
     /// The bookmark this run starts from (already adopted from a pipelinewise-style id).
     bookmark: Map<String, Value>,
     /// estimated rows (reltuples), for progress.
@@ -261,11 +264,13 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
     let mut order_keys = Vec::new();
     let mut replication_key = None;
     let mut block_reads = None;
+    let mut order_keys_repeat = false;
     match selected.method {
         ReplicationMethod::FullTable => {
             if bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != "FULL_TABLE") {
                 bookmark = Map::new();
             }
+            let facts = if relation.relkind == b'v' { None } else { Some(probe_table(&mut session.client, &relation)?) };
             if !selected.is_view && !relation.primary_key.is_empty() {
                 let keys: Option<Vec<usize>> = relation.primary_key.iter().map(|k| index_of(k)).collect();
                 // A resume point must be a bookmark the server can read back.
@@ -274,13 +279,18 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
                     order_keys = keys.into_iter().map(|i| (i, cast_types[i].clone())).collect();
                 }
             }
-            if config.full_table_order == FullTableOrder::Physical && relation.relkind != b'v' {
-                match block_reads_refused(&mut session.client, &relation)? {
-                    None => block_reads = Some(relation.oid),
+            // The primary key of an inheritance parent is not unique across its children, whose
+            // rows the query reads too: a repeated key must not be skipped by `(pk) > (last)`.
+            order_keys_repeat = facts.as_ref().is_some_and(|f| f.has_children);
+            if config.full_table_order == FullTableOrder::Physical
+                && let Some(facts) = &facts
+            {
+                match facts.block_reads_refused(relation.relkind) {
+                    None => block_reads = Some((relation.oid, relation.relkind == b'r')),
                     Some(reason) => log::info!(
                         "stream {}: {reason}; it is read {}",
                         selected.tap_stream_id,
-                        if relation.primary_key.is_empty() { "without a resume point" } else { "in primary key order" }
+                        if order_keys.is_empty() { "without a resume point" } else { "in primary key order" }
                     ),
                 }
             }
@@ -352,6 +362,7 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
         columns,
         schema,
         order_keys,
+        order_keys_repeat,
         replication_key,
         block_reads,
         bookmark,
@@ -360,11 +371,38 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
     })
 }
 
-/// Why a FULL_TABLE stream cannot be read in block ranges, or `None` when it can: the relation
-/// needs storage of its own (a table or materialized view, not a partitioned table), no
-/// inheritance children (whose blocks `ctid` ranges would mix in), table-wide SELECT (`ctid` and
-/// `xmin` are not covered by column grants), and the server TID range scans (PostgreSQL 14).
-fn block_reads_refused(client: &mut Client, relation: &discover::Relation) -> Result<Option<&'static str>> {
+/// What FULL_TABLE needs to know of a table beyond its columns, read in one query.
+struct TableFacts {
+    /// `server_version_num`.
+    server_version: i32,
+    /// `pg_class.relhassubclass`: the table has (or had) inheritance children or partitions.
+    has_children: bool,
+    /// The role may SELECT the whole table (not only some columns).
+    table_select: bool,
+}
+
+impl TableFacts {
+    /// Why the relation cannot be read in block ranges, or `None` when it can: it needs storage
+    /// of its own (a table or materialized view, not a partitioned table), no inheritance
+    /// children (whose blocks `ctid` ranges would mix in), table-wide SELECT (`ctid` and `xmin`
+    /// are not covered by column grants), and TID range scans (PostgreSQL 14).
+    fn block_reads_refused(&self, relkind: u8) -> Option<&'static str> {
+        if self.server_version < 140_000 {
+            Some("reading by blocks needs PostgreSQL 14")
+        } else if !matches!(relkind, b'r' | b'm') {
+            Some("a partitioned table has no blocks of its own")
+        } else if self.has_children {
+            Some("a table with inheritance children is not read by blocks")
+        } else if !self.table_select {
+            Some("the role may read only some columns, and reading by blocks needs SELECT on the whole table")
+        } else {
+            None
+        }
+    }
+}
+
+/// Reads [`TableFacts`] of a table or materialized view.
+fn probe_table(client: &mut Client, relation: &discover::Relation) -> Result<TableFacts> {
     let row = client
         .query_one(
             "select current_setting('server_version_num')::int, c.relhassubclass, has_table_privilege(c.oid, 'select') \
@@ -372,17 +410,11 @@ fn block_reads_refused(client: &mut Client, relation: &discover::Relation) -> Re
             &[&relation.oid],
         )
         .map_err(|e| classify(e, "reading pg_class", crate::config::SslMode::Require))?;
-    let (server_version, has_children, table_select): (i32, bool, bool) = (row.get(0), row.get(1), row.get(2));
-    Ok(if server_version < 140_000 {
-        Some("reading by blocks needs PostgreSQL 14")
-    } else if !matches!(relation.relkind, b'r' | b'm') {
-        Some("a partitioned table has no blocks of its own")
-    } else if has_children {
-        Some("a table with inheritance children is not read by blocks")
-    } else if !table_select {
-        Some("the role may read only some columns, and reading by blocks needs SELECT on the whole table")
-    } else {
-        None
+    let internal = |e| Error::new(ErrorKind::Internal, "reading pg_class").with_source(e);
+    Ok(TableFacts {
+        server_version: row.try_get(0).map_err(internal)?,
+        has_children: row.try_get(1).map_err(internal)?,
+        table_select: row.try_get(2).map_err(internal)?,
     })
 }
 
@@ -721,6 +753,8 @@ impl RowSink {
 const CHUNK_ROWS: usize = 1024;
 /// Chunks in flight between the threads; with [`CHUNK_ROWS`] this bounds the rows held in memory.
 const CHANNEL_CHUNKS: usize = 4;
+/// Transactions tried when the storage a block-range read begins on changed under its snapshot.
+const STORAGE_CHANGED_ATTEMPTS: usize = 3;
 /// How often the encoder checks for SIGINT/SIGTERM while it waits for rows.
 const SIGNAL_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -895,13 +929,23 @@ impl FetchTarget<'_> {
 /// returned.
 fn read_source(client: &mut Client, source: &Source<'_>, search_path: &str, batch: i32, target: &FetchTarget<'_>) -> Result<()> {
     let query_error = target.query_error;
-    let mut tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().map_err(query_error)?;
-    tx.batch_execute(&format!("set local search_path = {search_path}")).map_err(query_error)?;
-    let complete = match source {
-        Source::Query { sql, params } => read_query(&mut tx, sql, params, batch, target)?,
-        Source::Blocks(read) => physical::read(&mut tx, read, target)?,
-    };
-    if complete { tx.commit().map_err(query_error) } else { Ok(()) }
+    for _attempt in 0..STORAGE_CHANGED_ATTEMPTS {
+        let mut tx =
+            client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().map_err(query_error)?;
+        tx.batch_execute(&format!("set local search_path = {search_path}")).map_err(query_error)?;
+        let end = match source {
+            Source::Query { sql, params } => Some(read_query(&mut tx, sql, params, batch, target)?),
+            Source::Blocks(read) => physical::read(&mut tx, read, target)?,
+        };
+        match end {
+            Some(true) => return tx.commit().map_err(query_error),
+            Some(false) => return Ok(()),
+            // Dropping the transaction rolls it back; the next one has a new snapshot.
+            None => log::info!("the table was rewritten while the read began; starting the read again"),
+        }
+    }
+    Err(Error::new(ErrorKind::Query, "the table was rewritten each time the read began")
+        .with_hint("Something rewrites the table continually (REFRESH MATERIALIZED VIEW, TRUNCATE, ...); run the sync when it does not."))
 }
 
 /// Reads one query's portal in batches of `batch` rows, each followed by a batch end. Returns

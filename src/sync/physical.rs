@@ -65,6 +65,10 @@ pub struct BlockRead<'a> {
     pub stream_id: &'a str,
     /// `pg_class.oid` of the table.
     pub oid: u32,
+    /// The table's qualified, quoted name, to lock it.
+    pub table: &'a str,
+    /// A table (`LOCK TABLE` works), not a materialized view.
+    pub lockable: bool,
     /// `select <items> from <table> where ctid >= $1 and ctid < $2` (see `query::full_table_blocks`).
     pub range_sql: &'a str,
     /// `select <items> from <table> where ctid < $1 and <xmin newer than $2>` (see `query::full_table_catch_up`).
@@ -95,35 +99,57 @@ pub fn resumable(client: &mut Client, oid: u32, mark: &BlockMark) -> Result<bool
 
 /// Reads the table in block ranges inside `tx` (the stream's REPEATABLE READ transaction),
 /// sending rows, a `CaughtUp` after the catch-up of a resumed read and a batch end after each
-/// range. Returns `false` when the encoder stopped listening.
-pub fn read(tx: &mut Transaction<'_>, read: &BlockRead<'_>, target: &FetchTarget<'_>) -> Result<bool> {
+/// range. Returns `Some(false)` when the encoder stopped listening, and `None`, before sending
+/// anything, when the table was rewritten after this transaction's snapshot was taken (read
+/// again in a new transaction).
+pub fn read(tx: &mut Transaction<'_>, read: &BlockRead<'_>, target: &FetchTarget<'_>) -> Result<Option<bool>> {
     let query_error = target.query_error;
-    // The first statement takes the snapshot; pg_relation_size also locks the table against a
-    // rewrite for the rest of the transaction.
+    // The lock (ACCESS SHARE, held to the end of the transaction) keeps the table's storage as it
+    // is while this transaction reads it. A table is locked before the first statement takes the
+    // snapshot, so a rewrite under way (VACUUM FULL, CLUSTER, TRUNCATE, a rewriting ALTER TABLE)
+    // is waited for and then seen. A materialized view cannot be locked by LOCK TABLE: reading it
+    // takes the snapshot first and the lock after, so a REFRESH can commit in between. Either
+    // way the check below compares the relfilenode this snapshot sees in pg_class with the one
+    // in use now (`pg_relation_filenode` reads the current catalog): when they differ, the
+    // snapshot predates the storage, whose rows it may not see, and the read starts over in a
+    // new transaction. (`pg_relation_size` locks only while it runs, and is no lock for this.)
+    let lock = if read.lockable {
+        format!("lock table {} in access share mode", read.table)
+    } else {
+        format!("select from {} limit 0", read.table)
+    };
+    tx.batch_execute(&lock).map_err(query_error)?;
     let row = tx
         .query_one(
             "select pg_relation_filenode(c.oid)::bigint, pg_relation_size(c.oid) / current_setting('block_size')::bigint, \
-             txid_snapshot_xmin(txid_current_snapshot()), c.reltuples::float8, c.relpages::bigint \
-             from pg_class c where c.oid = $1",
-            &[&read.oid],
+             txid_snapshot_xmin(txid_current_snapshot()), c.reltuples::float8, c.relpages::bigint, c.oid = $1, \
+             c.relfilenode::bigint = pg_relation_filenode(c.oid)::bigint \
+             from pg_class c where c.oid = cast($2::text as regclass)",
+            &[&read.oid, &read.table],
         )
         .map_err(query_error)?;
-    let relfilenode = row.get::<_, Option<i64>>(0).unwrap_or(0) as u64;
-    let nblocks = row.get::<_, i64>(1).max(0) as u64;
-    let snapshot_xmin = row.get::<_, i64>(2) as u64;
-    let (reltuples, relpages): (f64, i64) = (row.get(3), row.get(4));
+    let internal = |e| crate::error::Error::new(crate::error::ErrorKind::Internal, "reading pg_class").with_source(e);
+    let relfilenode = row.try_get::<_, Option<i64>>(0).map_err(internal)?.unwrap_or(0) as u64;
+    let nblocks = row.try_get::<_, i64>(1).map_err(internal)?.max(0) as u64;
+    let snapshot_xmin = row.try_get::<_, i64>(2).map_err(internal)? as u64;
+    let (reltuples, relpages): (f64, i64) = (row.try_get(3).map_err(internal)?, row.try_get(4).map_err(internal)?);
+    // A table dropped and created again under the same name since the plan is a new table.
+    let same_table: bool = row.try_get(5).map_err(internal)?;
+    if !row.try_get::<_, Option<bool>>(6).map_err(internal)?.unwrap_or(true) {
+        return Ok(None);
+    }
     let mark = |next_block| BlockMark { next_block, relfilenode, snapshot_xmin };
 
     let mut start = 0;
     if let Some(resume) = read.resume {
-        if resume.relfilenode == relfilenode {
+        if same_table && resume.relfilenode == relfilenode {
             let statement = tx.prepare_typed(read.catch_up_sql, &[postgres::types::Type::TEXT; 2]).map_err(query_error)?;
             let xid = (resume.snapshot_xmin % (1 << 32)).to_string();
             let portal = tx.bind(&statement, &[&tid(resume.next_block), &xid]).map_err(query_error)?;
-            let Some(rows) = pump(tx, &portal, i64::MAX, target)? else { return Ok(false) };
+            let Some(rows) = pump(tx, &portal, i64::MAX, target)? else { return Ok(Some(false)) };
             log::info!("stream {}: sent {rows} rows changed before block {} since the interrupted run", read.stream_id, resume.next_block);
             if !target.send(Fetched::CaughtUp(mark(resume.next_block))) {
-                return Ok(false);
+                return Ok(Some(false));
             }
             start = resume.next_block;
         } else {
@@ -140,12 +166,12 @@ pub fn read(tx: &mut Transaction<'_>, read: &BlockRead<'_>, target: &FetchTarget
         let last = start + blocks >= nblocks;
         let end = if last { END_BLOCK } else { start + blocks };
         let portal = tx.bind(&statement, &[&tid(start), &tid(end)]).map_err(query_error)?;
-        let Some(rows) = pump(tx, &portal, i64::MAX, target)? else { return Ok(false) };
+        let Some(rows) = pump(tx, &portal, i64::MAX, target)? else { return Ok(Some(false)) };
         if !target.send(Fetched::BatchEnd { full: !last, mark: Some(mark(end)) }) {
-            return Ok(false);
+            return Ok(Some(false));
         }
         if last {
-            return Ok(true);
+            return Ok(Some(true));
         }
         // Size the next range from the rows per block of this one; grow over empty ones.
         blocks = if rows == 0 {
