@@ -74,14 +74,10 @@ pub fn full_table(items: &[String], schema: &str, table: &str, order_keys: &[Key
     sql
 }
 
-/// FULL_TABLE by block ranges: `select <items> from <table> where ctid >= $1 and ctid < $2`, the
-/// parameters being tid text like `(120,0)`; a TID range scan on PostgreSQL 14+.
+/// FULL_TABLE in storage order: `select <items> from <table> where ctid >= $1`, the parameter
+/// being tid text like `(120,0)`; a TID range scan on PostgreSQL 14+, streamed whole.
 pub fn full_table_blocks(items: &[String], schema: &str, table: &str) -> String {
-    format!(
-        "select {} from {} where ctid >= cast($1::text as tid) and ctid < cast($2::text as tid)",
-        items.join(", "),
-        qualified_name(schema, table)
-    )
+    format!("select {} from {} where ctid >= cast($1::text as tid)", items.join(", "), qualified_name(schema, table))
 }
 
 /// The catch-up of a resumed block-range read: rows before block `$1` (tid text) whose xmin is
