@@ -198,7 +198,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "database_url",
         kind: "string",
-        description: "postgres://user:password@host:port/dbname?sslmode=... URL; discrete keys override its parts. Without host and database_url, the DATABASE_URL environment variable is read.",
+        description: "postgres://user:password@host:port/dbname?sslmode=... URL (parameters read: sslmode, sslrootcert, sslcert, sslkey, sslpassword); discrete keys override its parts. Without host and database_url, the DATABASE_URL environment variable is read.",
         default: None,
         secret: true,
     },
