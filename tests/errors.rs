@@ -554,6 +554,8 @@ fn about_describes_settings_and_marks_secrets() {
     let props = &about["settings"]["properties"];
     assert_eq!(props["password"]["secret"], json!(true), "{about}");
     assert_eq!(props["database_url"]["secret"], json!(true), "{about}");
+    assert_eq!(props["sslpassword"]["secret"], json!(true), "{about}");
+    assert_ne!(props["sslkey"]["secret"], json!(true), "{about}");
     assert_ne!(props["host"]["secret"], json!(true), "{about}");
     assert_eq!(about["name"], json!("tap-heroku"));
 
@@ -561,4 +563,10 @@ fn about_describes_settings_and_marks_secrets() {
     let rows: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with('|')).collect();
     assert!(rows.len() >= 3 && rows[1].starts_with("|---"), "a Markdown table with header and separator:\n{}", out.stdout);
     assert!(rows.iter().any(|r| r.starts_with("| password |") && r.contains("secret")), "{}", out.stdout);
+
+    // README.md shows the same table (the settings reference users read).
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("reading README.md");
+    let readme_rows: Vec<&str> =
+        readme.lines().skip_while(|l| !l.starts_with("| Setting | Type |")).take_while(|l| l.starts_with('|')).collect();
+    assert_eq!(readme_rows, rows, "README.md's settings table differs from `tap-heroku --about --format markdown`");
 }
