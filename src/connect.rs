@@ -133,6 +133,7 @@ impl Connector {
     /// [`PROBE_TIMEOUT`] (it then waits for a startup message: the certificate was accepted).
     fn probe_client_certificate(&self) -> Option<String> {
         let ssl = self.client_cert.as_ref()?;
+        log::debug!("connection cut after the tls handshake with a client certificate: asking the server again, reading first");
         let timeout = self.connect_timeout.min(PROBE_TIMEOUT);
         let address = (self.host.as_str(), self.port).to_socket_addrs().ok()?.next()?;
         let mut tcp = TcpStream::connect_timeout(&address, timeout).ok()?;
