@@ -311,11 +311,10 @@ fn read_private_key(path: &Path, password: Option<&str>) -> Result<PKey<Private>
         return Err(match password {
             None => Error::new(ErrorKind::Auth, format!("sslkey {} is encrypted and sslpassword is not set", path.display()))
                 .with_hint("Set sslpassword to the passphrase of the key (in the config or as a database_url parameter)."),
-            Some(_) if too_long.get() => {
-                Error::new(ErrorKind::Config, format!("sslpassword is longer than {} bytes", MAX_SSLPASSWORD_BYTES - 1)).with_hint(
+            Some(_) if too_long.get() => Error::new(ErrorKind::Config, format!("sslpassword is longer than {MAX_SSLPASSWORD_BYTES} bytes"))
+                .with_hint(
                     "Decrypt the key with `openssl pkey` into a file only you can read, or re-encrypt it with a shorter passphrase.",
-                )
-            }
+                ),
             Some(_) => Error::new(ErrorKind::Auth, format!("sslpassword does not decrypt sslkey {}", path.display()))
                 .with_hint("Check sslpassword: it must be the passphrase the key file was encrypted with."),
         });
@@ -536,6 +535,64 @@ mod tests {
         for (uid, mode, refused) in cases {
             assert_eq!(key_mode_is_too_open(uid, mode), refused, "uid {uid} mode {mode:o}");
         }
+    }
+
+    /// A key file with `bytes` and mode 0600 in the temp directory, removed on `Drop`.
+    #[cfg(unix)]
+    struct KeyFile(std::path::PathBuf);
+
+    #[cfg(unix)]
+    impl KeyFile {
+        /// Writes the file.
+        fn new(name: &str, bytes: &[u8]) -> KeyFile {
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = std::env::temp_dir().join(format!("tap-heroku-unit-{}-{name}", std::process::id()));
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap();
+            file.write_all(bytes).unwrap();
+            KeyFile(path)
+        }
+    }
+
+    #[cfg(unix)]
+    impl Drop for KeyFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn private_key_forms_and_passphrases() {
+        let key = PKey::from_ec_key(
+            openssl::ec::EcKey::generate(&openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let pass = "Unit-Pass-7z";
+        let encrypted = KeyFile::new(
+            "encrypted.pem",
+            &key.private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), pass.as_bytes()).unwrap(),
+        );
+        let der = KeyFile::new("plain.der", &key.private_key_to_der().unwrap());
+        let junk = KeyFile::new("junk", b"not a key");
+
+        assert!(read_private_key(&encrypted.0, Some(pass)).unwrap().public_eq(&key));
+        assert!(read_private_key(&der.0, Some(pass)).unwrap().public_eq(&key), "sslpassword is ignored for a plain key");
+        let long = "x".repeat(MAX_SSLPASSWORD_BYTES + 1);
+        // (password, kind, context words)
+        let cases = [
+            (None, ErrorKind::Auth, "is encrypted and sslpassword is not set"),
+            (Some("wrong"), ErrorKind::Auth, "sslpassword does not decrypt sslkey"),
+            (Some(long.as_str()), ErrorKind::Config, "sslpassword is longer than 1024 bytes"),
+        ];
+        for (password, kind, words) in cases {
+            let e = read_private_key(&encrypted.0, password).unwrap_err();
+            assert_eq!(e.kind(), kind, "{e:?}");
+            assert!(e.chain().contains(words), "{e:?}");
+            assert!(!e.chain().contains(pass) && !e.chain().contains(&long), "{e:?}");
+            assert!(e.hint().is_some(), "{e:?}");
+        }
+        let e = read_private_key(&junk.0, None).unwrap_err();
+        assert_eq!((e.kind(), e.context().ends_with("is not a PEM or DER private key")), (ErrorKind::Config, true), "{e:?}");
     }
 
     #[test]
