@@ -50,7 +50,7 @@ fn merged(config: &Value, extra: Value) -> Value {
 /// line, containing every `needles`; right after it, as the last stderr line, a hint sentence
 /// containing every `hint_words` (case-sensitive); stdout empty (bad input is caught before
 /// anything is written). `label` names the case in panics.
-fn assert_refused(out: &TapOutput, label: &str, code: i32, needles: &[&str], hint_words: &[&str]) {
+pub(crate) fn assert_refused(out: &TapOutput, label: &str, code: i32, needles: &[&str], hint_words: &[&str]) {
     let ctx = || format!("[{label}] exit {}\nstderr:\n{}\nstdout:\n{}", out.code, out.stderr, out.stdout);
     assert_eq!(out.code, code, "wrong exit code, expected {code}: {}", ctx());
     let lines: Vec<&str> = out.stderr.lines().collect();
@@ -74,7 +74,7 @@ fn assert_refused(out: &TapOutput, label: &str, code: i32, needles: &[&str], hin
 }
 
 /// Asserts that none of `secrets` appears in stdout or stderr.
-fn assert_hidden(out: &TapOutput, label: &str, secrets: &[&str]) {
+pub(crate) fn assert_hidden(out: &TapOutput, label: &str, secrets: &[&str]) {
     for s in secrets {
         assert!(!out.stdout.contains(s), "[{label}] stdout contains the secret {s:?}:\n{}", out.stdout);
         assert!(!out.stderr.contains(s), "[{label}] stderr contains the secret {s:?}:\n{}", out.stderr);
@@ -480,6 +480,14 @@ fn password_never_appears_in_output() {
     let bad_state =
         write_json(&json!({"bookmarks": {format!("{}-public-items", db.name): {"replication_key": "n", "replication_key_value": "abc"}}}));
     let no_host = || with(json!({"host": null, "port": null, "user": null, "password": null, "dbname": null}));
+    // A client certificate of the test CA: accepted for any role (only tap_cert_user must show one).
+    let certs = crate::client_certs::certs();
+    let passphrase = certs.passphrase.clone();
+    let key_query = |password: &str| {
+        let encode = crate::client_certs::encode;
+        format!("?sslcert={}&sslkey={}&sslpassword={}", encode(&certs.cert), encode(&certs.key_encrypted), encode(password))
+    };
+    let trace = || vec![("RUST_LOG", "trace".to_string())];
 
     // (label, expected exit code, args, extra environment)
     let runs: Vec<SecretRun> = vec![
@@ -498,6 +506,35 @@ fn password_never_appears_in_output() {
         ("database_url bad scheme", 78, discover(url_file(url(s.port, "").replacen("postgres", "mysql", 1))), vec![]),
         ("DATABASE_URL", 0, discover(no_host()), vec![("DATABASE_URL", url(s.port, ""))]),
         ("DATABASE_URL no SSL", 69, discover(no_host()), vec![("DATABASE_URL", url(s.port, "?sslmode=disable"))]),
+        (
+            "sslpassword at trace level",
+            0,
+            discover(with(json!({"sslcert": certs.cert, "sslkey": certs.key_encrypted, "sslpassword": passphrase}))),
+            trace(),
+        ),
+        (
+            "sync with sslpassword at debug level",
+            0,
+            {
+                let mut args = sync(&["--log-level", "debug"]);
+                args[1] = arg(&with(json!({"sslcert": certs.cert, "sslkey": certs.key_encrypted, "sslpassword": passphrase}))).into();
+                args
+            },
+            vec![],
+        ),
+        (
+            "wrong sslpassword at trace level",
+            77,
+            discover(with(json!({"sslcert": certs.cert, "sslkey": certs.key_encrypted, "sslpassword": SECRET}))),
+            trace(),
+        ),
+        ("sslpassword in database_url at trace level", 0, discover(url_file(url(s.port, &key_query(&passphrase)))), trace()),
+        ("wrong sslpassword in database_url", 77, discover(url_file(url(s.port, &key_query(SECRET)))), trace()),
+        ("sslpassword in DATABASE_URL at trace level", 0, discover(no_host()), {
+            let mut env = trace();
+            env.push(("DATABASE_URL", url(s.port, &key_query(&passphrase))));
+            env
+        }),
         ("about with config", 0, vec!["--about".into(), "--config".into(), arg(&with(json!({}))).into()], vec![]),
     ];
     for (label, code, args, env) in runs {
@@ -505,7 +542,7 @@ fn password_never_appears_in_output() {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let out = tap_env(&args, &env);
         assert_eq!(out.code, code, "[{label}] exit code; stderr:\n{}", out.stderr);
-        assert_hidden(&out, label, &[SECRET]);
+        assert_hidden(&out, label, &[SECRET, &passphrase]);
     }
 }
 
@@ -517,6 +554,8 @@ fn about_describes_settings_and_marks_secrets() {
     let props = &about["settings"]["properties"];
     assert_eq!(props["password"]["secret"], json!(true), "{about}");
     assert_eq!(props["database_url"]["secret"], json!(true), "{about}");
+    assert_eq!(props["sslpassword"]["secret"], json!(true), "{about}");
+    assert_ne!(props["sslkey"]["secret"], json!(true), "{about}");
     assert_ne!(props["host"]["secret"], json!(true), "{about}");
     assert_eq!(about["name"], json!("tap-heroku"));
 
@@ -524,4 +563,10 @@ fn about_describes_settings_and_marks_secrets() {
     let rows: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with('|')).collect();
     assert!(rows.len() >= 3 && rows[1].starts_with("|---"), "a Markdown table with header and separator:\n{}", out.stdout);
     assert!(rows.iter().any(|r| r.starts_with("| password |") && r.contains("secret")), "{}", out.stdout);
+
+    // README.md shows the same table (the settings reference users read).
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("reading README.md");
+    let readme_rows: Vec<&str> =
+        readme.lines().skip_while(|l| !l.starts_with("| Setting | Type |")).take_while(|l| l.starts_with('|')).collect();
+    assert_eq!(readme_rows, rows, "README.md's settings table differs from `tap-heroku --about --format markdown`");
 }

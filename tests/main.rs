@@ -2,6 +2,7 @@
 
 mod support;
 
+mod client_certs;
 mod discover;
 mod errors;
 mod faults;
