@@ -49,7 +49,7 @@ pub struct Args {
 pub enum AboutFormat {
     /// Singer SDK-shaped JSON, as Meltano reads it.
     Json,
-    /// A Markdown settings table, as in README.md.
+    /// A Markdown settings table, as in docs/configuration.md.
     Markdown,
 }
 

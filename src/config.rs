@@ -144,7 +144,7 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// One setting as `--about` and README.md describe it.
+/// One setting as `--about` and docs/configuration.md describe it.
 pub struct Setting {
     /// Config key.
     pub name: &'static str,
@@ -158,7 +158,7 @@ pub struct Setting {
     pub secret: bool,
 }
 
-/// Every setting tap-heroku reads, in the order README.md lists them.
+/// Every setting tap-heroku reads, in the order docs/configuration.md lists them.
 pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "host",
