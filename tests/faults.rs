@@ -766,7 +766,7 @@ struct StatementLog {
 impl StatementLog {
     /// Logs every statement of `db`'s role from now on.
     fn start(db: &TestDb) -> StatementLog {
-        let path = PathBuf::from(server().socket_dir).join("primary.log");
+        let path = PathBuf::from(&server().socket_dir).join("primary.log");
         let start =
             std::fs::metadata(&path).unwrap_or_else(|e| panic!("the server log {} ({e}): tests/server.sh writes it", path.display())).len();
         db.exec(&format!("alter role {} set log_statement = 'all'", db.role));
