@@ -138,6 +138,7 @@ pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
     if let Some(db) = e.as_db_error() {
         let code = db.code().clone();
         let message = db.message().to_string();
+        let login_refused = is_login_refused(db);
         let base = Error::new(kind_of(&code), what.to_string()).with_source(e);
         return if code == SqlState::INVALID_PASSWORD {
             base.with_hint("Check user and password in the config (Heroku: `heroku pg:credentials:url` shows the current ones; they change when credentials rotate).")
@@ -145,6 +146,13 @@ pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
             Error::new(ErrorKind::Connect, what.to_string())
                 .with_source(db_error_only(message))
                 .with_hint("The server requires SSL: set \"sslmode\": \"require\" in the config (Heroku rejects unencrypted connections).")
+        } else if code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION && login_refused {
+            // A role that does not exist (or may not log in) is a credentials problem like a
+            // wrong password: with scram the server even reports it as one (28P01, so that
+            // role names cannot be probed); with trust, peer or cert it says so (28000).
+            Error::new(ErrorKind::Auth, what.to_string())
+                .with_source(db_error_only(message))
+                .with_hint("Check user (and password) in the config (Heroku: `heroku pg:credentials:url` shows the current ones; they change when credentials rotate).")
         } else if code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
             base.with_hint("The server refused this user from this address; check user, host and the server's pg_hba.conf.")
         } else if code == SqlState::INVALID_CATALOG_NAME {
@@ -210,6 +218,13 @@ pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
         return Error::new(ErrorKind::Connect, what.to_string()).with_source(e).with_hint(hint);
     }
     Error::new(ErrorKind::Query, what.to_string()).with_source(e)
+}
+
+/// Whether a 28000 error is the server refusing the role itself (`role "x" does not exist`,
+/// `role "x" is not permitted to log in`), not the address or the encryption (pg_hba.conf).
+/// Both are raised in one server function; its name does not depend on `lc_messages`.
+fn is_login_refused(db: &postgres::error::DbError) -> bool {
+    db.routine() == Some("InitializeSessionUserId")
 }
 
 /// The exit-code family of a server error code.
