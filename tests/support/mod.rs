@@ -113,7 +113,8 @@ fn start_servers() -> Result<Server, String> {
         Ok(out) => {
             stop(&dir);
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("(no output)");
+            // The reason, not server.sh's closing "start failed ...; stopping" line.
+            let last = stderr.lines().rfind(|l| !l.trim().is_empty() && !l.contains("start failed")).unwrap_or("(no output)");
             return Err(format!("the test servers did not start: {last}\n(tests/server.sh start output:\n{stderr})"));
         }
         Err(e) => {
