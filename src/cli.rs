@@ -1,7 +1,7 @@
 //! The command line exactly as typed: flags and their raw values, no I/O, no validation.
 //!
 //! The Singer convention (`--config`, `--discover`, `--catalog`/`--properties`, `--state`) plus
-//! `--about`, `--version` and `--log-level`. `config::Config` and `main.rs` give the flags meaning.
+//! `--test`, `--about`, `--version` and `--log-level`. `config::Config` and `main.rs` give the flags meaning.
 
 use std::path::PathBuf;
 
@@ -30,6 +30,11 @@ pub struct Args {
     /// State JSON file from a previous run (bookmarks to resume from).
     #[arg(short = 's', long, value_name = "FILE")]
     pub state: Option<PathBuf>,
+
+    /// Test the connection: read one row of each stream selected in --catalog (or, without a
+    /// catalog, discover), print a summary on stderr and nothing on stdout.
+    #[arg(long, conflicts_with = "discover")]
+    pub test: bool,
 
     /// Describe the tap: name, version, capabilities and settings.
     #[arg(long)]

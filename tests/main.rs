@@ -2,6 +2,7 @@
 
 mod support;
 
+mod check;
 mod discover;
 mod errors;
 mod faults;
