@@ -154,7 +154,7 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// One setting as `--about` and README.md describe it.
+/// One setting as `--about` and docs/configuration.md describe it.
 pub struct Setting {
     /// Config key.
     pub name: &'static str,
@@ -168,7 +168,7 @@ pub struct Setting {
     pub secret: bool,
 }
 
-/// Every setting tap-heroku reads, in the order README.md lists them.
+/// Every setting tap-heroku reads, in the order docs/configuration.md lists them.
 pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "host",
@@ -361,7 +361,10 @@ impl Config {
             if IGNORED_KEYS.contains(&key.as_str()) {
                 log::info!("config key {key} is accepted for compatibility and has no effect in tap-heroku");
             } else if !is_known_key(key) {
-                log::warn!("unknown config key {key} is ignored");
+                match nearest_key(key) {
+                    Some(near) => log::warn!("unknown config key {key} is ignored; did you mean {near}?"),
+                    None => log::warn!("unknown config key {key} is ignored (`tap-heroku --about --format markdown` lists the settings)"),
+                }
             }
         }
 
@@ -402,8 +405,12 @@ impl Config {
             missing.push("dbname");
         }
         if !missing.is_empty() {
-            return Err(Error::new(ErrorKind::Config, format!("missing required keys: {}", missing.join(", "))).with_hint(
-                "Set host, port, user, password and dbname in the config, or database_url (Heroku: `heroku config:get DATABASE_URL`).",
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("missing required keys: {} (or database_url, or the DATABASE_URL environment variable)", missing.join(", ")),
+            )
+            .with_hint(
+                "Set database_url in the config or export DATABASE_URL (Heroku: `heroku config:get DATABASE_URL -a <app>`), or set host, port, user, password and dbname.",
             ));
         }
 
@@ -523,7 +530,27 @@ impl Config {
 
 /// True for every key tap-heroku reads, including aliases.
 fn is_known_key(key: &str) -> bool {
-    SETTINGS.iter().any(|s| s.name == key) || matches!(key, "database" | "ssl_mode" | "sqlalchemy_url")
+    SETTINGS.iter().any(|s| s.name == key) || KEY_ALIASES.contains(&key)
+}
+
+/// Other names of settings (tap-postgres's and pipelinewise's spellings).
+const KEY_ALIASES: &[&str] = &["database", "ssl_mode", "sqlalchemy_url"];
+
+/// Least Jaro similarity for an unknown key to be offered as a typo of a known one: catches
+/// swapped, missing and doubled letters and added suffixes (`passwrod`, `hostname`, `db_name`)
+/// without pairing unrelated words, as clap does for flags.
+const SUGGESTION_MIN_SIMILARITY: f64 = 0.8;
+
+/// The known setting whose name is most like `key`, if any is alike enough.
+fn nearest_key(key: &str) -> Option<&'static str> {
+    SETTINGS
+        .iter()
+        .map(|s| s.name)
+        .chain(KEY_ALIASES.iter().copied())
+        .map(|name| (strsim::jaro(&key.to_ascii_lowercase(), name), name))
+        .filter(|(similarity, _)| *similarity >= SUGGESTION_MIN_SIMILARITY)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, name)| name)
 }
 
 /// A string setting: JSON string (numbers are accepted and turned to text); null, absent and
@@ -897,7 +924,27 @@ mod tests {
     #[test]
     fn missing_keys_are_named() {
         let err = parse(json!({"host": "h"}), None).unwrap_err();
-        assert_eq!(err.context(), "missing required keys: user, dbname");
+        assert_eq!(err.context(), "missing required keys: user, dbname (or database_url, or the DATABASE_URL environment variable)");
+        assert!(err.hint().is_some_and(|h| h.contains("DATABASE_URL")), "{:?}", err.hint());
+    }
+
+    #[test]
+    fn unknown_keys_get_the_nearest_known_one() {
+        for (typo, want) in [
+            ("passwrod", Some("password")),
+            ("pasword", Some("password")),
+            ("Password", Some("password")),
+            ("hostname", Some("host")),
+            ("db_name", Some("dbname")),
+            ("sslmodee", Some("sslmode")),
+            ("database_uri", Some("database_url")),
+            ("filter_db", Some("filter_dbs")),
+            ("itersise", Some("itersize")),
+            ("start_date", None),
+            ("xyz", None),
+        ] {
+            assert_eq!(nearest_key(typo), want, "{typo}");
+        }
     }
 
     #[test]

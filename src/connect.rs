@@ -377,6 +377,7 @@ fn classify_connection(e: tokio_postgres::Error, what: &str, sslmode: SslMode, c
     if let Some(db) = e.as_db_error() {
         let code = db.code().clone();
         let message = db.message().to_string();
+        let login_refused = is_login_refused(db);
         let base = Error::new(kind_of(&code), what.to_string()).with_source(e);
         return if code == SqlState::INVALID_PASSWORD && client_cert {
             base.with_hint("Check password, and that the CN of the certificate in sslcert is this user: with clientcert=verify-full the server reports either mismatch as a failed password.")
@@ -394,6 +395,13 @@ fn classify_connection(e: tokio_postgres::Error, what: &str, sslmode: SslMode, c
             } else {
                 "The server requires a client certificate for this user (Heroku Private and Shield databases with mutual TLS): set sslcert and sslkey."
             })
+        } else if code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION && login_refused {
+            // A role that does not exist (or may not log in) is a credentials problem like a
+            // wrong password: with scram the server even reports it as one (28P01, so that
+            // role names cannot be probed); with trust, peer or cert it says so (28000).
+            Error::new(ErrorKind::Auth, what.to_string())
+                .with_source(db_error_only(message))
+                .with_hint("Check user (and password) in the config (Heroku: `heroku pg:credentials:url` shows the current ones; they change when credentials rotate).")
         } else if code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
             base.with_hint("The server refused this user from this address; check user, host and the server's pg_hba.conf.")
         } else if code == SqlState::INVALID_CATALOG_NAME {
@@ -504,7 +512,13 @@ fn client_cert_alert(what: &str, reason: &str, client_cert: bool) -> Error {
         .with_hint(hint)
 }
 
-/// The exit-code family of a server error code.
+/// Whether a 28000 error is the server refusing the role itself (`role "x" does not exist`,
+/// `role "x" is not permitted to log in`), not the address or the encryption (pg_hba.conf).
+/// Both are raised in one server function; its name does not depend on `lc_messages`.
+fn is_login_refused(db: &tokio_postgres::error::DbError) -> bool {
+    db.routine() == Some("InitializeSessionUserId")
+}
+
 /// Whether `e` is worth another connection: the connection was lost (reset, timeout), or the
 /// server ended the statement or session for reasons of its own (shutdown, restart, a failover,
 /// a hot standby cancelling a long read for a recovery conflict). Authentication, permission
@@ -523,6 +537,7 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// The exit-code family of a server error code.
 fn kind_of(code: &SqlState) -> ErrorKind {
     if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INSUFFICIENT_PRIVILEGE {
         ErrorKind::Auth

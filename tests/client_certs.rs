@@ -42,9 +42,10 @@ pub(crate) struct Certs {
 
 /// Reads one required variable.
 fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the integration tests with tests/run.sh, which starts the PostgreSQL (and certificates) they need")
-    })
+    crate::support::server()
+        .var(name)
+        .unwrap_or_else(|| panic!("{name} is not set: the test servers (tests/server.sh) did not make client certificates"))
+        .to_string()
 }
 
 /// The certificates of the running test servers.

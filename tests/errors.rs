@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::support::{self, READER_PASSWORD, TapOutput, TestDb, admin_client, server, tap, tap_env, write_json, write_text};
+use crate::support::{self, READER_PASSWORD, TapOutput, TestDb, admin_client, files_dir, server, tap, tap_env, write_json, write_text};
 
 /// A wrong password distinctive enough that finding it in output cannot be a coincidence.
 const WRONG_PASSWORD: &str = "Wr0ng-Pa55-XYZ";
@@ -20,7 +20,7 @@ fn arg(path: &Path) -> &str {
 
 /// A path no file exists at.
 fn missing_path() -> PathBuf {
-    std::env::temp_dir().join("tap-heroku-tests").join(format!("missing-{}.json", uuid::Uuid::new_v4().simple()))
+    files_dir().join(format!("missing-{}.json", uuid::Uuid::new_v4().simple()))
 }
 
 /// A TCP port on 127.0.0.1 where nothing listens (bound, read, released).
@@ -164,6 +164,21 @@ fn wrong_password_is_an_auth_error_without_echoing_passwords() {
 }
 
 #[test]
+fn a_role_that_does_not_exist_exits_like_a_wrong_password() {
+    let db = TestDb::new();
+    // Over TCP with scram the server answers as for a wrong password (28P01), so that role
+    // names cannot be probed.
+    let out = discover_with(&merged(&db.config(), json!({"user": "no_such_role_here", "password": WRONG_PASSWORD})));
+    assert_refused(&out, "missing role, scram", 77, &["no_such_role_here"], &["user", "password"]);
+    assert_hidden(&out, "missing role, scram", &[WRONG_PASSWORD]);
+    // Over the unix socket (trust, as on a local server) it says the role does not exist (28000).
+    let s = server();
+    let out =
+        discover_with(&json!({"host": s.socket_dir, "port": s.port, "user": "no_such_role_here", "dbname": db.name, "sslmode": "disable"}));
+    assert_refused(&out, "missing role, trust", 77, &["role \"no_such_role_here\" does not exist"], &["user"]);
+}
+
+#[test]
 fn missing_password_is_reported_as_a_credentials_problem() {
     let db = TestDb::new();
     let out = discover_with(&merged(&db.config(), json!({"password": null})));
@@ -285,7 +300,14 @@ fn config_file_problems() {
         ("missing file", None, 66, vec!["reading config"], &["--config"]),
         ("not JSON", Some("host = x".into()), 78, vec!["not valid JSON"], &["JSON"]),
         ("JSON array", Some("[1, 2]".into()), 78, vec!["not a JSON object"], &["object"]),
-        ("missing keys", Some(r#"{"host": "x"}"#.into()), 78, vec!["user", "dbname"], &["user", "dbname"]),
+        (
+            "missing keys",
+            Some(r#"{"host": "x"}"#.into()),
+            78,
+            vec!["user", "dbname", "database_url", "DATABASE_URL"],
+            &["database_url", "DATABASE_URL"],
+        ),
+        ("empty config", Some("{}".into()), 78, vec!["host", "user", "dbname", "database_url", "DATABASE_URL"], &["DATABASE_URL"]),
         ("port text", with(json!({"port": "abc"})), 78, vec!["port"], &["port"]),
         ("port too big", with(json!({"port": 70000})), 78, vec!["port"], &["port"]),
         ("port bool", with(json!({"port": true})), 78, vec!["port"], &["port"]),
@@ -323,6 +345,24 @@ fn unknown_config_key_is_a_warning() {
     assert_eq!(out.code, 0, "an unknown key is not fatal:\n{}", out.stderr);
     assert!(out.stderr.lines().any(|l| l.starts_with("WARN") && l.contains("colour")), "a warning names the key:\n{}", out.stderr);
     assert!(!out.stderr.contains("ultramarine-7"), "the value is not echoed:\n{}", out.stderr);
+
+    // A typo of a known key gets the nearest one suggested.
+    let mut config = merged(&db.config(), json!({"passwrod": WRONG_PASSWORD}));
+    let out = discover_with(&config);
+    assert_eq!(out.code, 0, "a misspelt extra key is not fatal:\n{}", out.stderr);
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("WARN") && l.contains("unknown config key passwrod") && l.contains("did you mean password?")),
+        "the warning suggests password:\n{}",
+        out.stderr
+    );
+    assert_hidden(&out, "misspelt key", &[WRONG_PASSWORD]);
+    // Without the real password the connection then fails as a credentials problem.
+    config.as_object_mut().unwrap().remove("password");
+    let out = discover_with(&config);
+    assert!(out.stderr.contains("did you mean password?"), "{}", out.stderr);
+    assert_eq!(out.code, 77, "{}", out.stderr);
 }
 
 // ---- command line --------------------------------------------------------------------------
@@ -425,7 +465,12 @@ fn catalog_without_selected_stream_writes_only_state() {
     let messages = out.messages();
     assert_eq!(messages.len(), 1, "only a STATE line: {}", out.stdout);
     assert_eq!(messages[0]["type"], json!("STATE"));
-    assert!(out.stderr.lines().any(|l| l.starts_with("WARN") && l.contains("no stream is selected")), "{}", out.stderr);
+    let warning = out.stderr.lines().find(|l| l.starts_with("WARN") && l.contains("no stream is selected"));
+    let warning = warning.unwrap_or_else(|| panic!("no warning:\n{}", out.stderr));
+    // It says how to select one.
+    for words in ["\"selected\": true", "replication-method", "breadcrumb is []"] {
+        assert!(warning.contains(words), "the warning does not say {words}: {warning}");
+    }
 }
 
 // ---- state ---------------------------------------------------------------------------------
@@ -564,9 +609,9 @@ fn about_describes_settings_and_marks_secrets() {
     assert!(rows.len() >= 3 && rows[1].starts_with("|---"), "a Markdown table with header and separator:\n{}", out.stdout);
     assert!(rows.iter().any(|r| r.starts_with("| password |") && r.contains("secret")), "{}", out.stdout);
 
-    // README.md shows the same table (the settings reference users read).
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("reading README.md");
-    let readme_rows: Vec<&str> =
-        readme.lines().skip_while(|l| !l.starts_with("| Setting | Type |")).take_while(|l| l.starts_with('|')).collect();
-    assert_eq!(readme_rows, rows, "README.md's settings table differs from `tap-heroku --about --format markdown`");
+    // docs/configuration.md shows the same table (the settings reference users read).
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"))
+        .expect("reading docs/configuration.md");
+    let doc_rows: Vec<&str> = doc.lines().skip_while(|l| !l.starts_with("| Setting | Type |")).take_while(|l| l.starts_with('|')).collect();
+    assert_eq!(doc_rows, rows, "docs/configuration.md's settings table differs from `tap-heroku --about --format markdown`");
 }

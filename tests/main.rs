@@ -2,6 +2,7 @@
 
 mod support;
 
+mod check;
 mod client_certs;
 mod discover;
 mod errors;
