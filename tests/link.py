@@ -22,9 +22,10 @@ reordering, jitter; TCP's own slow start and window growth happen on loopback (n
 both sides of the proxy, not across the delayed hop.
 
 Resets. --reset-every-bytes N cuts a connection once N bytes have gone server -> client on it:
-exactly N bytes are delivered, then both of its sockets are reset (RST: SO_LINGER 0 and a
+exactly N bytes are delivered (and acknowledged by the client's kernel), then both of its sockets are reset (RST: SO_LINGER 0 and a
 disconnect), so the client sees "connection reset by peer" in the middle of a stream and the
-server sees its client vanish. New connections work as before; each connection counts its own
+server sees its client vanish. Bytes are wire bytes (with SSL: TLS records,
+including the startup and handshake). New connections work as before; each connection counts its own
 bytes, or with --reset-count-across the count runs over all connections (it restarts after each
 reset). --max-resets K stops resetting after K resets. Every reset is logged on stderr as
 "link: reset connection C after B bytes server->client (reset R)".
@@ -50,12 +51,14 @@ import argparse
 import collections
 import ctypes
 import ctypes.util
+import fcntl
 import ipaddress
 import os
 import signal
 import socket
 import struct
 import sys
+import termios
 import threading
 import time
 
@@ -74,6 +77,25 @@ def log(message):
 
 
 _libc = None
+
+# How long a reset waits for the client to acknowledge the bytes before it (a client that stops
+# reading gets its reset after this long, with fewer bytes).
+RESET_DRAIN_SECONDS = 10.0
+
+
+def wait_acknowledged(sock, limit):
+    """Waits until the peer has acknowledged all bytes written to sock (SIOCOUTQ = 0), at most
+    `limit` seconds."""
+    deadline = time.monotonic() + limit
+    buf = bytearray(struct.calcsize("i"))
+    while time.monotonic() < deadline:
+        try:
+            fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buf)
+        except OSError:
+            return
+        if struct.unpack("i", buf)[0] == 0:
+            return
+        time.sleep(0.001)
 
 
 def _disconnect(sock):
@@ -214,6 +236,9 @@ class Connection:
             if cut:
                 if room > 0:
                     dst.sendall(data[:room])
+                    # A reset throws away what the kernel has not sent yet: wait until the
+                    # client has acknowledged everything, so that it got exactly N bytes.
+                    wait_acknowledged(dst, RESET_DRAIN_SECONDS)
                 self.bytes_down += max(room, 0)
                 log(f"reset connection {self.number} after {self.bytes_down} bytes server->client (reset {number})")
                 self.abort()
