@@ -22,12 +22,12 @@ reordering, jitter; TCP's own slow start and window growth happen on loopback (n
 both sides of the proxy, not across the delayed hop.
 
 Resets. --reset-every-bytes N cuts a connection once N bytes have gone server -> client on it:
-exactly N bytes are delivered (and acknowledged by the client's kernel), then both of its sockets are reset (RST: SO_LINGER 0 and a
-disconnect), so the client sees "connection reset by peer" in the middle of a stream and the
-server sees its client vanish. Bytes are wire bytes (with SSL: TLS records,
-including the startup and handshake). New connections work as before; each connection counts its own
-bytes, or with --reset-count-across the count runs over all connections (it restarts after each
-reset). --max-resets K stops resetting after K resets. Every reset is logged on stderr as
+exactly N bytes are delivered (and acknowledged by the client's kernel), then both of its sockets
+are reset (RST: SO_LINGER 0 and a disconnect), so the client sees "connection reset by peer" in the
+middle of a stream and the server sees its client vanish. Bytes are wire bytes (with SSL: TLS
+records, including the startup and handshake). New connections work as before; each connection
+counts its own bytes, or with --reset-count-across the count runs over all connections (it restarts
+after each reset). --max-resets K stops resetting after K resets. Every reset is logged on stderr as
 "link: reset connection C after B bytes server->client (reset R)".
 
 A reset (or error) on one side is passed on to the other side after the data before it, and an
