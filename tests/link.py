@@ -10,15 +10,16 @@ connection to --target. The chosen port is the first line on stdout (flushed at 
 --port-file PATH, is also written to PATH (written to PATH.tmp, then renamed, so a reader never
 sees half a number).
 
-Latency. --delay-ms N delays each direction by N ms, so --delay-ms 20 is a 40 ms round trip.
-It does not limit bandwidth: per direction one thread reads chunks (up to 256 KiB) as fast as
-the sender writes and queues (due time = read time + N ms, bytes); another thread writes each
-chunk at its due time, in order, so any number of chunks are in flight at once. The queue holds
-at most --window-bytes (default 64 MiB) per direction, like a TCP window: when it is full the
-reader waits, which caps a direction at window / delay (64 MiB / 20 ms = 3.2 GB/s), far above
-what a PostgreSQL backend sends on this machine. With --delay-ms 0 (the default) one thread per
-direction copies straight through without a queue. Not modelled: bandwidth limits, loss,
-reordering, jitter; TCP's own slow start and window growth happen on loopback (no delay) on
+Latency. --delay-ms N delays each direction by N ms, so --delay-ms 20 is a 40 ms round trip. It does
+not limit bandwidth: per direction one thread reads chunks (up to 256 KiB) as fast as the sender
+writes and queues (due time = read time + N ms, bytes); another thread writes each chunk at its due
+time, in order, so any number of chunks are in flight at once. The queue holds at most --window-
+bytes (default 64 MiB) per direction, like a TCP window: when it is full the reader waits, which
+caps a direction at window / delay (64 MiB / 20 ms = 3.2 GB/s), far above what a PostgreSQL backend
+sends on this machine. With --delay-ms 0 (the default) one thread per direction copies straight
+through without a queue. TCP's handshake costs a round trip too: a new connection is opened to the
+target, and the client's first bytes read, 2 x delay after accept. Not modelled: bandwidth limits,
+loss, reordering, jitter; TCP's own slow start and window growth happen on loopback (no delay) on
 both sides of the proxy, not across the delayed hop.
 
 Resets. --reset-every-bytes N cuts a connection once N bytes have gone server -> client on it:
@@ -422,21 +423,30 @@ def main():
     link = Link(args)
     while True:
         client, _ = listener.accept()
-        try:
-            server = socket.create_connection(args.target)
-        except OSError as e:
-            log(f"cannot connect to {args.target[0]}:{args.target[1]}: {e}")
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            client.close()
-            continue
-        for sock in (client, server):
-            # A proxy must not add Nagle delays to the small messages of the protocol.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         link.connections += 1
-        if args.verbose:
-            log(f"connection {link.connections} opened")
-        Connection(link, link.connections, client, server).start()
+        threading.Thread(target=open_connection, args=(link, link.connections, client), daemon=True).start()
 
+
+def open_connection(link, number, client):
+    """Connects to the target for one accepted client, after the round trip of TCP's handshake:
+    the client's first bytes wait, unread in its socket, for 2 x delay and then travel with the
+    delay, so they arrive 3 x delay after connect() as across a real link (the client's connect()
+    itself returns at once: the proxy accepted on loopback)."""
+    if link.delay > 0:
+        time.sleep(2 * link.delay)
+    try:
+        server = socket.create_connection(link.target)
+    except OSError as e:
+        log(f"cannot connect to {link.target[0]}:{link.target[1]}: {e}")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        return
+    for sock in (client, server):
+        # A proxy must not add Nagle delays to the small messages of the protocol.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if link.verbose:
+        log(f"connection {number} opened")
+    Connection(link, number, client, server).start()
 
 if __name__ == "__main__":
     main()

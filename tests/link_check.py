@@ -104,10 +104,13 @@ def expected_digest(n):
 
 
 def ping(port, rounds=20):
+    """Returns (ms from connect() to the first answer, median ms of a round trip afterwards)."""
+    started = time.perf_counter()
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(b"PING")
     sock.recv(64)
+    first = (time.perf_counter() - started) * 1000
     times = []
     for _ in range(rounds):
         started = time.perf_counter()
@@ -116,7 +119,7 @@ def ping(port, rounds=20):
             raise AssertionError("ping answer differs")
         times.append(time.perf_counter() - started)
     sock.close()
-    return statistics.median(times) * 1000
+    return first, statistics.median(times) * 1000
 
 
 def check(condition, message):
@@ -145,9 +148,10 @@ def main():
         check(answer.decode() == sent.hexdigest(), f"delay {delay} ms: 64 MiB client->server unchanged, half-close passed on")
         count, error, seconds = receive(port, 200 * 2**20)
         check(count == 200 * 2**20 and error is None, f"delay {delay} ms: 200 MiB server->client in {seconds:.2f}s ({count / seconds / 1e6:.0f} MB/s)")
-        rtt = ping(port)
+        first, rtt = ping(port)
         low = 2 * float(delay)
         check(low <= rtt < low + 10, f"delay {delay} ms: round trip {rtt:.2f} ms")
+        check(2 * low <= first < 2 * low + 20, f"delay {delay} ms: connect and first answer {first:.2f} ms (TCP handshake + round trip)")
         stop_link(proc)
     direct = receive(target, 200 * 2**20)[2]
     print(f"link_check: direct, for comparison: 200 MiB in {direct:.2f}s ({200 * 2**20 / direct / 1e6:.0f} MB/s)")
