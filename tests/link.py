@@ -13,14 +13,14 @@ sees half a number).
 Latency. --delay-ms N delays each direction by N ms, so --delay-ms 20 is a 40 ms round trip. It does
 not limit bandwidth: per direction one thread reads chunks (up to 256 KiB) as fast as the sender
 writes and queues (due time = read time + N ms, bytes); another thread writes each chunk at its due
-time, in order, so any number of chunks are in flight at once. The queue holds at most --window-
-bytes (default 64 MiB) per direction, like a TCP window: when it is full the reader waits, which
-caps a direction at window / delay (64 MiB / 20 ms = 3.2 GB/s), far above what a PostgreSQL backend
-sends on this machine. With --delay-ms 0 (the default) one thread per direction copies straight
-through without a queue. TCP's handshake costs a round trip too: a new connection is opened to the
-target, and the client's first bytes read, 2 x delay after accept. Not modelled: bandwidth limits,
-loss, reordering, jitter; TCP's own slow start and window growth happen on loopback (no delay) on
-both sides of the proxy, not across the delayed hop.
+time, in order, so any number of chunks are in flight at once. The queue holds at most
+--window-bytes (default 64 MiB) per direction, like a TCP window: when it is full the reader waits,
+which caps a direction at window / delay (64 MiB / 20 ms = 3.2 GB/s), far above what a PostgreSQL
+backend sends on this machine. With --delay-ms 0 (the default) one thread per direction copies
+straight through without a queue. TCP's handshake costs a round trip too: a new connection is opened
+to the target, and the client's first bytes read, 2 x delay after accept. Not modelled: bandwidth
+limits, loss, reordering, jitter; TCP's own slow start and window growth happen on loopback (no
+delay) on both sides of the proxy, not across the delayed hop.
 
 Resets. --reset-every-bytes N cuts a connection once N bytes have gone server -> client on it:
 exactly N bytes are delivered (and acknowledged by the client's kernel), then both of its sockets
