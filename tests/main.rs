@@ -5,5 +5,6 @@ mod support;
 mod discover;
 mod errors;
 mod faults;
+mod network;
 mod sync;
 mod types;
