@@ -7,5 +7,6 @@ mod client_certs;
 mod discover;
 mod errors;
 mod faults;
+mod network;
 mod sync;
 mod types;

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod link;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
