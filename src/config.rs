@@ -314,7 +314,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "reconnect_attempts",
         kind: "integer",
-        description: "Times a stream whose connection is lost (reset, failover, a standby's recovery conflict) reconnects, after 2, 8, 32, ... seconds, and resumes from the last row written; 0 never.",
+        description: "Times a stream whose connection is lost (reset, failover, a standby's recovery conflict) reconnects (after 1, 4, 16, ... seconds; failures in a row without progress count) and resumes from the last row written; 0 never.",
         default: Some("3"),
         secret: false,
     },
