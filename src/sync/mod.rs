@@ -216,11 +216,16 @@ fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut Stat
     let mut cast_types = Vec::with_capacity(selected.columns.len());
     for name in &selected.columns {
         let column = live.get(name.as_str()).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Query,
-                format!("selected column {} no longer exists or the role cannot read it", query::quote_ident(name)),
-            )
-            .with_hint("Run --discover again and update the catalog, or grant the role SELECT on the column.")
+            // A lost privilege is the same failure whether it was the table's or the column's.
+            if relation.unreadable.contains(name) {
+                return Error::new(ErrorKind::Auth, format!("the role cannot read column {} of table {table}", query::quote_ident(name)))
+                    .with_hint(format!(
+                        "Grant it: GRANT SELECT ({}) ON {table} TO <role>; or deselect the column.",
+                        query::quote_ident(name)
+                    ));
+            }
+            Error::new(ErrorKind::Query, format!("selected column {} no longer exists", query::quote_ident(name)))
+                .with_hint("Run --discover again and update the catalog.")
         })?;
         let mapped = discover::column_type(&session.types, column, config).ok_or_else(|| {
             Error::new(
