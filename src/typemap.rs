@@ -384,10 +384,21 @@ fn number_or_special(encoder: Encoder) -> Option<ColumnType> {
     Some(ColumnType { schema, cast: Cast::None, encoder })
 }
 
-/// `numeric(p,s)` gets inclusive bounds (the largest value it holds, `10^(p-s) - 10^-s`) and
-/// `multipleOf 10^-s`; unconstrained `numeric` gets none (singer-io's caps would reject values the
-/// column holds). singer-io writes draft-4 `exclusiveMaximum: true` with `maximum 10^(p-s)`, which
-/// draft-6+ validators read as "maximum 1"; inclusive bounds mean the same under every draft.
+/// Significant digits of Python's default decimal context. Singer targets parse numbers as
+/// `Decimal` and check `multipleOf` as `value % step`, which raises `decimal.InvalidOperation`
+/// (instead of answering) once the quotient `value / step` needs more digits than this.
+const PYTHON_DECIMAL_DIGITS: i32 = 28;
+
+/// `numeric(p,s)` gets inclusive bounds (the largest value it holds, `10^(p-s) - 10^-s`, whose
+/// digits spell out both p and s) and, when validators can check it, `multipleOf 10^-s`;
+/// unconstrained `numeric` gets none (singer-io's caps would reject values the column holds).
+/// singer-io writes draft-4 `exclusiveMaximum: true` with `maximum 10^(p-s)`, which draft-6+
+/// validators read as "maximum 1"; inclusive bounds mean the same under every draft.
+///
+/// `multipleOf` is left out when p > 28 and s > 0: `value / 10^-s` can then have more than 28
+/// digits, and singer-python's (and any `Decimal`-parsing) validator crashes on such values
+/// instead of checking them. With s = 0 the values are JSON integers, which Python checks as
+/// `int`, exactly, at any size.
 fn numeric(typmod: i32) -> Option<ColumnType> {
     let mut column = number_or_special(Encoder::Numeric)?;
     if typmod >= 4 {
@@ -401,8 +412,10 @@ fn numeric(typmod: i32) -> Option<ColumnType> {
             let max = if scale == 0 { integer } else { format!("{integer}.{}", "9".repeat(scale as usize)) };
             let schema = &mut column.schema;
             schema.insert("maximum".into(), number(&max));
-            let step = if scale == 0 { "1".to_string() } else { format!("0.{}1", "0".repeat(scale as usize - 1)) };
-            schema.insert("multipleOf".into(), number(&step));
+            if precision <= PYTHON_DECIMAL_DIGITS || scale == 0 {
+                let step = if scale == 0 { "1".to_string() } else { format!("0.{}1", "0".repeat(scale as usize - 1)) };
+                schema.insert("multipleOf".into(), number(&step));
+            }
             schema.insert("minimum".into(), number(&format!("-{max}")));
         }
     }
@@ -474,6 +487,22 @@ mod tests {
         let c = map_column(&types(), 1700, (1000 << 16) + 4).unwrap();
         assert_eq!(c.schema["maximum"].to_string(), "9".repeat(1000));
         assert_eq!(c.schema["multipleOf"].to_string(), "1");
+    }
+
+    #[test]
+    fn multiple_of_only_where_a_28_digit_decimal_context_can_check_it() {
+        let schema = |p: i32, s: i32| Value::Object(map_column(&types(), 1700, (p << 16 | s) + 4).unwrap().schema);
+        // p <= 28: every value / 10^-s has at most 28 digits.
+        assert_eq!(schema(28, 10)["multipleOf"].to_string(), "0.0000000001");
+        assert_eq!(schema(28, 28)["multipleOf"].to_string(), format!("0.{}1", "0".repeat(27)));
+        // p > 28 with a scale: bounds only, and they still carry precision and scale.
+        let big = schema(60, 30);
+        assert_eq!(big.get("multipleOf"), None, "{big}");
+        assert_eq!(big["maximum"].to_string(), format!("{}.{}", "9".repeat(30), "9".repeat(30)));
+        assert_eq!(big["minimum"].to_string(), format!("-{}.{}", "9".repeat(30), "9".repeat(30)));
+        assert_eq!(schema(29, 1).get("multipleOf"), None);
+        // Scale 0: integers, checked exactly at any size.
+        assert_eq!(schema(60, 0)["multipleOf"].to_string(), "1");
     }
 
     #[test]
