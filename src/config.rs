@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result, ResultExt};
+use crate::typemap::OutOfRangeDates;
 
 /// Rows fetched per round trip when the config does not say (singer-io's `itersize`).
 pub const DEFAULT_ITERSIZE_ROWS: u32 = 20_000;
@@ -135,6 +136,8 @@ pub struct Config {
     pub json_as_object: bool,
     /// How FULL_TABLE reads tables and resumes.
     pub full_table_order: FullTableOrder,
+    /// How dates and timestamps with years outside 1..=9999 are written.
+    pub out_of_range_dates: OutOfRangeDates,
 }
 
 impl std::fmt::Debug for Config {
@@ -278,6 +281,13 @@ pub const SETTINGS: &[Setting] = &[
         kind: "string",
         description: "How FULL_TABLE reads a table: physical (storage order in ranges of blocks, resumable at the next block, also without a primary key; PostgreSQL 14+) or primary_key (ordered by the primary key, resumable after the last key sent).",
         default: Some("\"physical\""),
+        secret: false,
+    },
+    Setting {
+        name: "out_of_range_dates",
+        kind: "string",
+        description: "Dates and timestamps before year 1 or after 9999 (which date-time and Python cannot hold): clamp (written as 0001-01-01T00:00:00+00:00 or 9999-12-31T23:59:59.999000+00:00, as infinity is; bookmarks keep the exact value; a warning per column) or expanded (exact, in ISO 8601 expanded form such as -0043-03-15T00:00:00+00:00; such columns' schemas then have no date-time format).",
+        default: Some("\"clamp\""),
         secret: false,
     },
 ];
@@ -442,6 +452,14 @@ impl Config {
                 Some(_) => {
                     return Err(Error::new(ErrorKind::Config, "full_table_order is not physical or primary_key")
                         .with_hint("Set full_table_order to \"physical\" (the default) or \"primary_key\"."));
+                }
+            },
+            out_of_range_dates: match opt_string(map, "out_of_range_dates")?.map(|t| t.to_ascii_lowercase()).as_deref() {
+                None | Some("clamp") => OutOfRangeDates::Clamp,
+                Some("expanded") => OutOfRangeDates::Expanded,
+                Some(_) => {
+                    return Err(Error::new(ErrorKind::Config, "out_of_range_dates is not clamp or expanded")
+                        .with_hint("Set out_of_range_dates to \"clamp\" (the default) or \"expanded\"."));
                 }
             },
         })
@@ -700,6 +718,11 @@ mod tests {
         assert_eq!(c.full_table_order, FullTableOrder::PrimaryKey);
         let e = parse(json!({"host": "h", "user": "u", "dbname": "d", "full_table_order": "random"}), None).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d", "out_of_range_dates": "Expanded"}), None).unwrap();
+        assert_eq!(c.out_of_range_dates, OutOfRangeDates::Expanded);
+        let e = parse(json!({"host": "h", "user": "u", "dbname": "d", "out_of_range_dates": "raw"}), None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.hint().unwrap().contains("expanded"));
     }
 
     #[test]
@@ -710,6 +733,7 @@ mod tests {
         assert_eq!(c.itersize, DEFAULT_ITERSIZE_ROWS);
         assert_eq!(c.filter_schemas, None);
         assert_eq!(c.max_run_seconds, None);
+        assert_eq!(c.out_of_range_dates, OutOfRangeDates::Clamp);
     }
 
     #[test]

@@ -320,8 +320,14 @@ pub fn catalog_entry(db: &str, relation: &Relation, types: &TypeMap, config: &Co
 
 /// What a column maps to under this config (`None`: unsupported).
 pub fn column_type(types: &TypeMap, column: &Column, config: &Config) -> Option<typemap::ColumnType> {
-    let mapped = typemap::map_column(types, column.typid, column.typmod)?;
-    Some(if config.json_as_object { typemap::json_as_object(mapped) } else { mapped })
+    let mut mapped = typemap::map_column(types, column.typid, column.typmod)?;
+    if config.json_as_object {
+        mapped = typemap::json_as_object(mapped);
+    }
+    if config.out_of_range_dates == typemap::OutOfRangeDates::Expanded {
+        mapped = typemap::expanded_dates(mapped);
+    }
+    Some(mapped)
 }
 
 /// A column's schema with `"null"` prepended to its types unless it is a key column.

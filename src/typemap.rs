@@ -38,16 +38,16 @@ pub enum Encoder {
     Bytea,
     /// `uuid` -> `"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"` lowercase.
     Uuid,
-    /// `date` -> `"YYYY-MM-DDT00:00:00+00:00"`.
-    Date,
+    /// `date` -> `"YYYY-MM-DDT00:00:00+00:00"`; years outside 1..=9999 as the value says.
+    Date(OutOfRangeDates),
     /// `time` -> `"HH:MM:SS[.ffffff]"`.
     Time,
     /// `timetz` -> `"HH:MM:SS[.ffffff]+HH:MM"`.
     TimeTz,
-    /// `timestamp` -> `"YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00"`.
-    Timestamp,
-    /// `timestamptz` -> `"YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00"` (UTC).
-    TimestampTz,
+    /// `timestamp` -> `"YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00"`; years outside 1..=9999 as the value says.
+    Timestamp(OutOfRangeDates),
+    /// `timestamptz` -> `"YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00"` (UTC); years outside 1..=9999 as the value says.
+    TimestampTz(OutOfRangeDates),
     /// `interval` -> ISO 8601 duration exactly as PostgreSQL's `IntervalStyle = iso_8601` prints it.
     Interval,
     /// `bit(1)` -> `true`/`false` (singer-io's mapping).
@@ -65,6 +65,20 @@ pub enum Encoder {
 }
 
 use std::collections::HashMap;
+
+/// How dates and timestamps whose year lies outside 1..=9999 are written (`out_of_range_dates`).
+/// RFC 3339, and so JSON Schema's `date-time`, only has four-digit years 0000..=9999, and
+/// Python's `datetime` (what singer-python and most targets parse with) only 1..=9999.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutOfRangeDates {
+    /// As the nearest end of the range, the sentinels infinity is written as: `0001-01-01…` for
+    /// years before 1, `9999-12-31…` after 9999. The record stays valid under `date-time`; the
+    /// exact value is kept in bookmarks, and a warning names the column.
+    Clamp,
+    /// Exactly, in ISO 8601 expanded form (`-0043-03-15…` is 44 BC, `+10000-01-01…`); the
+    /// column's schema then has no `date-time` format, which such years would fail.
+    Expanded,
+}
 
 /// Every encoder without an inner encoder, for tests that must cover them all.
 #[cfg(test)]
@@ -84,11 +98,14 @@ pub const SCALAR_ENCODERS: &[Encoder] = &[
     Encoder::JsonbDocument,
     Encoder::Bytea,
     Encoder::Uuid,
-    Encoder::Date,
+    Encoder::Date(OutOfRangeDates::Clamp),
+    Encoder::Date(OutOfRangeDates::Expanded),
     Encoder::Time,
     Encoder::TimeTz,
-    Encoder::Timestamp,
-    Encoder::TimestampTz,
+    Encoder::Timestamp(OutOfRangeDates::Clamp),
+    Encoder::Timestamp(OutOfRangeDates::Expanded),
+    Encoder::TimestampTz(OutOfRangeDates::Clamp),
+    Encoder::TimestampTz(OutOfRangeDates::Expanded),
     Encoder::Interval,
     Encoder::BitBool,
     Encoder::BitString,
@@ -277,13 +294,45 @@ pub fn json_as_object(mut column: ColumnType) -> ColumnType {
     column
 }
 
+/// With `out_of_range_dates: expanded`, date, timestamp and timestamptz columns (and arrays of
+/// them) are written exactly, so their schema drops the `date-time` format (arrays of them refer
+/// to the string array definition) that expanded years would fail.
+pub fn expanded_dates(mut column: ColumnType) -> ColumnType {
+    let expanded = column.encoder.with_out_of_range_dates(OutOfRangeDates::Expanded);
+    if expanded == column.encoder {
+        return column;
+    }
+    column.encoder = expanded;
+    column.schema.remove("format");
+    if column.schema.contains_key("items") {
+        column.schema.insert("items".into(), json!({"$ref": "#/definitions/sdc_recursive_string_array"}));
+    }
+    column
+}
+
+impl Encoder {
+    /// This encoder with dates and timestamps (also as array elements) written as `dates` says;
+    /// other encoders unchanged.
+    pub fn with_out_of_range_dates(&self, dates: OutOfRangeDates) -> Encoder {
+        match self {
+            Encoder::Date(_) => Encoder::Date(dates),
+            Encoder::Timestamp(_) => Encoder::Timestamp(dates),
+            Encoder::TimestampTz(_) => Encoder::TimestampTz(dates),
+            Encoder::Array(inner) => Encoder::Array(Box::new(inner.with_out_of_range_dates(dates))),
+            other => other.clone(),
+        }
+    }
+}
+
 /// The recursive definition an array of `inner` refers to.
 fn array_definition_for(inner: &ColumnType) -> &'static str {
     match &inner.encoder {
         Encoder::Int2 | Encoder::Int4 | Encoder::Int8 | Encoder::Oid => "sdc_recursive_integer_array",
         Encoder::Float4 | Encoder::Float8 | Encoder::Numeric => "sdc_recursive_number_array",
         Encoder::Bool | Encoder::BitBool => "sdc_recursive_boolean_array",
-        Encoder::Date | Encoder::Timestamp | Encoder::TimestampTz => "sdc_recursive_timestamp_array",
+        Encoder::Date(OutOfRangeDates::Clamp)
+        | Encoder::Timestamp(OutOfRangeDates::Clamp)
+        | Encoder::TimestampTz(OutOfRangeDates::Clamp) => "sdc_recursive_timestamp_array",
         Encoder::Hstore => "sdc_recursive_object_array",
         _ => "sdc_recursive_string_array",
     }
@@ -349,9 +398,9 @@ fn map_scalar(types: &TypeMap, t: &TypeInfo, typmod: i32) -> Option<ColumnType> 
         oid::JSON => plain("string", Encoder::Json),
         oid::JSONB => plain("string", Encoder::Jsonb),
         oid::BYTEA => plain("string", Encoder::Bytea),
-        oid::DATE => with_format(Encoder::Date),
-        oid::TIMESTAMP => with_format(Encoder::Timestamp),
-        oid::TIMESTAMPTZ => with_format(Encoder::TimestampTz),
+        oid::DATE => with_format(Encoder::Date(OutOfRangeDates::Clamp)),
+        oid::TIMESTAMP => with_format(Encoder::Timestamp(OutOfRangeDates::Clamp)),
+        oid::TIMESTAMPTZ => with_format(Encoder::TimestampTz(OutOfRangeDates::Clamp)),
         oid::TIME => plain("string", Encoder::Time),
         oid::TIMETZ => plain("string", Encoder::TimeTz),
         oid::INTERVAL => plain("string", Encoder::Interval),
@@ -463,6 +512,10 @@ mod tests {
             t(90004, "hstore", b'b', b'U', 0, 0, -1),
             t(90005, "pair", b'c', b'C', 0, 0, -1),
             t(90006, "_pair", b'b', b'A', 90005, 0, -1),
+            t(1082, "date", b'b', b'D', 0, 0, -1),
+            t(1114, "timestamp", b'b', b'D', 0, 0, -1),
+            t(1184, "timestamptz", b'b', b'D', 0, 0, -1),
+            t(1185, "_timestamptz", b'b', b'A', 1184, 0, -1),
             t(3904, "int4range", b'r', b'R', 0, 0, -1),
             t(3905, "_int4range", b'b', b'A', 3904, 0, -1),
         ])
@@ -559,6 +612,33 @@ mod tests {
                 r##"{"items":{"$ref":"#/definitions/sdc_recursive_string_array"},"type":["array"]}"##,
                 "{oid}"
             );
+        }
+    }
+
+    #[test]
+    fn expanded_dates_drop_the_date_time_format() {
+        let clamp = OutOfRangeDates::Clamp;
+        let expanded = OutOfRangeDates::Expanded;
+        for (oid, by_default, exact) in [
+            (1082, Encoder::Date(clamp), Encoder::Date(expanded)),
+            (1114, Encoder::Timestamp(clamp), Encoder::Timestamp(expanded)),
+            (1184, Encoder::TimestampTz(clamp), Encoder::TimestampTz(expanded)),
+        ] {
+            let c = map_column(&types(), oid, -1).unwrap();
+            assert_eq!(c.encoder, by_default);
+            assert_eq!(Value::Object(c.schema.clone()).to_string(), r#"{"format":"date-time","type":["string"]}"#);
+            let e = expanded_dates(c);
+            assert_eq!(e.encoder, exact);
+            assert_eq!(Value::Object(e.schema).to_string(), r#"{"type":["string"]}"#);
+        }
+        let a = map_column(&types(), 1185, -1).unwrap();
+        assert_eq!(a.schema["items"]["$ref"], json!("#/definitions/sdc_recursive_timestamp_array"));
+        let a = expanded_dates(a);
+        assert_eq!(a.encoder, Encoder::Array(Box::new(Encoder::TimestampTz(expanded))));
+        assert_eq!(a.schema["items"]["$ref"], json!("#/definitions/sdc_recursive_string_array"));
+        for other in [23, 1007, 1700, 1043] {
+            let c = map_column(&types(), other, -1).unwrap();
+            assert_eq!(expanded_dates(c.clone()), c, "{other}");
         }
     }
 

@@ -27,7 +27,7 @@ use crate::catalog::{Catalog, SelectedStream, select_streams};
 use crate::config::{Config, FullTableOrder, ReplicationMethod};
 use crate::connect::{Connector, classify};
 use crate::discover::{self, Column, Scope};
-use crate::encode::{self, NOTE_INFINITY_CLAMPED, NOTE_YEAR_OUT_OF_RANGE, write_json_str};
+use crate::encode::{self, NOTE_INFINITY_CLAMPED, NOTE_YEAR_CLAMPED, NOTE_YEAR_OUT_OF_RANGE, write_json_str};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{MessageWriter, RecordEnvelope};
 use crate::query::{self, KeyColumn};
@@ -494,7 +494,7 @@ fn bookmark_param(value: &Value, encoder: &Encoder) -> String {
     match (value, encoder) {
         (Value::String(s), Encoder::Bytea) => format!("\\x{s}"),
         (Value::Bool(b), Encoder::BitBool) => if *b { "1" } else { "0" }.to_string(),
-        (Value::String(s), Encoder::Date | Encoder::Timestamp | Encoder::TimestampTz) => postgres_year_syntax(s),
+        (Value::String(s), Encoder::Date(_) | Encoder::Timestamp(_) | Encoder::TimestampTz(_)) => postgres_year_syntax(s),
         (Value::String(s), _) => s.clone(),
         (other, _) => other.to_string(),
     }
@@ -541,15 +541,19 @@ fn sync_stream<W: Write>(
         _ => incremental::sync(client, plan, state, writer, limits),
     }?;
     for column in &plan.columns {
+        let (min, max) = encode::sentinels(&column.encoder);
         if column.notes & NOTE_INFINITY_CLAMPED != 0 {
+            log::warn!("stream {id}: column {} holds infinity, written as {max} / {min}", column.name);
+        }
+        if column.notes & NOTE_YEAR_CLAMPED != 0 {
             log::warn!(
-                "stream {id}: column {} holds infinity, written as singer-io's sentinel 9999-12-31T23:59:59.999999+00:00 / 0001-01-01T00:00:00+00:00",
+                "stream {id}: column {} holds years outside 1..9999, written as {min} / {max} (bookmarks keep the exact value); set \"out_of_range_dates\": \"expanded\" for the exact values in ISO 8601 expanded form",
                 column.name
             );
         }
         if column.notes & NOTE_YEAR_OUT_OF_RANGE != 0 {
             log::warn!(
-                "stream {id}: column {} holds years outside 1..9999, written with ISO 8601 expanded years (e.g. -0044-03-15) that some targets reject",
+                "stream {id}: column {} holds years outside 1..9999, written with ISO 8601 expanded years (e.g. -0043-03-15) that some targets reject",
                 column.name
             );
         }
@@ -634,9 +638,9 @@ impl RowSink {
     /// Appends one RECORD line for `row` to `line` and notes the tracked columns' values.
     fn encode_row(&mut self, row: &postgres::Row, columns: &mut [ColumnPlan], line: &mut Vec<u8>) -> Result<()> {
         line.extend_from_slice(&self.envelope.prefix);
-        // Per tracked column: where its JSON text is in the line, and whether it was an infinity
-        // written as singer-io's sentinel (the bookmark must keep the real value).
-        let mut spans = [(0usize, 0usize, false); MAX_TRACKED_COLUMNS];
+        // Per tracked column: where its JSON text is in the line, and its notes: an infinity or
+        // a clamped year was written as a sentinel, and the bookmark must keep the real value.
+        let mut spans = [(0usize, 0usize, 0u8); MAX_TRACKED_COLUMNS];
         for (i, column) in columns.iter_mut().enumerate() {
             if i > 0 {
                 line.push(b',');
@@ -658,17 +662,26 @@ impl RowSink {
                 }
             }
             if let Some(t) = self.tracked.iter().position(|&c| c == i) {
-                spans[t] = (start, line.len(), notes & NOTE_INFINITY_CLAMPED != 0);
+                spans[t] = (start, line.len(), notes);
             }
         }
         line.extend_from_slice(&self.envelope.suffix);
-        for (t, &(start, end, infinite)) in spans.iter().take(self.tracked.len()).enumerate() {
+        for (t, &(start, end, notes)) in spans.iter().take(self.tracked.len()).enumerate() {
             let text = &line[start..end];
             if text != b"null" {
                 self.last[t].clear();
-                if infinite {
+                if notes & NOTE_INFINITY_CLAMPED != 0 {
                     let word: &[u8] = if text.starts_with(b"\"9999") { b"\"infinity\"" } else { b"\"-infinity\"" };
                     self.last[t].extend_from_slice(word);
+                } else if notes & NOTE_YEAR_CLAMPED != 0 {
+                    // Rare: the exact value again, in ISO 8601 expanded form (which
+                    // `bookmark_param` turns back into PostgreSQL's syntax).
+                    let i = self.tracked[t];
+                    let raw: Option<Raw<'_>> = row.try_get(i).ok().flatten();
+                    let exact = raw.map(|Raw(bytes)| encode::encode_exact(&columns[i].encoder, bytes, &mut self.last[t]));
+                    if !matches!(exact, Some(Ok(()))) {
+                        return Err(Error::new(ErrorKind::Internal, format!("re-encoding column {} for the bookmark", columns[i].name)));
+                    }
                 } else {
                     self.last[t].extend_from_slice(text);
                 }
@@ -962,7 +975,7 @@ mod tests {
         assert_eq!(bookmark_param(&json!(false), &Encoder::BitBool), "0");
         assert_eq!(bookmark_param(&json!(12), &Encoder::Int4), "12");
         assert_eq!(bookmark_param(&json!("abc"), &Encoder::Text), "abc");
-        let ts = |s: &str| bookmark_param(&json!(s), &Encoder::TimestampTz);
+        let ts = |s: &str| bookmark_param(&json!(s), &Encoder::TimestampTz(crate::typemap::OutOfRangeDates::Clamp));
         assert_eq!(ts("2024-01-01T00:00:00+00:00"), "2024-01-01T00:00:00+00:00");
         assert_eq!(ts("+20000-01-01T00:00:00+00:00"), "20000-01-01T00:00:00+00:00");
         assert_eq!(ts("-0043-03-15T12:00:00+00:00"), "0044-03-15T12:00:00+00:00 BC");
