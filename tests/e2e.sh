@@ -51,8 +51,8 @@ done
 # cold install is reproducible. Verified together on CPython 3.11. Three virtualenvs because the
 # tools pin conflicting libraries: target-jsonl needs singer-python 5.8.0 with jsonschema 2.6.0,
 # pipelinewise-target-postgres needs pipelinewise-singer-python with jsonschema 3.2.0, and
-# Meltano needs jsonschema 4 (check e also validates with that one, which checks date-time
-# only with rfc3339-validator installed).
+# Meltano needs jsonschema 4. A fourth holds only jsonschema 4 and rfc3339-validator (without
+# which its FormatChecker accepts any date-time), the validators of check e.
 REQ_SINGER='target-jsonl==0.1.4
 singer-tools==0.4.1
 singer-python==5.8.0
@@ -118,7 +118,6 @@ PyYAML==6.0.4
 referencing==0.37.0
 regex==2026.11.19
 requests==2.34.2
-rfc3339-validator==0.1.4
 rich==15.0.0
 rpds-py==2026.9.1
 ruamel.yaml==0.19.1
@@ -134,6 +133,14 @@ uv==0.13.9
 virtualenv==21.15.11
 wrapt==2.5.2
 zipp==4.1.2'
+REQ_VALIDATORS='jsonschema==4.26.0
+jsonschema-specifications==2025.9.1
+referencing==0.37.0
+rpds-py==2026.9.1
+attrs==26.1.0
+typing_extensions==4.16.0
+rfc3339-validator==0.1.4
+six==1.17.0'
 
 # make_venv NAME REQUIREMENTS: (re)creates VENV_ROOT/NAME unless it already holds exactly these
 # pins for this Python. Runs in the background during the build; its log is VENV_ROOT/NAME.log.
@@ -159,12 +166,13 @@ setup_venvs() {
     # One e2e run at a time may (re)build the cache.
     exec 9>"$VENV_ROOT/.lock"
     flock 9
-    local pids=() names=(singer target-postgres meltano) reqs=("$REQ_SINGER" "$REQ_TARGET_POSTGRES" "$REQ_MELTANO") i rc=0
-    for i in 0 1 2; do
+    local pids=() names=(singer target-postgres meltano validators) i rc=0
+    local reqs=("$REQ_SINGER" "$REQ_TARGET_POSTGRES" "$REQ_MELTANO" "$REQ_VALIDATORS")
+    for i in 0 1 2 3; do
         make_venv "${names[$i]}" "${reqs[$i]}" >"$VENV_ROOT/${names[$i]}.log" 2>&1 &
         pids+=($!)
     done
-    for i in 0 1 2; do
+    for i in 0 1 2 3; do
         if ! wait "${pids[$i]}"; then
             say "installing the ${names[$i]} virtualenv failed:"
             cat "$VENV_ROOT/${names[$i]}.log" >&2
@@ -228,6 +236,7 @@ cat "$WORK/venvs.log" >&2
 V_SINGER=$VENV_ROOT/singer/bin
 V_TPG=$VENV_ROOT/target-postgres/bin
 V_MELTANO=$VENV_ROOT/meltano/bin
+V_VALIDATORS=$VENV_ROOT/validators/bin
 say "setup done in $((SECONDS - T0))s"
 
 # psql_admin DB [psql args...]: superuser over the unix socket.
@@ -679,7 +688,8 @@ check_c() {
         || { cat "$d/run2.log" >&2; fail "tap-heroku run 2 exited non-zero"; }
     local run
     for run in 1 2; do
-        "$V_SINGER/singer-check-tap" <"$d/run$run.out" >"$d/check$run.log" 2>&1 \
+        # In the work directory: it writes a singer-check-tap-data directory where it runs.
+        (cd "$d" && "$V_SINGER/singer-check-tap" <"run$run.out" >"check$run.log" 2>&1) \
             || { cat "$d/check$run.log" >&2; fail "singer-check-tap rejected the output of run $run"; }
         grep -q 'The output is valid' "$d/check$run.log" || { cat "$d/check$run.log" >&2; fail "singer-check-tap did not say the output of run $run is valid"; }
         sed -n '/Details by stream/,$p' "$d/check$run.log"
@@ -860,7 +870,7 @@ check_e() {
         -f "$ROOT/tests/fixtures/catalog_fixture_values.sql" >/dev/null
     psql_admin e2e_e -c "grant usage on schema public to $READER" -c "grant select on all tables in schema public to $READER" >/dev/null
     for mode in clamp expanded; do
-        printf '{"host": "127.0.0.1", "port": %s, "user": "%s", "password": "%s", "dbname": "e2e_e", "out_of_range_dates": "%s"}\n' \
+        printf '{"host": "127.0.0.1", "port": %s, "user": "%s", "password": "%s", "dbname": "e2e_e", "filter_dbs": "e2e_e", "out_of_range_dates": "%s"}\n' \
             "$PORT" "$READER" "$READER_PW" "$mode" >"$d/config-$mode.json"
         "$TAP" --config "$d/config-$mode.json" --discover >"$d/catalog-$mode.json" 2>"$d/discover-$mode.log" \
             || { cat "$d/discover-$mode.log" >&2; fail "$mode: discovery failed"; }
@@ -876,7 +886,7 @@ EOF
         "$TAP" --config "$d/config-$mode.json" --catalog "$d/catalog-$mode.json" >"$d/$mode.out" 2>"$d/$mode.log" \
             || { cat "$d/$mode.log" >&2; fail "$mode: tap-heroku exited non-zero"; }
         local failed=()
-        "$V_MELTANO/python" "$WORK/validate.py" "$d/$mode.out" --validator jsonschema || failed+=("jsonschema")
+        "$V_VALIDATORS/python" "$WORK/validate.py" "$d/$mode.out" --validator jsonschema || failed+=("jsonschema")
         "$V_SINGER/python" "$WORK/validate.py" "$d/$mode.out" --validator singer || failed+=("singer-python")
         if (cd "$d" && "$V_SINGER/singer-check-tap" <"$mode.out" >"check-$mode.log" 2>&1) && grep -q 'The output is valid' "$d/check-$mode.log"; then
             echo "$mode: singer-check-tap: the output is valid ($(grep -o '[0-9]* record messages' "$d/check-$mode.log"))"
