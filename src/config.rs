@@ -286,7 +286,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "out_of_range_dates",
         kind: "string",
-        description: "Dates and timestamps before year 1 or after 9999 (which date-time and Python cannot hold): clamp (written as 0001-01-01T00:00:00+00:00 or 9999-12-31T23:59:59.999000+00:00, as infinity is; bookmarks keep the exact value; a warning per column) or expanded (exact, in ISO 8601 expanded form such as -0043-03-15T00:00:00+00:00; such columns' schemas then have no date-time format).",
+        description: "Dates and timestamps before year 1 or after 9999 (which date-time and Python cannot hold): clamp (written as 0001-01-01T00:00:00+00:00 or 9999-12-31T23:59:59.999000+00:00, for dates 9999-12-31T00:00:00+00:00, as infinity is; bookmarks keep the exact value; a warning per column) or expanded (exact, in ISO 8601 expanded form such as -0043-03-15T00:00:00+00:00; such columns' schemas then have no date-time format).",
         default: Some("\"clamp\""),
         secret: false,
     },
