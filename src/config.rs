@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result, ResultExt};
+use crate::typemap::OutOfRangeDates;
 
 /// Reconnects of a stream whose connection was lost, when the config does not say.
 const DEFAULT_RECONNECT_ATTEMPTS: u32 = 3;
@@ -145,6 +146,8 @@ pub struct Config {
     pub reconnect_attempts: u32,
     /// How FULL_TABLE reads tables and resumes.
     pub full_table_order: FullTableOrder,
+    /// How dates and timestamps with years outside 1..=9999 are written.
+    pub out_of_range_dates: OutOfRangeDates,
 }
 
 impl std::fmt::Debug for Config {
@@ -316,6 +319,13 @@ pub const SETTINGS: &[Setting] = &[
         kind: "integer",
         description: "Times a stream whose connection is lost (reset, failover, a standby's recovery conflict) reconnects (after 1, 4, 16, ... seconds; failures in a row without progress count) and resumes from the last row written; 0 never.",
         default: Some("3"),
+        secret: false,
+    },
+    Setting {
+        name: "out_of_range_dates",
+        kind: "string",
+        description: "Dates and timestamps before year 1 or after 9999 (which date-time and Python cannot hold): clamp (written as 0001-01-01T00:00:00+00:00 or 9999-12-31T23:59:59.999000+00:00, for dates 9999-12-31T00:00:00+00:00, as infinity is; bookmarks keep the exact value; a warning per column) or expanded (exact, in ISO 8601 expanded form such as -0043-03-15T00:00:00+00:00; such columns' schemas then have no date-time format).",
+        default: Some("\"clamp\""),
         secret: false,
     },
 ];
@@ -517,6 +527,14 @@ impl Config {
                 Some(_) => {
                     return Err(Error::new(ErrorKind::Config, "full_table_order is not physical or primary_key")
                         .with_hint("Set full_table_order to \"physical\" (the default) or \"primary_key\"."));
+                }
+            },
+            out_of_range_dates: match opt_string(map, "out_of_range_dates")?.map(|t| t.to_ascii_lowercase()).as_deref() {
+                None | Some("clamp") => OutOfRangeDates::Clamp,
+                Some("expanded") => OutOfRangeDates::Expanded,
+                Some(_) => {
+                    return Err(Error::new(ErrorKind::Config, "out_of_range_dates is not clamp or expanded")
+                        .with_hint("Set out_of_range_dates to \"clamp\" (the default) or \"expanded\"."));
                 }
             },
         })
@@ -806,6 +824,11 @@ mod tests {
         assert_eq!(c.full_table_order, FullTableOrder::PrimaryKey);
         let e = parse(json!({"host": "h", "user": "u", "dbname": "d", "full_table_order": "random"}), None).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d", "out_of_range_dates": "Expanded"}), None).unwrap();
+        assert_eq!(c.out_of_range_dates, OutOfRangeDates::Expanded);
+        let e = parse(json!({"host": "h", "user": "u", "dbname": "d", "out_of_range_dates": "raw"}), None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.hint().unwrap().contains("expanded"));
     }
 
     #[test]
@@ -816,6 +839,7 @@ mod tests {
         assert_eq!(c.itersize, DEFAULT_ITERSIZE_ROWS);
         assert_eq!(c.filter_schemas, None);
         assert_eq!(c.max_run_seconds, None);
+        assert_eq!(c.out_of_range_dates, OutOfRangeDates::Clamp);
     }
 
     #[test]

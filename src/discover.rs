@@ -52,6 +52,9 @@ pub struct Relation {
     pub row_count: i64,
     /// Columns the role can SELECT, by `attnum`.
     pub columns: Vec<Column>,
+    /// Names of the columns the role may not SELECT (neither table nor column privilege), so
+    /// that a selected column the role lost is told apart from one that was dropped.
+    pub unreadable: Vec<String>,
     /// Primary key columns in key order.
     pub primary_key: Vec<String>,
 }
@@ -158,8 +161,8 @@ pub fn load_types(client: &mut Client) -> Result<TypeMap> {
     Ok(TypeMap::new(types))
 }
 
-/// Loads relations, their readable columns and primary keys (three queries whatever the number
-/// of tables), sorted by schema and name.
+/// Loads relations, their readable columns (and the names of the others) and primary keys (three
+/// queries whatever the number of tables), sorted by schema and name.
 pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relation>> {
     let (schemas, exact): (Option<Vec<String>>, Option<(String, String)>) = match scope {
         Scope::Schemas(s) => (s.map(<[String]>::to_vec), None),
@@ -184,11 +187,10 @@ pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relat
         "select a.attrelid, a.attname::text, a.atttypid, a.atttypmod, \
            case when a.atttypid = 'bit'::regtype and a.atttypmod > 1 then 'bit(' || a.atttypmod || ')' \
                 else format_type(a.atttypid, null) end, \
-           format_type(a.atttypid, a.atttypmod) \
+           format_type(a.atttypid, a.atttypmod), has_column_privilege(c.oid, a.attnum, 'SELECT') \
          from pg_attribute a join pg_class c on c.oid = a.attrelid \
            join pg_namespace n on n.oid = c.relnamespace \
          where {relation_filter} and a.attnum > 0 and not a.attisdropped \
-           and has_column_privilege(c.oid, a.attnum, 'SELECT') \
          order by a.attrelid, a.attnum"
     );
     let key_sql = format!(
@@ -223,19 +225,23 @@ pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relat
             relkind: get::<i8>(row, 3, "pg_class")? as u8,
             row_count: get::<f64>(row, 4, "pg_class")? as i64,
             columns: Vec::new(),
+            unreadable: Vec::new(),
             primary_key: Vec::new(),
         });
     }
     for row in &col_rows {
-        if let Some(&i) = index_of.get(&get::<u32>(row, 0, "pg_attribute")?) {
-            relations[i].columns.push(Column {
-                name: get(row, 1, "pg_attribute")?,
-                typid: get(row, 2, "pg_attribute")?,
-                typmod: get(row, 3, "pg_attribute")?,
-                sql_datatype: get(row, 4, "pg_attribute")?,
-                cast_type: get(row, 5, "pg_attribute")?,
-            });
+        let Some(&i) = index_of.get(&get::<u32>(row, 0, "pg_attribute")?) else { continue };
+        if !get::<bool>(row, 6, "pg_attribute")? {
+            relations[i].unreadable.push(get(row, 1, "pg_attribute")?);
+            continue;
         }
+        relations[i].columns.push(Column {
+            name: get(row, 1, "pg_attribute")?,
+            typid: get(row, 2, "pg_attribute")?,
+            typmod: get(row, 3, "pg_attribute")?,
+            sql_datatype: get(row, 4, "pg_attribute")?,
+            cast_type: get(row, 5, "pg_attribute")?,
+        });
     }
     for row in &key_rows {
         if let Some(&i) = index_of.get(&get::<u32>(row, 0, "pg_index")?) {
@@ -310,8 +316,14 @@ pub fn catalog_entry(db: &str, relation: &Relation, types: &TypeMap, config: &Co
 
 /// What a column maps to under this config (`None`: unsupported).
 pub fn column_type(types: &TypeMap, column: &Column, config: &Config) -> Option<typemap::ColumnType> {
-    let mapped = typemap::map_column(types, column.typid, column.typmod)?;
-    Some(if config.json_as_object { typemap::json_as_object(mapped) } else { mapped })
+    let mut mapped = typemap::map_column(types, column.typid, column.typmod)?;
+    if config.json_as_object {
+        mapped = typemap::json_as_object(mapped);
+    }
+    if config.out_of_range_dates == typemap::OutOfRangeDates::Expanded {
+        mapped = typemap::expanded_dates(mapped);
+    }
+    Some(mapped)
 }
 
 /// A column's schema with `"null"` prepended to its types unless it is a key column.

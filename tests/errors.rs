@@ -119,6 +119,10 @@ type FileCase<'a> = (&'a str, Option<String>, i32, Vec<&'a str>, &'a [&'a str]);
 /// A TLS case: sslmode, sslrootcert, host, and `Ok` or `Err(words of the hint)`.
 type TlsCase<'a> = (&'a str, &'a str, &'a str, Result<(), &'a [&'a str]>);
 
+/// A lost-privilege case: label, the SQL that takes SELECT away (`{role}` is the reader), exit
+/// code, words of the error line, words of the hint.
+type LostSelectCase<'a> = (&'a str, &'a str, i32, &'a [&'a str], &'a [&'a str]);
+
 /// A run of the secrets test: label, expected exit code, arguments, extra environment.
 type SecretRun<'a> = (&'a str, i32, Vec<String>, Vec<(&'a str, String)>);
 
@@ -588,6 +592,47 @@ fn password_never_appears_in_output() {
         let out = tap_env(&args, &env);
         assert_eq!(out.code, code, "[{label}] exit code; stderr:\n{}", out.stderr);
         assert_hidden(&out, label, &[SECRET, &passphrase]);
+    }
+}
+
+/// SELECT lost on the table or only on selected columns is the same failure, a permission one
+/// (77): the stream is skipped with an error naming it and what to grant, the others sync; a
+/// dropped column stays a catalog/data error (65).
+#[test]
+fn lost_select_on_the_table_or_on_selected_columns_exits_77() {
+    let cases: [LostSelectCase<'_>; 3] = [
+        ("table", "revoke select on items from {role}", 77, &["cannot read table", "items"], &["GRANT SELECT ON"]),
+        (
+            "columns",
+            "revoke select on items from {role}; grant select (id) on items to {role}",
+            77,
+            &["cannot read column \"n\"", "items"],
+            &["GRANT SELECT (\"n\")"],
+        ),
+        ("dropped column", "alter table items drop column n", 65, &["column \"n\" no longer exists"], &["--discover"]),
+    ];
+    for (label, change, code, needles, hint_words) in cases {
+        let (db, config, mut catalog) = support::fixture(
+            "create table items (id int primary key, n int, note text); insert into items values (1, 10, 'a'); \
+             create table other (id int primary key); insert into other values (1)",
+            json!({}),
+        );
+        support::select(&mut catalog, "items", "FULL_TABLE", None);
+        support::select(&mut catalog, "other", "FULL_TABLE", None);
+        db.exec(&change.replace("{role}", &db.role));
+        let out = support::sync(&config, &catalog, None);
+        let ctx = format!("[{label}] exit {}\nstderr:\n{}", out.code, out.stderr);
+        assert_eq!(out.code, code, "{ctx}");
+        let error = out.stderr.lines().find(|l| l.starts_with("tap-heroku: error: ")).unwrap_or_else(|| panic!("no error line: {ctx}"));
+        for n in needles {
+            assert!(error.contains(n), "error line lacks {n:?}: {ctx}");
+        }
+        let hint = out.stderr.lines().last().unwrap();
+        for w in hint_words {
+            assert!(hint.contains(w), "hint lacks {w:?}: {ctx}");
+        }
+        assert!(out.records("items").is_empty(), "{ctx}");
+        assert_eq!(out.records("other").len(), 1, "the other stream syncs: {ctx}");
     }
 }
 

@@ -24,7 +24,7 @@ use crate::catalog::{Catalog, select_streams};
 use crate::config::{Config, ReplicationMethod};
 use crate::connect::Connector;
 use crate::discover;
-use crate::encode::{NOTE_INFINITY_CLAMPED, NOTE_YEAR_OUT_OF_RANGE};
+use crate::encode::{self, NOTE_INFINITY_CLAMPED, NOTE_YEAR_CLAMPED, NOTE_YEAR_OUT_OF_RANGE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::MessageWriter;
 use crate::pg::Client;
@@ -152,15 +152,19 @@ fn sync_stream<W: Write>(cx: &mut Context<'_>, plan: &mut StreamPlan, state: &mu
         _ => incremental::sync(cx, plan, state, writer),
     }?;
     for column in &plan.columns {
+        let (min, max) = encode::sentinels(&column.encoder);
         if column.notes & NOTE_INFINITY_CLAMPED != 0 {
+            log::warn!("stream {id}: column {} holds infinity, written as {max} / {min}", column.name);
+        }
+        if column.notes & NOTE_YEAR_CLAMPED != 0 {
             log::warn!(
-                "stream {id}: column {} holds infinity, written as singer-io's sentinel 9999-12-31T23:59:59.999999+00:00 / 0001-01-01T00:00:00+00:00",
+                "stream {id}: column {} holds years outside 1..9999, written as {min} / {max} (bookmarks keep the exact value); set \"out_of_range_dates\": \"expanded\" for the exact values in ISO 8601 expanded form",
                 column.name
             );
         }
         if column.notes & NOTE_YEAR_OUT_OF_RANGE != 0 {
             log::warn!(
-                "stream {id}: column {} holds years outside 1..9999, written with ISO 8601 expanded years (e.g. -0044-03-15) that some targets reject",
+                "stream {id}: column {} holds years outside 1..9999, written with ISO 8601 expanded years (e.g. -0043-03-15) that some targets reject",
                 column.name
             );
         }

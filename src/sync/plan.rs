@@ -92,11 +92,16 @@ pub fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut 
     let mut cast_types = Vec::with_capacity(selected.columns.len());
     for name in &selected.columns {
         let column = live.get(name.as_str()).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Query,
-                format!("selected column {} no longer exists or the role cannot read it", query::quote_ident(name)),
-            )
-            .with_hint("Run --discover again and update the catalog, or grant the role SELECT on the column.")
+            // A lost privilege is the same failure whether it was the table's or the column's.
+            if relation.unreadable.contains(name) {
+                return Error::new(ErrorKind::Auth, format!("the role cannot read column {} of table {table}", query::quote_ident(name)))
+                    .with_hint(format!(
+                        "Grant it: GRANT SELECT ({}) ON {table} TO <role>; or deselect the column.",
+                        query::quote_ident(name)
+                    ));
+            }
+            Error::new(ErrorKind::Query, format!("selected column {} no longer exists", query::quote_ident(name)))
+                .with_hint("Run --discover again and update the catalog.")
         })?;
         let mapped = discover::column_type(&session.types, column, config).ok_or_else(|| {
             Error::new(
@@ -396,7 +401,7 @@ pub fn bookmark_param(value: &Value, encoder: &Encoder) -> String {
     match (value, encoder) {
         (Value::String(s), Encoder::Bytea) => format!("\\x{s}"),
         (Value::Bool(b), Encoder::BitBool) => if *b { "1" } else { "0" }.to_string(),
-        (Value::String(s), Encoder::Date | Encoder::Timestamp | Encoder::TimestampTz) => postgres_year_syntax(s),
+        (Value::String(s), Encoder::Date(_) | Encoder::Timestamp(_) | Encoder::TimestampTz(_)) => postgres_year_syntax(s),
         (Value::String(s), _) => s.clone(),
         (other, _) => other.to_string(),
     }
@@ -431,7 +436,7 @@ mod tests {
         assert_eq!(bookmark_param(&json!(false), &Encoder::BitBool), "0");
         assert_eq!(bookmark_param(&json!(12), &Encoder::Int4), "12");
         assert_eq!(bookmark_param(&json!("abc"), &Encoder::Text), "abc");
-        let ts = |s: &str| bookmark_param(&json!(s), &Encoder::TimestampTz);
+        let ts = |s: &str| bookmark_param(&json!(s), &Encoder::TimestampTz(crate::typemap::OutOfRangeDates::Clamp));
         assert_eq!(ts("2024-01-01T00:00:00+00:00"), "2024-01-01T00:00:00+00:00");
         assert_eq!(ts("+20000-01-01T00:00:00+00:00"), "20000-01-01T00:00:00+00:00");
         assert_eq!(ts("-0043-03-15T12:00:00+00:00"), "0044-03-15T12:00:00+00:00 BC");

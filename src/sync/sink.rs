@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio_postgres::types::{FromSql, Type};
 
 use super::plan::{ColumnPlan, MAX_TRACKED_COLUMNS, StreamPlan};
-use crate::encode::{self, NOTE_INFINITY_CLAMPED, write_json_str};
+use crate::encode::{self, NOTE_INFINITY_CLAMPED, NOTE_YEAR_CLAMPED, write_json_str};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{MessageWriter, RecordEnvelope};
 
@@ -115,9 +115,9 @@ impl RowSink {
     /// Appends one RECORD line for `row` to `line` and notes the tracked columns' values.
     fn encode_row(&mut self, row: &tokio_postgres::Row, columns: &mut [ColumnPlan], line: &mut Vec<u8>) -> Result<()> {
         line.extend_from_slice(&self.envelope.prefix);
-        // Per tracked column: where its JSON text is in the line, and whether it was an infinity
-        // written as singer-io's sentinel (the bookmark must keep the real value).
-        let mut spans = [(0usize, 0usize, false); MAX_TRACKED_COLUMNS];
+        // Per tracked column: where its JSON text is in the line, and its notes: an infinity or
+        // a clamped year was written as a sentinel, and the bookmark must keep the real value.
+        let mut spans = [(0usize, 0usize, 0u8); MAX_TRACKED_COLUMNS];
         for (i, column) in columns.iter_mut().enumerate() {
             if i > 0 {
                 line.push(b',');
@@ -140,17 +140,26 @@ impl RowSink {
                 }
             }
             if let Some(t) = self.tracked.iter().position(|&c| c == i) {
-                spans[t] = (start, line.len(), notes & NOTE_INFINITY_CLAMPED != 0);
+                spans[t] = (start, line.len(), notes);
             }
         }
         line.extend_from_slice(&self.envelope.suffix);
-        for (t, &(start, end, infinite)) in spans.iter().take(self.tracked.len()).enumerate() {
+        for (t, &(start, end, notes)) in spans.iter().take(self.tracked.len()).enumerate() {
             let text = &line[start..end];
             if text != b"null" {
                 self.last[t].clear();
-                if infinite {
+                if notes & NOTE_INFINITY_CLAMPED != 0 {
                     let word: &[u8] = if text.starts_with(b"\"9999") { b"\"infinity\"" } else { b"\"-infinity\"" };
                     self.last[t].extend_from_slice(word);
+                } else if notes & NOTE_YEAR_CLAMPED != 0 {
+                    // Rare: the exact value again, in ISO 8601 expanded form (which
+                    // `bookmark_param` turns back into PostgreSQL's syntax).
+                    let i = self.tracked[t];
+                    let raw: Option<Raw<'_>> = row.try_get(self.first_column + i).ok().flatten();
+                    let exact = raw.map(|Raw(bytes)| encode::encode_exact(&columns[i].encoder, bytes, &mut self.last[t]));
+                    if !matches!(exact, Some(Ok(()))) {
+                        return Err(Error::new(ErrorKind::Internal, format!("re-encoding column {} for the bookmark", columns[i].name)));
+                    }
                 } else {
                     self.last[t].extend_from_slice(text);
                 }

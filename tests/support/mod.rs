@@ -470,7 +470,8 @@ pub fn sync(config: &Path, catalog: &Value, state: Option<&Value>) -> TapOutput 
 }
 
 /// Checks every RECORD against its stream's latest SCHEMA: property names, JSON types (with
-/// `$ref` into `definitions`), integer bounds and maxLength. Panics with the offending record.
+/// `$ref` into `definitions`), integer bounds, maxLength and the `date-time` format (RFC 3339
+/// with a year Python can hold). Panics with the offending record.
 pub fn assert_records_match_schemas(messages: &[Value]) {
     let mut schemas = std::collections::HashMap::new();
     for m in messages {
@@ -522,6 +523,11 @@ fn validates(v: &Value, schema: &Value, root: &Value) -> bool {
             return false;
         }
     }
+    if let (Value::String(s), Some("date-time")) = (v, schema.get("format").and_then(Value::as_str))
+        && !is_rfc3339_date_time(s)
+    {
+        return false;
+    }
     if let (Value::String(s), Some(max)) = (v, schema.get("maxLength").and_then(Value::as_u64))
         && s.chars().count() as u64 > max
     {
@@ -533,6 +539,49 @@ fn validates(v: &Value, schema: &Value, root: &Value) -> bool {
         return items.iter().all(|i| validates(i, item_schema, root));
     }
     true
+}
+
+/// RFC 3339 `date-time` (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`, fields in range) with a year
+/// in 1..=9999, the years Python's `datetime` (and so singer-python and most targets) holds.
+pub fn is_rfc3339_date_time(s: &str) -> bool {
+    let b = s.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<u32> {
+        let part = b.get(range)?;
+        if part.iter().all(u8::is_ascii_digit) { std::str::from_utf8(part).ok()?.parse().ok() } else { None }
+    };
+    let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) =
+        (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16), num(17..19))
+    else {
+        return false;
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+        return false;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=9999).contains(&year) || !(1..=12).contains(&month) || day < 1 || day > days_in_month[month as usize - 1] {
+        return false;
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return false;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &frac[digits..];
+    }
+    match rest.as_bytes() {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
+            [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit())
+                && (h1 - b'0') * 10 + (h2 - b'0') <= 23
+                && (m1 - b'0') * 10 + (m2 - b'0') <= 59
+        }
+        _ => false,
+    }
 }
 
 /// The ids a resumed physical FULL_TABLE read sends again before reading on: rows of `table`
