@@ -437,6 +437,143 @@ fn reconnects_after_a_terminated_backend_in_incremental_repeating_at_most_the_bo
     reconnect_after_terminated_backend("INCREMENTAL");
 }
 
+/// A `tests/link.py` proxy in front of the primary; it stops when dropped (its stdin closes).
+struct Link {
+    /// The proxy process.
+    child: Child,
+    /// Its listening port on 127.0.0.1.
+    port: u16,
+}
+
+impl Link {
+    /// Starts the proxy with `args` (`--delay-ms`, `--reset-every-bytes`, ...).
+    fn start(args: &[&str]) -> Link {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/link.py");
+        let target = format!("127.0.0.1:{}", server().port);
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--target", &target, "--max-seconds", "300"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting python3 tests/link.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("the link's stdout")).read_line(&mut line).expect("reading the link's port");
+        let port = line.trim().parse().unwrap_or_else(|e| panic!("the link printed {line:?} instead of its port: {e}"));
+        Link { child, port }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn syncs_finish_through_a_link_that_resets_every_megabyte() {
+    let rows = 100_000;
+    let sql = format!(
+        "create table keyed (id int primary key, v int not null); insert into keyed select g, g * 7 from generate_series(1, {rows}) g; \
+         create table heap (id int not null, v int not null); insert into heap select g, g * 7 from generate_series(1, {rows}) g; \
+         create table events (id int primary key, v int not null); insert into events select g, g * 7 from generate_series(1, {rows}) g; \
+         analyze"
+    );
+    let (db, _, mut catalog) = fixture(&sql, json!({}));
+    // Each connection is cut once 1 MB has come from the server: every stream (about 2.5 MB
+    // on the wire each) loses its connection a few times mid-stream.
+    let link = Link::start(&["--reset-every-bytes", "1000000"]);
+    let config = db.config_file(json!({"port": link.port, "itersize": 5000}));
+    select(&mut catalog, "keyed", "FULL_TABLE", None);
+    select(&mut catalog, "heap", "FULL_TABLE", None);
+    select(&mut catalog, "events", "INCREMENTAL", Some("id"));
+    let out = sync(&config, &catalog, None);
+    assert_eq!(out.code, 0, "the syncs reconnect and finish: {}", out.stderr);
+    let resets = log_lines(&out, "WARN", &["lost the connection"]).len();
+    assert!(resets >= 6, "the link cut the streams mid-stream ({resets} reconnects):\n{}", out.stderr);
+    let messages = out.messages();
+    assert_records_match_schemas(&messages);
+    // FULL_TABLE, with and without a primary key: every row exactly once.
+    assert_covers(&record_ids(&messages, "keyed"), rows, &BTreeSet::new(), "keyed through resets");
+    assert_covers(&record_ids(&messages, "heap"), rows, &BTreeSet::new(), "heap through resets");
+    // INCREMENTAL resumes at the last key written: that row again per reconnect, nothing else.
+    let events = record_ids(&messages, "events");
+    let repeated = events.len() as i64 - rows;
+    let event_resets = log_lines(&out, "WARN", &["lost the connection"]).len() as i64;
+    assert!((0..=event_resets).contains(&repeated), "events: {repeated} repeats for {event_resets} reconnects");
+    let may_repeat: BTreeSet<i64> = events.windows(2).filter(|w| w[0] >= w[1]).map(|w| w[1]).collect();
+    assert_covers(&events, rows, &may_repeat, "events through resets");
+}
+
+#[test]
+fn a_slow_sync_from_a_standby_that_cancels_it_for_recovery_conflicts_finishes() {
+    let rows: i64 = 30_000;
+    let db = TestDb::new();
+    db.exec(&format!(
+        "create table busy (id int primary key, v int not null); insert into busy select g, 0 from generate_series(1, {rows}) g; analyze busy"
+    ));
+    db.grant_reader();
+    let standby = || {
+        let s = server();
+        postgres::Config::new().host(&s.socket_dir).port(s.standby_port).user(&s.admin_user).dbname(&db.name).connect(postgres::NoTls)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let replayed = standby().ok().and_then(|mut c| {
+            c.query_one("select count(*) = $2 and has_table_privilege($1, 'busy', 'SELECT') from busy", &[&db.role, &rows]).ok()
+        });
+        if replayed.is_some_and(|r| r.get::<_, bool>(0)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the standby did not replay the table within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let config = db.config_file(json!({"port": server().standby_port, "itersize": 2000}));
+    let mut catalog = crate::support::discover(&config);
+    select(&mut catalog, "busy", "FULL_TABLE", None);
+
+    // On the primary, updates and VACUUM remove row versions the standby's long read still
+    // sees: after 1 s (max_standby_streaming_delay) replay cancels the read.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, mut admin) = (Arc::clone(&stop), db.admin());
+        std::thread::spawn(move || {
+            let mut round = 0;
+            while !stop.load(Ordering::SeqCst) && round < 600 {
+                admin.batch_execute(&format!("update busy set v = v + 1 where id % 500 = {}", round % 500)).expect("updating");
+                admin.batch_execute("vacuum busy").expect("vacuuming");
+                round += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // The target reads slowly (about 10,000 records a second), so the read lasts long enough.
+    let mut live = Live::spawn(&sync_args(&config, &catalog, None), &[]);
+    let mut seen = 0;
+    while live.next_message().is_some() {
+        seen += 1;
+        if seen % 1000 == 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let out = live.finish(EXIT_LIMIT).out;
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("the writer thread");
+    assert_eq!(out.code, 0, "the sync reconnects and finishes: {}", out.stderr);
+    let conflicts = log_lines(&out, "WARN", &["lost the connection", "conflict with recovery"]).len();
+    assert!(conflicts >= 1, "the standby cancelled the read at least once:\n{}", out.stderr);
+    let messages = out.messages();
+    assert_records_match_schemas(&messages);
+    // Rows updated while the read was away come again (the catch-up); none is missing.
+    let ids = record_ids(&messages, "busy");
+    let may_repeat: BTreeSet<i64> = (1..=rows).collect();
+    assert_covers(&ids, rows, &may_repeat, "standby with recovery conflicts");
+}
+
 /// A view whose rows each take `per_row` seconds: the tap is waiting for the server, not for
 /// the pipe, when the fault hits.
 fn slow_view_sql(name: &str, rows: i64, per_row: f64) -> String {

@@ -420,6 +420,9 @@ EOF
         -d "host=127.0.0.1 port=$PORT_primary user=$REPL_USER password=$REPL_PASSWORD sslmode=require application_name=standby" \
         >"$DIR/basebackup.log" 2>&1 \
         || { say "pg_basebackup failed:"; cat "$DIR/basebackup.log" >&2; exit 1; }
+    # As a Heroku follower under load: replay waits at most 1 s for a conflicting query, then
+    # cancels it (the recovery-conflict tests rely on it; short reads never wait that long).
+    printf '%s\n' "max_standby_streaming_delay = 1s" "hot_standby_feedback = off" >>"$DIR/standby/postgresql.conf"
     start_cluster standby
     local i in_recovery=
     for i in $(seq 1 100); do
