@@ -17,7 +17,7 @@ use std::io::Write;
 use serde_json::{Map, Value, json};
 
 use super::blocks::{self, BlockMark, BlockRead};
-use super::pipeline::{self, Context, Reached, Source};
+use super::pipeline::{self, Context, Event, Reached, Source};
 use super::plan::{StreamPlan, bookmark_param};
 use super::sink::RowSink;
 use super::{Outcome, now_version};
@@ -66,7 +66,7 @@ pub(super) fn sync<W: Write>(
         log::info!("stream {id}: the state holds an xmin resume point from tap-postgres; the table is read again from the start");
     }
     let resuming = resume_from.is_some() || block_resume.is_some();
-    let version = match previous_version {
+    let mut version = match previous_version {
         Some(v) if resuming => v,
         _ => now_version(),
     };
@@ -112,9 +112,20 @@ pub(super) fn sync<W: Write>(
                 Reached::Blocks(resume) => Some(Source::Blocks(new_read(Some(resume)))),
                 Reached::Rows(_) => None,
             },
-            |_, writer, mark| {
-                if let Some(mark) = mark {
-                    bookmark.insert("block_resume".into(), mark.to_value());
+            |sink, writer, event| {
+                match event {
+                    Event::Batch(Some(mark)) => {
+                        bookmark.insert("block_resume".into(), mark.to_value());
+                    }
+                    Event::Batch(None) => {}
+                    Event::StartOver => {
+                        // Rewritten since the resume point: the rows sent before may be gone, so
+                        // this read is a new version, which ACTIVATE_VERSION ends.
+                        version = now_version();
+                        bookmark.remove("block_resume");
+                        bookmark.insert("version".into(), json!(version));
+                        sink.set_version(version);
+                    }
                 }
                 state.set_bookmark(&id, bookmark.clone());
                 writer.write_state(&state.to_value())
@@ -125,13 +136,18 @@ pub(super) fn sync<W: Write>(
         let key_casts: Vec<String> = plan.order_keys.iter().map(|(_, cast_type)| cast_type.clone()).collect();
         let keys: Vec<KeyColumn<'_>> = key_names.iter().zip(&key_casts).map(|(name, cast_type)| KeyColumn { name, cast_type }).collect();
         let repeat = plan.order_keys_repeat;
+        let lock = plan.lock.clone();
         let query_from = |last: Option<Vec<String>>| {
             let start = match &last {
                 None => KeyStart::First,
                 Some(_) if repeat => KeyStart::AtOrAfter,
                 Some(_) => KeyStart::After,
             };
-            Source::Query { sql: query::full_table(&items, &schema_name, &table_name, &keys, start), params: last.unwrap_or_default() }
+            Source::Query {
+                sql: query::full_table(&items, &schema_name, &table_name, &keys, start),
+                params: last.unwrap_or_default(),
+                lock: lock.clone(),
+            }
         };
         let tracked: Vec<usize> = plan.order_keys.iter().map(|(i, _)| *i).collect();
         let encoders: Vec<_> = tracked.iter().map(|&i| plan.columns[i].encoder.clone()).collect();

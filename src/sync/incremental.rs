@@ -47,9 +47,11 @@ pub(super) fn sync<W: Write>(
     let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
     let key = KeyColumn { name: &key_name, cast_type: &cast_type };
     let (schema_name, table_name) = (plan.selected.schema_name.clone(), plan.selected.table_name.clone());
+    let lock = plan.lock.clone();
     let query_from = |value: Option<String>| Source::Query {
         sql: query::incremental(&items, &schema_name, &table_name, &key, value.is_some()),
         params: value.into_iter().collect(),
+        lock: lock.clone(),
     };
     let search_path = plan.search_path.clone();
     let mut sink = RowSink::new(plan, version, vec![key_index]);

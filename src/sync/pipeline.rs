@@ -67,9 +67,22 @@ pub enum Source {
         sql: String,
         /// Its `$n` parameters, sent as text and cast by the server.
         params: Vec<String>,
+        /// Run first, before the snapshot is taken: `lock table ... in access share mode`, so
+        /// that a rewrite (TRUNCATE + reload, VACUUM FULL, a rewriting ALTER TABLE) under way is
+        /// waited for and then seen, instead of read with a snapshot older than its rows.
+        lock: Option<String>,
     },
     /// A table in storage order ([`blocks`]); a batch ends at a block boundary.
     Blocks(BlockRead),
+}
+
+/// What `on_batch` is told.
+pub enum Event {
+    /// A batch ended (a STATE is due), with the block mark of a storage-order read.
+    Batch(Option<BlockMark>),
+    /// A resumed storage-order read found the table rewritten since the resume point and reads
+    /// it from the start: a new table version is due, and a STATE saying so.
+    StartOver,
 }
 
 /// Where a read had got to when its connection was lost: what [`run`]'s `resume` is given to
@@ -118,7 +131,7 @@ pub fn run<W: Write>(
     (columns, sink): (&mut [ColumnPlan], &mut RowSink),
     writer: &mut MessageWriter<W>,
     mut resume: impl FnMut(Reached<'_>) -> Option<Source>,
-    mut on_batch: impl FnMut(&RowSink, &mut MessageWriter<W>, Option<BlockMark>) -> Result<()>,
+    mut on_batch: impl FnMut(&mut RowSink, &mut MessageWriter<W>, Event) -> Result<()>,
 ) -> Result<Outcome> {
     let mut source = source;
     let mut attempt = 0;
@@ -148,7 +161,7 @@ pub fn run<W: Write>(
         let Some(next) = next else {
             // A STATE for the records already written keeps them from being sent again on resume.
             if sink.row_count > sink.stated_row_count
-                && let Err(state_error) = on_batch(sink, writer, None)
+                && let Err(state_error) = on_batch(sink, writer, Event::Batch(None))
             {
                 log::warn!("could not write a STATE after the failure: {}", state_error.chain());
             }
@@ -197,7 +210,7 @@ fn run_once<W: Write>(
     (source, search_path): (&Source, &str),
     (columns, sink): (&mut [ColumnPlan], &mut RowSink),
     writer: &mut MessageWriter<W>,
-    on_batch: &mut impl FnMut(&RowSink, &mut MessageWriter<W>, Option<BlockMark>) -> Result<()>,
+    on_batch: &mut impl FnMut(&mut RowSink, &mut MessageWriter<W>, Event) -> Result<()>,
 ) -> (std::result::Result<Outcome, ReadFailure>, Option<Resume>) {
     match source {
         Source::Query { sql, .. } => log::debug!("query: {sql}"),
@@ -225,9 +238,16 @@ fn run_once<W: Write>(
                 return (Err(ReadFailure { error, transient: false }), None);
             }
         };
-        let mut encoder =
-            Encoder { itersize, batch_rows: 0, start: None, catching_up: false, last_tid: None, blocks: false, caught_up_rows: 0 };
-        encoder.blocks = matches!(source, Source::Blocks(_));
+        let mut encoder = Encoder {
+            itersize,
+            batch_rows: 0,
+            start: None,
+            catching_up: false,
+            last_tid: None,
+            blocks: matches!(source, Source::Blocks(_)),
+            caught_up_rows: 0,
+            expect_resume: matches!(source, Source::Blocks(read) if read.resume.is_some()),
+        };
         let outcome = encoder.run((&receiver, &recycler), (columns, &mut *sink), writer, on_batch, deadline);
         let stopped_early = !matches!(outcome, Ok(Some(Outcome::Complete)) | Ok(None));
         if stopped_early {
@@ -271,6 +291,8 @@ struct Encoder {
     blocks: bool,
     /// Rows written by the catch-up statement.
     caught_up_rows: u64,
+    /// The storage-order read was given a resume point.
+    expect_resume: bool,
 }
 
 impl Encoder {
@@ -281,11 +303,11 @@ impl Encoder {
         (receiver, recycler): (&Receiver<Fetched>, &SyncSender<Vec<tokio_postgres::Row>>),
         (columns, sink): (&mut [ColumnPlan], &mut RowSink),
         writer: &mut MessageWriter<W>,
-        on_batch: &mut impl FnMut(&RowSink, &mut MessageWriter<W>, Option<BlockMark>) -> Result<()>,
+        on_batch: &mut impl FnMut(&mut RowSink, &mut MessageWriter<W>, Event) -> Result<()>,
         deadline: Option<Instant>,
     ) -> Result<Option<Outcome>> {
-        let mut state = |sink: &mut RowSink, writer: &mut MessageWriter<W>, mark: Option<BlockMark>| -> Result<()> {
-            on_batch(sink, writer, mark)?;
+        let mut state = |sink: &mut RowSink, writer: &mut MessageWriter<W>, event: Event| -> Result<()> {
+            on_batch(sink, writer, event)?;
             sink.stated_row_count = sink.row_count;
             Ok(())
         };
@@ -297,7 +319,7 @@ impl Encoder {
                 Ok(fetched) => fetched,
                 Err(RecvTimeoutError::Timeout) => {
                     if let Some(signum) = signals::received() {
-                        state(sink, writer, None)?;
+                        state(sink, writer, Event::Batch(None))?;
                         return Ok(Some(Outcome::Signalled(signum)));
                     }
                     continue;
@@ -320,7 +342,7 @@ impl Encoder {
                                     && self.last_tid.is_some_and(|last| tid.block > last.block)
                                     && let Some(start) = &self.start
                                 {
-                                    state(sink, writer, Some(start.mark(u64::from(tid.block))))?;
+                                    state(sink, writer, Event::Batch(Some(start.mark(u64::from(tid.block)))))?;
                                     self.batch_rows = 0;
                                     sink.report(false);
                                     if out_of_time() {
@@ -336,11 +358,11 @@ impl Encoder {
                             self.caught_up_rows += 1;
                         }
                         if let Some(signum) = signals::received() {
-                            state(sink, writer, None)?;
+                            state(sink, writer, Event::Batch(None))?;
                             return Ok(Some(Outcome::Signalled(signum)));
                         }
                         if !self.blocks && self.batch_rows == self.itersize {
-                            state(sink, writer, None)?;
+                            state(sink, writer, Event::Batch(None))?;
                             self.batch_rows = 0;
                             sink.report(false);
                             if out_of_time() {
@@ -350,6 +372,13 @@ impl Encoder {
                     }
                 }
                 Fetched::Started(start) => {
+                    if self.expect_resume && start.resume.is_none() {
+                        log::info!(
+                            "stream {}: the table was rewritten since the resume point; reading it from the start with a new version",
+                            sink.stream()
+                        );
+                        state(sink, writer, Event::StartOver)?;
+                    }
                     self.catching_up = start.resume.is_some();
                     self.last_tid =
                         start.resume.map(|r| r.from).filter(|from| from.offset > 0).map(|from| Tid { offset: from.offset - 1, ..from });
@@ -368,13 +397,13 @@ impl Encoder {
                             self.caught_up_rows,
                             resume.from.block
                         );
-                        state(sink, writer, Some(start.mark(u64::from(resume.from.block))))?;
+                        state(sink, writer, Event::Batch(Some(start.mark(u64::from(resume.from.block)))))?;
                         self.batch_rows = 0;
                     }
                 }
                 Fetched::StatementEnd => {
                     let mark = self.start.as_ref().map(|s| s.mark(blocks::END_BLOCK));
-                    state(sink, writer, mark)?;
+                    state(sink, writer, Event::Batch(mark))?;
                     return Ok(Some(Outcome::Complete));
                 }
             }
@@ -445,8 +474,11 @@ fn read(
     let work = client.run(|c| async move {
         for _ in 0..STORAGE_CHANGED_ATTEMPTS {
             match source {
-                Source::Query { sql, params } => {
-                    c.batch_execute(&begin).await?;
+                Source::Query { sql, params, lock } => {
+                    match lock {
+                        Some(lock) => c.batch_execute(&format!("{begin}; {lock}")).await?,
+                        None => c.batch_execute(&begin).await?,
+                    }
                     if stream(c, sql, params, target).await? && target.send(Fetched::StatementEnd) {
                         c.batch_execute("commit").await?;
                     }

@@ -53,6 +53,9 @@ pub struct StreamPlan {
     /// The order keys may repeat (an inheritance parent reads its children's rows too): a
     /// resumed key-order read starts at the last key sent (`>=`) instead of after it.
     pub order_keys_repeat: bool,
+    /// `lock table ... in access share mode`, run before a key-order or INCREMENTAL read takes
+    /// its snapshot, when the relation and the role allow it.
+    pub lock: Option<String>,
     /// INCREMENTAL key: (index into `columns`, cast type).
     pub replication_key: Option<(usize, String)>,
     /// FULL_TABLE in block ranges ([`physical`]): the table's oid, when the config asks for it,
@@ -143,12 +146,19 @@ pub fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut 
     let mut replication_key = None;
     let mut block_reads = None;
     let mut order_keys_repeat = false;
+    let facts = probe_table(&mut session.client, &relation)?;
+    // A rewrite (TRUNCATE + reload, VACUUM FULL, CLUSTER, a rewriting ALTER TABLE) that commits
+    // while the read waits for the table would be read with a snapshot older than the new rows:
+    // the read locks the table before its first statement takes the snapshot. LOCK TABLE takes
+    // tables, partitioned tables and views (their tables too), and needs table-wide SELECT; a
+    // materialized view's REFRESH writes frozen rows, which every snapshot sees.
+    let lock =
+        (facts.table_select && matches!(relation.relkind, b'r' | b'p' | b'v')).then(|| format!("lock table {table} in access share mode"));
     match selected.method {
         ReplicationMethod::FullTable => {
             if bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != "FULL_TABLE") {
                 bookmark = Map::new();
             }
-            let facts = if relation.relkind == b'v' { None } else { Some(probe_table(&mut session.client, &relation)?) };
             if !selected.is_view && !relation.primary_key.is_empty() {
                 let keys: Option<Vec<usize>> = relation.primary_key.iter().map(|k| index_of(k)).collect();
                 // A resume point must be a bookmark the server can read back.
@@ -159,10 +169,8 @@ pub fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut 
             }
             // The primary key of an inheritance parent is not unique across its children, whose
             // rows the query reads too: a repeated key must not be skipped by `(pk) > (last)`.
-            order_keys_repeat = facts.as_ref().is_some_and(|f| f.has_children);
-            if config.full_table_order == FullTableOrder::Physical
-                && let Some(facts) = &facts
-            {
+            order_keys_repeat = facts.has_children && relation.relkind == b'r';
+            if config.full_table_order == FullTableOrder::Physical && relation.relkind != b'v' {
                 match facts.block_reads_refused(relation.relkind) {
                     None => block_reads = Some((relation.oid, relation.relkind == b'r')),
                     Some(reason) => log::info!(
@@ -241,6 +249,7 @@ pub fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut 
         schema,
         order_keys,
         order_keys_repeat,
+        lock,
         replication_key,
         block_reads,
         bookmark,

@@ -40,6 +40,8 @@ pub struct RowSink {
     last_metric: Instant,
     /// Destination stream name, for logs.
     stream: String,
+    /// `time_extracted` of this stream's records.
+    time_extracted: String,
     /// Estimated total rows.
     row_estimate: i64,
     /// Row columns before the first emitted one (a block-range read selects `ctid` first).
@@ -66,6 +68,7 @@ impl RowSink {
         let now = Instant::now();
         RowSink {
             envelope: RecordEnvelope::new(&plan.selected.stream, version, &time_extracted),
+            time_extracted,
             last: vec![Vec::new(); tracked.len()],
             tracked,
             row_count: 0,
@@ -78,6 +81,11 @@ impl RowSink {
             row_estimate: plan.row_estimate,
             first_column: 0,
         }
+    }
+
+    /// Writes the records that follow with table version `version` (a read that starts over).
+    pub fn set_version(&mut self, version: i64) {
+        self.envelope = RecordEnvelope::new(&self.stream, version, &self.time_extracted);
     }
 
     /// The destination stream name, for log lines.
