@@ -5,5 +5,6 @@ mod support;
 mod discover;
 mod errors;
 mod faults;
+mod resume_races;
 mod sync;
 mod types;
