@@ -13,6 +13,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 
+/// Reconnects of a stream whose connection was lost, when the config does not say.
+const DEFAULT_RECONNECT_ATTEMPTS: u32 = 3;
 /// Rows fetched per round trip when the config does not say (singer-io's `itersize`).
 pub const DEFAULT_ITERSIZE_ROWS: u32 = 20_000;
 /// How long a connection attempt may take (singer-io's `connect_timeout`).
@@ -133,6 +135,8 @@ pub struct Config {
     pub include_schemas_in_destination_stream_name: bool,
     /// json and jsonb columns as JSON documents instead of strings.
     pub json_as_object: bool,
+    /// Reconnects of a stream whose connection was lost.
+    pub reconnect_attempts: u32,
     /// How FULL_TABLE reads tables and resumes.
     pub full_table_order: FullTableOrder,
 }
@@ -241,7 +245,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "itersize",
         kind: "integer",
-        description: "Rows per batch: a STATE follows every batch (rows come from the server-side cursor in fetches of at most 1,024).",
+        description: "Rows per batch: a STATE follows every batch (rows stream from one statement; a storage-order batch ends at the next block boundary).",
         default: Some("20000"),
         secret: false,
     },
@@ -276,8 +280,15 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "full_table_order",
         kind: "string",
-        description: "How FULL_TABLE reads a table: physical (storage order in ranges of blocks, resumable at the next block, also without a primary key; PostgreSQL 14+) or primary_key (ordered by the primary key, resumable after the last key sent).",
+        description: "How FULL_TABLE reads a table: physical (storage order, resumable at the next block, also without a primary key; PostgreSQL 14+) or primary_key (ordered by the primary key, resumable after the last key sent).",
         default: Some("\"physical\""),
+        secret: false,
+    },
+    Setting {
+        name: "reconnect_attempts",
+        kind: "integer",
+        description: "Times a stream whose connection is lost (reset, failover, a standby's recovery conflict) reconnects, after 2, 8, 32, ... seconds, and resumes from the last row written; 0 never.",
+        default: Some("3"),
         secret: false,
     },
 ];
@@ -432,6 +443,10 @@ impl Config {
             default_replication_method,
             max_run_seconds,
             include_schemas_in_destination_stream_name,
+            reconnect_attempts: match map.get("reconnect_attempts") {
+                Some(v) if !v.is_null() => parse_uint(v, "reconnect_attempts", 0, 20)? as u32,
+                _ => DEFAULT_RECONNECT_ATTEMPTS,
+            },
             json_as_object: match map.get("json_as_object") {
                 Some(v) if !v.is_null() => parse_bool(v, "json_as_object")?,
                 _ => false,

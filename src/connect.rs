@@ -8,25 +8,27 @@
 use std::io;
 
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-use postgres::error::SqlState;
-use postgres::{Client, NoTls};
 use postgres_openssl::MakeTlsConnector;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
 
 use crate::config::{Config, SslMode};
 use crate::error::{Error, ErrorKind, Result};
+use crate::pg::Client;
 
-/// Settings every session runs with. Read-only by default; output formats pinned so records do
-/// not depend on the role's or the server's settings (`search_path` too: regclass and regtype
-/// values, and `format_type` names, are qualified relative to it); all are allowed on a hot standby.
-const SESSION_SETUP_SQL: &str = "set default_transaction_read_only = on; set search_path = public; \
-     set timezone = 'UTC'; set datestyle = 'ISO, MDY'; set intervalstyle = 'iso_8601'; \
-     set extra_float_digits = 3; set bytea_output = 'hex'; set client_min_messages = 'warning'";
+/// Settings every session runs with, sent as the startup packet's `options` so they cost no
+/// round trip. Read-only by default; output formats pinned so records do not depend on the
+/// role's or the server's settings (`search_path` too: regclass and regtype values, and
+/// `format_type` names, are qualified relative to it); all are allowed on a hot standby.
+/// PgBouncer refuses a startup `options` parameter: [`classify`] then points at the direct URL.
+const SESSION_OPTIONS: &str = "-c default_transaction_read_only=on -c search_path=public -c timezone=UTC \
+     -c datestyle=ISO,MDY -c intervalstyle=iso_8601 -c extra_float_digits=3 -c bytea_output=hex -c client_min_messages=warning";
 
-/// What to connect with: the base `postgres::Config` and the TLS connector, built once and
+/// What to connect with: the base `tokio_postgres::Config` and the TLS connector, built once and
 /// reused for every database discovery or sync visits.
 pub struct Connector {
     /// Host, port, user, password, timeout, application name, sslmode (for the wire protocol).
-    base: postgres::Config,
+    base: tokio_postgres::Config,
     /// `None` for `sslmode=disable`.
     tls: Option<MakeTlsConnector>,
     /// `user@host:port` for messages.
@@ -38,15 +40,20 @@ pub struct Connector {
 impl Connector {
     /// Builds the connector; fails only when the CA file cannot be loaded.
     pub fn new(config: &Config) -> Result<Connector> {
-        let mut base = postgres::Config::new();
-        base.host(&config.host).port(config.port).user(&config.user).application_name("tap-heroku").connect_timeout(config.connect_timeout);
+        let mut base = tokio_postgres::Config::new();
+        base.host(&config.host)
+            .port(config.port)
+            .user(&config.user)
+            .application_name("tap-heroku")
+            .options(SESSION_OPTIONS)
+            .connect_timeout(config.connect_timeout);
         if let Some(password) = &config.password {
             base.password(password);
         }
         base.ssl_mode(match config.sslmode {
-            SslMode::Disable => postgres::config::SslMode::Disable,
-            SslMode::Prefer => postgres::config::SslMode::Prefer,
-            _ => postgres::config::SslMode::Require,
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
         });
         let tls = match config.sslmode {
             SslMode::Disable => None,
@@ -58,7 +65,7 @@ impl Connector {
         Ok(Connector { base, tls, endpoint: format!("{}@{}:{}", config.user, config.host, config.port), sslmode: config.sslmode })
     }
 
-    /// Opens a session on `dbname` and applies [`SESSION_SETUP_SQL`].
+    /// Opens a session on `dbname` with [`SESSION_OPTIONS`].
     ///
     /// # Errors
     /// Classified by [`classify`]: `Auth`, `Connect` or `Config` with a hint.
@@ -66,25 +73,29 @@ impl Connector {
         let mut config = self.base.clone();
         config.dbname(dbname);
         let what = || format!("connecting to {}/{}", self.endpoint, dbname);
-        let mut client = match &self.tls {
-            Some(tls) => config.connect(tls.clone()),
-            None => config.connect(NoTls),
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Internal, "starting the I/O runtime").with_source(e))?;
+        match &self.tls {
+            Some(tls) => Client::connect(runtime, &config, tls.clone()),
+            None => Client::connect(runtime, &config, NoTls),
         }
-        .map_err(|e| classify(e, &what(), self.sslmode))?;
-        client
-            .batch_execute(SESSION_SETUP_SQL)
-            .map_err(|e| classify(e, &format!("setting up session on {}/{}", self.endpoint, dbname), self.sslmode))?;
-        Ok(client)
+        .map_err(|e| classify(e, &what(), self.sslmode))
     }
 }
 
 impl Connector {
     /// Asks the server to cancel the query running on the session of `token` (a new short
     /// connection, with the same TLS settings). Best effort: a failure is only logged.
-    pub fn cancel(&self, token: &postgres::CancelToken) {
+    pub fn cancel(&self, token: &tokio_postgres::CancelToken) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => return log::warn!("could not cancel the running query: {e}"),
+        };
         let result = match &self.tls {
-            Some(tls) => token.cancel_query(tls.clone()),
-            None => token.cancel_query(NoTls),
+            Some(tls) => runtime.block_on(token.cancel_query(tls.clone())),
+            None => runtime.block_on(token.cancel_query(NoTls)),
         };
         if let Err(e) = result {
             log::warn!("could not cancel the running query: {e}");
@@ -125,7 +136,7 @@ fn tls_connector(config: &Config, mode: SslMode) -> Result<MakeTlsConnector> {
 }
 
 /// Turns a `postgres::Error` met while `what` into an [`Error`] with the right kind and a hint.
-pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
+pub fn classify(e: tokio_postgres::Error, what: &str, sslmode: SslMode) -> Error {
     // rust-postgres keeps the interesting part (TLS refusal, openssl's reason, "password
     // missing") in the source chain, not in its own Display text.
     let mut text = e.to_string();
@@ -163,6 +174,10 @@ pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
             base.with_hint("The statement was cancelled (statement_timeout?); raise the role's statement_timeout or lower itersize.")
         } else if code == SqlState::ADMIN_SHUTDOWN || code == SqlState::CRASH_SHUTDOWN || code == SqlState::CANNOT_CONNECT_NOW {
             base.with_hint("The server ended the connection (administrator, restart or failover); run again with the last STATE to continue where this run stopped.")
+        } else if message.contains("unsupported startup parameter") {
+            Error::new(ErrorKind::Connect, what.to_string()).with_source(db_error_only(message)).with_hint(
+                "This looks like a connection pooler (PgBouncer; on Heroku the DATABASE_CONNECTION_POOL_URL): connect to the database directly (its DATABASE_URL), which a tap needs for its session settings and long transactions.",
+            )
         } else if code == SqlState::TOO_MANY_CONNECTIONS {
             base.with_hint("The server has no free connection slots; close other connections or retry later.")
         } else {
@@ -213,6 +228,24 @@ pub fn classify(e: postgres::Error, what: &str, sslmode: SslMode) -> Error {
 }
 
 /// The exit-code family of a server error code.
+/// Whether `e` is worth another connection: the connection was lost (reset, timeout), or the
+/// server ended the statement or session for reasons of its own (shutdown, restart, a failover,
+/// a hot standby cancelling a long read for a recovery conflict). Authentication, permission
+/// and query errors are not: another attempt would fail the same way.
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::IDLE_SESSION_TIMEOUT
+                || code.code().starts_with("08")
+        }
+        None => e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.downcast_ref::<io::Error>().is_some()),
+    }
+}
+
 fn kind_of(code: &SqlState) -> ErrorKind {
     if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INSUFFICIENT_PRIVILEGE {
         ErrorKind::Auth

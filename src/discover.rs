@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 
-use postgres::Client;
+use tokio_postgres::types::Type;
+
+use crate::pg::{Client, Param};
 use serde_json::{Map, Value, json};
 
 use crate::catalog::{Catalog, CatalogStream, MetadataEntry};
@@ -120,7 +122,7 @@ pub fn list_databases(client: &mut Client, config: &Config) -> Result<Vec<String
              where not datistemplate and datallowconn and has_database_privilege(oid, 'CONNECT') \
                and ($1::text[] is null or datname = any($1)) and datname <> 'rdsadmin' \
              order by datname",
-            &[&config.filter_dbs],
+            &[(&config.filter_dbs, Type::TEXT_ARRAY)],
         )
         .map_err(|e| classify(e, "listing databases", config.sslmode))?;
     rows.iter()
@@ -173,47 +175,41 @@ pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relat
          and ($2::text is null or (n.nspname = $2 and c.relname = $3)) \
          and has_schema_privilege(n.oid, 'USAGE')"
     );
-    let sslmode = crate::config::SslMode::Require;
-    let rel_rows = client
-        .query(
-            &format!(
-                "select c.oid, n.nspname::text, c.relname::text, c.relkind, c.reltuples::float8 \
-                 from pg_class c join pg_namespace n on n.oid = c.relnamespace \
-                 where {relation_filter} order by n.nspname, c.relname"
-            ),
-            &[&schemas, &exact_schema, &exact_name],
-        )
-        .map_err(|e| classify(e, "reading pg_class", sslmode))?;
-    let col_rows = client
-        .query(
-            &format!(
-                "select a.attrelid, a.attname::text, a.atttypid, a.atttypmod, \
-                   case when a.atttypid = 'bit'::regtype and a.atttypmod > 1 then 'bit(' || a.atttypmod || ')' \
-                        else format_type(a.atttypid, null) end, \
-                   format_type(a.atttypid, a.atttypmod) \
-                 from pg_attribute a join pg_class c on c.oid = a.attrelid \
-                   join pg_namespace n on n.oid = c.relnamespace \
-                 where {relation_filter} and a.attnum > 0 and not a.attisdropped \
-                   and has_column_privilege(c.oid, a.attnum, 'SELECT') \
-                 order by a.attrelid, a.attnum"
-            ),
-            &[&schemas, &exact_schema, &exact_name],
-        )
-        .map_err(|e| classify(e, "reading pg_attribute", sslmode))?;
-    let key_rows = client
-        .query(
-            &format!(
-                "select i.indrelid, a.attname::text \
-                 from pg_index i join pg_class c on c.oid = i.indrelid \
-                   join pg_namespace n on n.oid = c.relnamespace \
-                   cross join lateral unnest(i.indkey::int2[]) with ordinality k(attnum, ord) \
-                   join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
-                 where i.indisprimary and {relation_filter} \
-                 order by i.indrelid, k.ord"
-            ),
-            &[&schemas, &exact_schema, &exact_name],
-        )
-        .map_err(|e| classify(e, "reading pg_index", sslmode))?;
+    let rel_sql = format!(
+        "select c.oid, n.nspname::text, c.relname::text, c.relkind, c.reltuples::float8 \
+         from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+         where {relation_filter} order by n.nspname, c.relname"
+    );
+    let col_sql = format!(
+        "select a.attrelid, a.attname::text, a.atttypid, a.atttypmod, \
+           case when a.atttypid = 'bit'::regtype and a.atttypmod > 1 then 'bit(' || a.atttypmod || ')' \
+                else format_type(a.atttypid, null) end, \
+           format_type(a.atttypid, a.atttypmod) \
+         from pg_attribute a join pg_class c on c.oid = a.attrelid \
+           join pg_namespace n on n.oid = c.relnamespace \
+         where {relation_filter} and a.attnum > 0 and not a.attisdropped \
+           and has_column_privilege(c.oid, a.attnum, 'SELECT') \
+         order by a.attrelid, a.attnum"
+    );
+    let key_sql = format!(
+        "select i.indrelid, a.attname::text \
+         from pg_index i join pg_class c on c.oid = i.indrelid \
+           join pg_namespace n on n.oid = c.relnamespace \
+           cross join lateral unnest(i.indkey::int2[]) with ordinality k(attnum, ord) \
+           join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
+         where i.indisprimary and {relation_filter} \
+         order by i.indrelid, k.ord"
+    );
+    let params: [Param<'_>; 3] = [(&schemas, Type::TEXT_ARRAY), (&exact_schema, Type::TEXT), (&exact_name, Type::TEXT)];
+    // One round trip for the three catalog reads.
+    let mut answers = client
+        .query_pipelined(&[(&rel_sql, &params), (&col_sql, &params), (&key_sql, &params)])
+        .map_err(|e| classify(e, "reading pg_class, pg_attribute and pg_index", crate::config::SslMode::Require))?
+        .into_iter();
+    let (rel_rows, col_rows, key_rows) = match (answers.next(), answers.next(), answers.next()) {
+        (Some(r), Some(c), Some(k)) => (r, c, k),
+        _ => return Err(Error::new(ErrorKind::Internal, "reading pg_class, pg_attribute and pg_index: an answer is missing")),
+    };
 
     let mut relations = Vec::with_capacity(rel_rows.len());
     let mut index_of: HashMap<u32, usize> = HashMap::with_capacity(rel_rows.len());
@@ -250,7 +246,7 @@ pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relat
 }
 
 /// Reads column `i` of a catalog row; a type mismatch is a bug, not bad input.
-fn get<'a, T: postgres::types::FromSql<'a>>(row: &'a postgres::Row, i: usize, what: &str) -> Result<T> {
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a tokio_postgres::Row, i: usize, what: &str) -> Result<T> {
     row.try_get(i).map_err(|e| Error::new(ErrorKind::Internal, format!("reading {what} column {i}")).with_source(e))
 }
 

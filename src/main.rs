@@ -15,6 +15,7 @@ mod error;
 #[cfg(test)]
 mod fuzz_tests;
 mod message;
+mod pg;
 mod query;
 mod signals;
 mod state;
