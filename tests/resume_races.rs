@@ -2,10 +2,11 @@
 //! README's "State and what a resume guarantees" over random schedules of writes, rewrites and
 //! interruptions.
 //!
-//! No sleep decides an order here. A rewrite is made to land between the tap's first statement
-//! (which takes its snapshot) and its later ones by a lock the tap has to wait for: the test
-//! holds (or queues) a lock, starts the tap, polls `pg_stat_activity` until the tap's backend
-//! waits on it (`wait_event_type = 'Lock'`), and only then lets the rewrite commit.
+//! No sleep decides an order here. A rewrite (TRUNCATE + reload, a rewriting ALTER TABLE, VACUUM
+//! FULL, CLUSTER) is made to commit while the tap waits for the table: the test holds (or
+//! queues) a lock, starts the tap, polls `pg_stat_activity` until the tap's backend waits on it
+//! (`wait_event_type = 'Lock'`), and only then lets the rewrite commit. A statement that waits
+//! there after its transaction's snapshot was taken reads the new storage with the old snapshot.
 //!
 //! The checks are README's words. "So every row that exists when the resumed run starts arrives
 //! as it is then (a target that upserts by key ends with the table)" for storage order, and
@@ -173,8 +174,9 @@ enum Rewrite {
     Cluster,
 }
 
-/// The columns every table of these tests has: `id int`, `v text`, `pad text`.
-/// `reload` is the SQL that fills the table with other rows for [`Rewrite::TruncateReload`].
+/// The SQL of `rewrite` on `table` (every table here has the columns `id int`, `v text`, `pad
+/// text`): `index` is the one CLUSTER orders by, `reload` the insert of other rows after a
+/// [`Rewrite::TruncateReload`]'s TRUNCATE.
 fn rewrite_sql(rewrite: Rewrite, table: &str, index: &str, reload: &str) -> String {
     match rewrite {
         Rewrite::TruncateReload => format!("truncate {table}; {reload}"),
@@ -190,8 +192,10 @@ fn relfilenode(db: &TestDb, table: &str) -> i64 {
 }
 
 /// Starts a tap with `start` while `rewrite` of `table` is blocked, waits until the tap's
-/// backend waits on the table's lock, then lets the rewrite run and commit. The tap is then past
-/// its first statement of the read: the rewrite commits between it and the rest.
+/// backend waits on the table's lock, then lets the rewrite run and commit. The rewrite thus
+/// commits while the tap waits where it first needs the table: inside a statement that has
+/// already taken the transaction's snapshot (the race of issue 14), or at a LOCK TABLE before
+/// any snapshot (its fix), after which the snapshot sees the rewrite.
 ///
 /// `truncate` and `alter table` run in a transaction that took ACCESS EXCLUSIVE before the tap
 /// started; `vacuum full` and `cluster` cannot run in a transaction block, so a second session
