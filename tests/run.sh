@@ -38,6 +38,11 @@ tests/server.sh start "$SERVER_DIR"
 source "$SERVER_DIR/env"
 say "Heroku-like PostgreSQL (SSL, scram) up on port $TAP_HEROKU_TEST_PORT (hot standby on $TAP_HEROKU_TEST_STANDBY_PORT, no-SSL server on $TAP_HEROKU_TEST_PLAIN_PORT)"
 
+# The tests' config, catalog and state files (std::env::temp_dir) go with the servers' directory,
+# which teardown removes, instead of piling up in /tmp.
+mkdir -p "$SERVER_DIR/files"
+export TMPDIR="$SERVER_DIR/files"
+
 say "running: cargo test --locked $*"
 status=0
 cargo test --locked "$@" || status=$?
