@@ -1,23 +1,37 @@
 #!/usr/bin/env python3
-"""Throughput benchmark of tap-heroku against PostgreSQL's own COPY, in the same run.
+"""Throughput benchmark of tap-heroku against PostgreSQL's own COPY, in the same run, at several
+network round trips.
 
 Creates `narrow` (bigint id, timestamptz updated_at with an index, short text, numeric(12,2),
 boolean), `wide` (about 20 columns of mixed types with NULLs) and `uuid_keyed` (a random uuid
 primary key, so key order is not storage order) in a Heroku-like server (SSL on, scram
-password, read-only role), then times over several repetitions:
+password, read-only role). Then, for each round trip of --rtt (milliseconds; default 0,10,40),
+it starts tests/link.py with --delay-ms RTT/2 in front of the server (0: no link, straight to
+the server) and times through it, over --reps repetitions:
 
   * tap-heroku FULL_TABLE (storage order, the default; on narrow and uuid_keyed also
     full_table_order primary_key) and INCREMENTAL on narrow (first run, no bookmark) into
     /dev/null,
-  * psql -c "COPY t TO STDOUT (FORMAT binary)" into /dev/null,
+  * psql -c "COPY t TO STDOUT (FORMAT binary)" into /dev/null (the reference: ratio 1.00),
   * psql -c "COPY (SELECT row_to_json(r) FROM t r) TO STDOUT" into /dev/null,
+  * psql -A -t with FETCH_COUNT=20000 running "SELECT * FROM t" into /dev/null: a cursor
+    read of 20,000 rows per round trip, what the cursor-based Python taps do,
 
-all over the same SSL connection settings, and prints median wall time, rows/s, the ratio of
-each to COPY binary, output bytes per row and peak RSS (from /usr/bin/time -v). Also measures
-peak RSS on a 200,000-row prefix of narrow and the discovery time of a database with 2,000
-tables of 20 columns.
+all over the same SSL connection settings (every command opens its own connection, so the
+handshake's round trips count too), and prints per round trip the median wall time, the ratio
+of each to COPY binary through the same link in the same run, and peak RSS (from
+/usr/bin/time -v), plus output bytes per row. Also measures peak RSS on a 200,000-row prefix of
+narrow and the discovery time of a database with 2,000 tables of 21 columns at each round trip.
 
-Usage: bench/run.sh [--narrow-rows N] [--wide-rows N] [--uuid-rows N] [--reps N] [--skip-discovery]
+Row counts can differ per round trip, so that a run over a slow link stays bounded:
+--narrow-rows 2000000,2000000,200000 with --rtt 0,10,40 reads 200,000 rows at 40 ms (a table
+narrow_200000, the first 200,000 rows of narrow, is created for it). One number applies to
+every round trip. A command that runs longer than --timeout seconds stops the benchmark with a
+message naming these options.
+
+Usage: bench/run.sh [--rtt MS[,MS...]] [--narrow-rows N[,N...]] [--wide-rows N[,N...]]
+                    [--uuid-rows N[,N...]] [--prefix-rows N] [--reps N] [--timeout S]
+                    [--skip-discovery]
 (bench/run.sh starts the servers with tests/server.sh and stops them afterwards.)
 """
 
@@ -26,6 +40,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,10 +48,13 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TAP = os.path.join(ROOT, "target", "release", "tap-heroku")
+TAP = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release", "tap-heroku")
+LINK = os.path.join(ROOT, "tests", "link.py")
 READER = "tap_reader"
 READER_PASSWORD = os.environ.get("TAP_HEROKU_TEST_READER_PASSWORD", "reader-Secret-9")
 DB = "tap_bench"
+TABLES_DB = "tap_bench_tables"
+FETCH_COUNT = 20000
 
 
 def env(name):
@@ -55,15 +73,22 @@ def admin_sql(sql, db=DB):
     )
 
 
-def conninfo():
-    return (f"host={env('TAP_HEROKU_TEST_HOST')} port={env('TAP_HEROKU_TEST_PORT')} user={READER} "
-            f"password={READER_PASSWORD} dbname={DB} sslmode=require")
+def conninfo(port, db=DB):
+    return (f"host={env('TAP_HEROKU_TEST_HOST')} port={port} user={READER} "
+            f"password={READER_PASSWORD} dbname={db} sslmode=require")
 
 
-def setup(narrow_rows, wide_rows, prefix_rows, uuid_rows):
+def relation(table, rows, sizes):
+    """The table holding `rows` rows of `table`: the table itself at its largest size, a copy of
+    its first rows (table_ROWS) at a smaller one."""
+    return table if rows == max(sizes) else f"{table}_{rows}"
+
+
+def setup(narrow_sizes, wide_sizes, prefix_rows, uuid_sizes):
     admin_sql(f"drop database if exists {DB}", db="postgres")
     admin_sql(f"create database {DB}", db="postgres")
     started = time.time()
+    narrow_rows, wide_rows, uuid_rows = max(narrow_sizes), max(wide_sizes), max(uuid_sizes)
     admin_sql(f"""
 create table narrow (id bigint primary key, updated_at timestamptz not null, name text, amount numeric(12,2), flag boolean);
 insert into narrow
@@ -88,13 +113,26 @@ insert into wide
   from generate_series(1, {wide_rows}) i;
 create table uuid_keyed (id uuid primary key default gen_random_uuid(), n integer, t text);
 insert into uuid_keyed (n, t) select i, 'row ' || i from generate_series(1, {uuid_rows}) i;
+""")
+    # Smaller sizes for some round trips: the first rows, in the same storage order, with the
+    # same keys and index.
+    copies = []
+    for rows in sorted(set(narrow_sizes) - {narrow_rows}):
+        copies.append(f"create table narrow_{rows} as select * from narrow where id <= {rows}; "
+                      f"alter table narrow_{rows} add primary key (id); create index on narrow_{rows} (updated_at);")
+    for rows in sorted(set(wide_sizes) - {wide_rows}):
+        copies.append(f"create table wide_{rows} as select * from wide where id <= {rows}; alter table wide_{rows} add primary key (id);")
+    for rows in sorted(set(uuid_sizes) - {uuid_rows}):
+        copies.append(f"create table uuid_keyed_{rows} as select * from uuid_keyed where n <= {rows}; "
+                      f"alter table uuid_keyed_{rows} add primary key (id);")
+    admin_sql("\n".join(copies) + f"""
 vacuum analyze;
 grant connect on database {DB} to {READER};
 grant usage on schema public to {READER};
 grant select on all tables in schema public to {READER};
 """)
-    print(f"bench: created narrow ({narrow_rows} rows), narrow_prefix ({prefix_rows}), wide ({wide_rows}), uuid_keyed ({uuid_rows}) in {time.time() - started:.1f}s",
-          file=sys.stderr)
+    print(f"bench: created narrow ({narrow_rows} rows), narrow_prefix ({prefix_rows}), wide ({wide_rows}), uuid_keyed ({uuid_rows})"
+          f"{' and ' + str(len(copies)) + ' smaller copies' if copies else ''} in {time.time() - started:.1f}s", file=sys.stderr)
 
 
 def write(path, value):
@@ -103,17 +141,12 @@ def write(path, value):
     return path
 
 
-def catalogs(tmp, config):
+def catalogs(tmp, config, relations):
+    """One catalog per (relation, method), from a discovery over the direct connection."""
     out = subprocess.run([TAP, "--config", config, "--discover"], check=True, capture_output=True, text=True).stdout
     catalog = json.loads(out)
     made = {}
-    for name, table, method, key in [
-        ("narrow FULL_TABLE", "narrow", "FULL_TABLE", None),
-        ("narrow INCREMENTAL", "narrow", "INCREMENTAL", "updated_at"),
-        ("narrow_prefix FULL_TABLE", "narrow_prefix", "FULL_TABLE", None),
-        ("wide FULL_TABLE", "wide", "FULL_TABLE", None),
-        ("uuid_keyed FULL_TABLE", "uuid_keyed", "FULL_TABLE", None),
-    ]:
+    for table, method, key in relations:
         cat = json.loads(json.dumps(catalog))
         for stream in cat["streams"]:
             if stream["table_name"] == table:
@@ -122,14 +155,49 @@ def catalogs(tmp, config):
                 root["replication-method"] = method
                 if key:
                     root["replication-key"] = key
-        made[name] = write(os.path.join(tmp, re.sub(r"\W", "_", name) + ".json"), cat)
+        made[(table, method)] = write(os.path.join(tmp, f"{table}_{method}.json"), cat)
     return made
 
 
-def timed(cmd):
+class Link:
+    """tests/link.py in front of the server with half the round trip each way; none at 0 ms.
+    Its stdin is a pipe held open by this process, so it ends with the benchmark however that
+    ends."""
+
+    def __init__(self, rtt_ms):
+        self.proc = None
+        self.port = env("TAP_HEROKU_TEST_PORT")
+        if rtt_ms > 0:
+            self.proc = subprocess.Popen(
+                [sys.executable, LINK, "--target", f"{env('TAP_HEROKU_TEST_HOST')}:{self.port}", "--delay-ms", f"{rtt_ms / 2:g}",
+                 "--max-seconds", "86400"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            self.port = self.proc.stdout.readline().strip()
+            if not self.port:
+                sys.exit("bench: tests/link.py did not start")
+
+    def cpu_seconds(self):
+        """User + system CPU the link has used so far (0 without a link)."""
+        if not self.proc:
+            return 0.0
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self):
+        if self.proc:
+            self.proc.stdin.close()
+            self.proc.wait()
+
+
+def timed(cmd, timeout):
     """Runs cmd (stdout to /dev/null) under /usr/bin/time -v; returns (wall seconds, peak RSS KiB)."""
     started = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        proc = subprocess.run(["/usr/bin/time", "-v"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        sys.exit(f"bench: {' '.join(cmd)} ran longer than --timeout {timeout:g}s; give smaller row counts for this round trip "
+                 "(e.g. --rtt 0,10,40 --narrow-rows 2000000,2000000,200000) or a larger --timeout")
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"bench: command failed: {' '.join(cmd)}\n{proc.stderr}")
@@ -146,47 +214,65 @@ def output_bytes(cmd):
     return total
 
 
-def measure(name, cmd, rows, reps, results):
-    samples = [timed(cmd) for _ in range(reps)]
-    walls = [s[0] for s in samples]
-    results[name] = {
-        "wall": statistics.median(walls),
-        "rss_kib": max(s[1] for s in samples),
-        "rows": rows,
-        "bytes": output_bytes(cmd),
-        "walls": walls,
-    }
-    r = results[name]
-    print(f"bench: {name}: median {r['wall']:.3f}s over {reps} runs ({', '.join(f'{w:.3f}' for w in walls)})", file=sys.stderr)
+class Run:
+    """The measurements of one benchmark run: results[rtt][(table, what)]."""
+
+    def __init__(self, reps, timeout):
+        self.reps = reps
+        self.timeout = timeout
+        self.results = {}
+        self.output = {}  # (table, what, rows) -> bytes of output, measured once (it does not depend on the link)
+
+    def measure(self, rtt, link, table, what, cmd, rows):
+        cpu_before = link.cpu_seconds()
+        samples = [timed(cmd, self.timeout) for _ in range(self.reps)]
+        cpu = (link.cpu_seconds() - cpu_before) / self.reps
+        walls = [s[0] for s in samples]
+        key = (table, what, rows)
+        if key not in self.output:
+            self.output[key] = output_bytes(cmd)
+        r = self.results.setdefault(rtt, {})[(table, what)] = {
+            "wall": statistics.median(walls),
+            "rss_kib": max(s[1] for s in samples),
+            "rows": rows,
+            "bytes": self.output[key],
+            "walls": walls,
+            "link_cpu": cpu,
+        }
+        print(f"bench: {rtt} ms: {table} {what} ({rows} rows): median {r['wall']:.3f}s over {self.reps} runs "
+              f"({', '.join(f'{w:.3f}' for w in walls)}); link CPU {cpu:.2f}s per run", file=sys.stderr)
 
 
-def discovery_benchmark(tmp, reps):
-    db = "tap_bench_tables"
-    admin_sql(f"drop database if exists {db}", db="postgres")
-    admin_sql(f"create database {db}", db="postgres")
+def create_tables_db():
+    admin_sql(f"drop database if exists {TABLES_DB}", db="postgres")
+    admin_sql(f"create database {TABLES_DB}", db="postgres")
     columns = ", ".join(f"c{i} {t}" for i, t in enumerate(["text", "integer", "numeric(10,2)", "timestamptz", "boolean"] * 4))
     # 200 tables per transaction: one transaction for all would run out of lock slots.
     for start in range(1, 2001, 200):
         admin_sql(f"""
 do $$ begin for i in {start}..{start + 199} loop
   execute format('create table t%s (id bigint primary key, {columns.replace("%", "%%")})', i);
-end loop; end $$;""", db=db)
+end loop; end $$;""", db=TABLES_DB)
     admin_sql(f"""
-grant connect on database {db} to {READER};
+grant connect on database {TABLES_DB} to {READER};
 grant usage on schema public to {READER};
 grant select on all tables in schema public to {READER};
-""", db=db)
-    config = write(os.path.join(tmp, "config_tables.json"), {
-        "host": env("TAP_HEROKU_TEST_HOST"), "port": env("TAP_HEROKU_TEST_PORT"), "user": READER,
-        "password": READER_PASSWORD, "dbname": db, "filter_dbs": db})
+""", db=TABLES_DB)
+
+
+def discovery_benchmark(tmp, port, reps, timeout):
+    config = write(os.path.join(tmp, f"config_tables_{port}.json"), {
+        "host": env("TAP_HEROKU_TEST_HOST"), "port": port, "user": READER,
+        "password": READER_PASSWORD, "dbname": TABLES_DB, "filter_dbs": TABLES_DB})
     walls = []
     for _ in range(reps):
         started = time.perf_counter()
-        out = subprocess.run([TAP, "--config", config, "--discover"], check=True, capture_output=True, text=True).stdout
+        try:
+            out = subprocess.run([TAP, "--config", config, "--discover"], check=True, capture_output=True, text=True, timeout=timeout).stdout
+        except subprocess.TimeoutExpired:
+            sys.exit(f"bench: discovery ran longer than --timeout {timeout:g}s; use --skip-discovery or a larger --timeout")
         walls.append(time.perf_counter() - started)
-    streams = len(json.loads(out)["streams"])
-    admin_sql(f"drop database {db}", db="postgres")
-    return streams, statistics.median(walls)
+    return len(json.loads(out)["streams"]), statistics.median(walls), walls
 
 
 def machine():
@@ -197,59 +283,142 @@ def machine():
     except (OSError, StopIteration):
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    server = subprocess.run(["psql", "-X", "-At", conninfo(), "-c", "show server_version"], capture_output=True, text=True).stdout.strip()
+    server = subprocess.run(["psql", "-X", "-At", conninfo(env("TAP_HEROKU_TEST_PORT")), "-c", "show server_version"],
+                            capture_output=True, text=True).stdout.strip()
     return f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.system()} {platform.release()}; PostgreSQL {server} on the same machine, SSL on"
+
+
+def int_list(text):
+    try:
+        values = [int(v.replace("_", "")) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N,N,...: {text!r}")
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"negative value in {text!r}")
+    return values
+
+
+def per_rtt(parser, name, values, rtts):
+    """A row count for each round trip: one value for all, or one per --rtt entry."""
+    if len(values) == 1:
+        return values * len(rtts)
+    if len(values) != len(rtts):
+        parser.error(f"--{name} has {len(values)} values but --rtt has {len(rtts)}; give one, or one per round trip")
+    return values
+
+
+def print_table(run, rtts, args):
+    print(f"\nMachine: {machine()}")
+    print(f"Medians of {args.reps} runs. For each round trip (RTT): rows read, wall seconds, ratio = wall time / wall time of COPY binary "
+          "of the same table through the same link in the same run, peak RSS in MiB. A 0 ms RTT is a direct connection (no link).\n")
+    header = "| table | what | bytes/row |" + "".join(f" {rtt} ms rows | wall s | ratio | RSS MiB |" for rtt in rtts)
+    print(header)
+    print("|---|---|---:|" + "---:|---:|---:|---:|" * len(rtts))
+    keys = list(dict.fromkeys(k for rtt in rtts for k in run.results.get(rtt, {})))
+    for table, what in keys:
+        cells = []
+        bytes_per_row = ""
+        for rtt in rtts:
+            r = run.results[rtt].get((table, what))
+            if not r:
+                cells.append(" | | | |")
+                continue
+            base = run.results[rtt].get((table, "COPY binary"))
+            ratio = f"{r['wall'] / base['wall']:.2f}" if base and base["rows"] == r["rows"] else ""
+            bytes_per_row = bytes_per_row or f"{r['bytes'] / r['rows']:.1f}"
+            cells.append(f" {r['rows']:,} | {r['wall']:.3f} | {ratio} | {r['rss_kib'] / 1024:.1f} |")
+        print(f"| {table} | {what} | {bytes_per_row} |" + "".join(cells))
+    cpu = []
+    for rtt in rtts:
+        if rtt > 0:
+            total = sum(r["link_cpu"] for r in run.results[rtt].values())
+            wall = sum(r["wall"] for r in run.results[rtt].values())
+            cpu.append(f"{rtt} ms: {total:.1f}s CPU over {wall:.1f}s of commands")
+    if cpu:
+        print(f"\nThe link (tests/link.py, one Python process on the same 2 cores) used, per run of each command: {'; '.join(cpu)}.")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--narrow-rows", type=int, default=2_000_000)
-    parser.add_argument("--wide-rows", type=int, default=300_000)
+    parser.add_argument("--rtt", type=int_list, default=[0, 10, 40], help="round trips in ms, e.g. 0,10,40")
+    parser.add_argument("--narrow-rows", type=int_list, default=[2_000_000])
+    parser.add_argument("--wide-rows", type=int_list, default=[300_000])
     parser.add_argument("--prefix-rows", type=int, default=200_000)
-    parser.add_argument("--uuid-rows", type=int, default=1_000_000)
+    parser.add_argument("--uuid-rows", type=int_list, default=[1_000_000])
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds one command may take")
     parser.add_argument("--skip-discovery", action="store_true")
     args = parser.parse_args()
+    rtts = args.rtt
+    narrow_sizes = per_rtt(parser, "narrow-rows", args.narrow_rows, rtts)
+    wide_sizes = per_rtt(parser, "wide-rows", args.wide_rows, rtts)
+    uuid_sizes = per_rtt(parser, "uuid-rows", args.uuid_rows, rtts)
+    if args.reps < 1 or min(narrow_sizes + wide_sizes + uuid_sizes) < 1:
+        parser.error("--reps and row counts must be at least 1")
 
     subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
-    setup(args.narrow_rows, args.wide_rows, args.prefix_rows, args.uuid_rows)
-    tmp = tempfile.mkdtemp(prefix="tap-heroku-bench.")
-    config = write(os.path.join(tmp, "config.json"), {
-        "host": env("TAP_HEROKU_TEST_HOST"), "port": env("TAP_HEROKU_TEST_PORT"), "user": READER,
-        "password": READER_PASSWORD, "dbname": DB, "filter_dbs": DB})
-    pk_config = write(os.path.join(tmp, "config-primary-key.json"), {**json.load(open(config)), "full_table_order": "primary_key"})
-    cats = catalogs(tmp, config)
-    results = {}
-    tables = [("narrow", args.narrow_rows), ("wide", args.wide_rows), ("uuid_keyed", args.uuid_rows)]
-    for table, rows in tables:
-        measure(f"{table} COPY binary", ["psql", "-X", conninfo(), "-c", f"copy {table} to stdout (format binary)"], rows, args.reps, results)
-        measure(f"{table} COPY row_to_json", ["psql", "-X", conninfo(), "-c", f"copy (select row_to_json(r) from {table} r) to stdout"], rows, args.reps, results)
-        for method in ["FULL_TABLE", "INCREMENTAL"] if table == "narrow" else ["FULL_TABLE"]:
-            name = f"{table} {method}"
-            measure(f"{name} tap-heroku", [TAP, "--config", config, "--catalog", cats[name], "--log-level", "warn"], rows, args.reps, results)
-        if table in ("narrow", "uuid_keyed"):
-            # The other FULL_TABLE order, for comparison: resumable by primary key, ordered by it
-            # (on uuid_keyed the key order is not the storage order: an index scan jumping
-            # around the heap).
-            measure(f"{table} FULL_TABLE primary_key order tap-heroku",
-                    [TAP, "--config", pk_config, "--catalog", cats[f"{table} FULL_TABLE"], "--log-level", "warn"], rows, args.reps, results)
-    measure("narrow_prefix FULL_TABLE tap-heroku", [TAP, "--config", config, "--catalog", cats["narrow_prefix FULL_TABLE"], "--log-level", "warn"],
-            args.prefix_rows, args.reps, results)
-
-    print(f"\nMachine: {machine()}")
-    print(f"Medians of {args.reps} runs; ratio = wall time / wall time of COPY binary of the same table.\n")
-    print("| table | what | rows | wall s | rows/s | ratio to COPY binary | bytes/row | peak RSS MB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
-        table = name.split()[0]
-        base = results.get(f"{table} COPY binary")
-        ratio = f"{r['wall'] / base['wall']:.2f}" if base else "-"
-        what = name[len(table) + 1:]
-        print(f"| {table} | {what} | {r['rows']:,} | {r['wall']:.3f} | {r['rows'] / r['wall']:,.0f} | {ratio} | "
-              f"{r['bytes'] / r['rows']:.1f} | {r['rss_kib'] / 1024:.1f} |")
+    setup(narrow_sizes, wide_sizes, args.prefix_rows, uuid_sizes)
     if not args.skip_discovery:
-        streams, wall = discovery_benchmark(tmp, args.reps)
-        print(f"\nDiscovery of {streams} tables of 21 columns: median {wall:.2f}s over {args.reps} runs.")
+        create_tables_db()
+    tmp = tempfile.mkdtemp(prefix="tap-heroku-bench.")
+    try:
+        measure_all(args, rtts, narrow_sizes, wide_sizes, uuid_sizes, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure_all(args, rtts, narrow_sizes, wide_sizes, uuid_sizes, tmp):
+    direct = {"host": env("TAP_HEROKU_TEST_HOST"), "port": env("TAP_HEROKU_TEST_PORT"), "user": READER,
+              "password": READER_PASSWORD, "dbname": DB, "filter_dbs": DB}
+    relations = []
+    for table, sizes in [("narrow", narrow_sizes), ("wide", wide_sizes), ("uuid_keyed", uuid_sizes)]:
+        for rows in sorted(set(sizes)):
+            name = relation(table, rows, sizes)
+            relations.append((name, "FULL_TABLE", None))
+            if table == "narrow":
+                relations.append((name, "INCREMENTAL", "updated_at"))
+    relations.append(("narrow_prefix", "FULL_TABLE", None))
+    cats = catalogs(tmp, write(os.path.join(tmp, "config_direct.json"), direct), relations)
+
+    run = Run(args.reps, args.timeout)
+    discovery = {}
+    for i, rtt in enumerate(rtts):
+        link = Link(rtt)
+        try:
+            config = write(os.path.join(tmp, f"config_{rtt}.json"), {**direct, "port": link.port})
+            pk_config = write(os.path.join(tmp, f"config_{rtt}_primary_key.json"), {**direct, "port": link.port, "full_table_order": "primary_key"})
+            psql = ["psql", "-X", conninfo(link.port)]
+            for table, sizes in [("narrow", narrow_sizes), ("wide", wide_sizes), ("uuid_keyed", uuid_sizes)]:
+                rows = sizes[i]
+                name = relation(table, rows, sizes)
+                run.measure(rtt, link, table, "COPY binary", psql + ["-c", f"copy {name} to stdout (format binary)"], rows)
+                run.measure(rtt, link, table, "COPY row_to_json", psql + ["-c", f"copy (select row_to_json(r) from {name} r) to stdout"], rows)
+                run.measure(rtt, link, table, f"psql FETCH_COUNT {FETCH_COUNT}",
+                            psql + ["-A", "-t", "-v", f"FETCH_COUNT={FETCH_COUNT}", "-c", f"select * from {name}"], rows)
+                for method in ["FULL_TABLE", "INCREMENTAL"] if table == "narrow" else ["FULL_TABLE"]:
+                    run.measure(rtt, link, table, f"tap-heroku {method}",
+                                [TAP, "--config", config, "--catalog", cats[(name, method)], "--log-level", "warn"], rows)
+                if table in ("narrow", "uuid_keyed"):
+                    # The other FULL_TABLE order, for comparison: resumable by primary key, ordered by it
+                    # (on uuid_keyed the key order is not the storage order: an index scan jumping
+                    # around the heap).
+                    run.measure(rtt, link, table, "tap-heroku FULL_TABLE, primary_key order",
+                                [TAP, "--config", pk_config, "--catalog", cats[(name, "FULL_TABLE")], "--log-level", "warn"], rows)
+            run.measure(rtt, link, "narrow_prefix", "tap-heroku FULL_TABLE",
+                        [TAP, "--config", config, "--catalog", cats[("narrow_prefix", "FULL_TABLE")], "--log-level", "warn"], args.prefix_rows)
+            if not args.skip_discovery:
+                discovery[rtt] = discovery_benchmark(tmp, link.port, args.reps, args.timeout)
+                print(f"bench: {rtt} ms: discovery median {discovery[rtt][1]:.3f}s ({', '.join(f'{w:.3f}' for w in discovery[rtt][2])})",
+                      file=sys.stderr)
+        finally:
+            link.stop()
+
+    print_table(run, rtts, args)
+    if discovery:
+        streams = {d[0] for d in discovery.values()}
+        print(f"\nDiscovery of {', '.join(map(str, sorted(streams)))} tables of 21 columns, median of {args.reps} runs: "
+              + ", ".join(f"{rtt} ms RTT {d[1]:.2f}s" for rtt, d in discovery.items()) + ".")
+        admin_sql(f"drop database {TABLES_DB}", db="postgres")
     admin_sql(f"drop database {DB}", db="postgres")
 
 

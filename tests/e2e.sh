@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end checks of tap-heroku with real Singer tools (see README, "End-to-end checks with
+# End-to-end checks of tap-heroku with real Singer tools (see docs/testing.md, "End-to-end checks with
 # real Singer tools"):
 #
 #   a. tap-heroku | target-jsonl                  every row arrives, values equal to the source
@@ -238,7 +238,7 @@ export E2E_PSQL="$TAP_HEROKU_TEST_PGBIN/psql" E2E_SOCKET_DIR="$TAP_HEROKU_TEST_S
 psql_admin postgres -c 'revoke connect on database postgres from public'
 
 # new_source_db NAME [ROLE]: a database with the fixture, readable by the read-only role
-# (tap_reader by default) only: the GRANTs of the README for a read-only credential.
+# (tap_reader by default) only: the GRANTs of docs/configuration.md for a read-only credential.
 new_source_db() {
     local db=$1 role=${2:-$READER}
     psql_admin postgres -c "create database $db" -c "revoke connect on database $db from public" \

@@ -5,7 +5,7 @@
 //!
 //! Each interrupted run is resumed from the last STATE it wrote and the union of both runs is
 //! compared with the table, id by id: nothing may be missing, and duplicates are allowed only
-//! where README's guarantees allow them (none for FULL_TABLE in primary key order; the records
+//! where docs/state-and-resume.md's guarantees allow them (none for FULL_TABLE in primary key order; the records
 //! of the block range under way, and what the catch-up rule names, for FULL_TABLE by block
 //! ranges; the bookmark row for INCREMENTAL).
 
@@ -487,7 +487,7 @@ fn closed_pipe_exits_74_promptly_without_panic() {
 
 /// A stdout closed before start (`>&-`) is reopened on /dev/null by the Rust runtime before
 /// `main` runs (so no socket or file can take descriptor 1 and receive records): the sync runs
-/// as into /dev/null. Documented in README.md ("Exit codes").
+/// as into /dev/null. Documented in docs/sync.md ("Exit codes").
 #[test]
 fn closed_stdout_descriptor_behaves_as_dev_null() {
     let (_db, config, mut catalog) = fixture("create table few (id int primary key); insert into few values (1), (2)", json!({}));
@@ -728,7 +728,7 @@ fn statement_timeout_on_the_role() {
     let sid = id(&db, "public", "m_slow");
 
     let out = sync(&config, &catalog, None);
-    // A query failure mid-stream ends the run there (README: exit 65): streams before it are
+    // A query failure mid-stream ends the run there (docs/sync.md: exit 65): streams before it are
     // complete, the failed one ends after its last STATE, later ones do not run.
     assert_failure(&out, "statement timeout", 65, &[&sid, "statement timeout"], true);
     assert!(out.stderr.contains("statement_timeout"), "the hint names statement_timeout:\n{}", out.stderr);
@@ -831,7 +831,7 @@ struct StatementLog {
 impl StatementLog {
     /// Logs every statement of `db`'s role from now on.
     fn start(db: &TestDb) -> StatementLog {
-        let path = PathBuf::from(server().socket_dir).join("primary.log");
+        let path = PathBuf::from(&server().socket_dir).join("primary.log");
         let start =
             std::fs::metadata(&path).unwrap_or_else(|e| panic!("the server log {} ({e}): tests/server.sh writes it", path.display())).len();
         db.exec(&format!("alter role {} set log_statement = 'all'", db.role));

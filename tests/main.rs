@@ -2,9 +2,12 @@
 
 mod support;
 
+mod check;
+mod client_certs;
 mod discover;
 mod errors;
 mod faults;
+mod network;
 mod resume_races;
 mod sync;
 mod types;

@@ -1,5 +1,5 @@
 //! Resume races (issue 14), made to happen deterministically, and a seeded property test of
-//! README's "State and what a resume guarantees" over random schedules of writes, rewrites and
+//! docs/state-and-resume.md ("State and what a resume guarantees") over random schedules of writes, rewrites and
 //! interruptions.
 //!
 //! No sleep decides an order here. A rewrite (TRUNCATE + reload, a rewriting ALTER TABLE, VACUUM
@@ -8,7 +8,7 @@
 //! (`wait_event_type = 'Lock'`), and only then lets the rewrite commit. A statement that waits
 //! there after its transaction's snapshot was taken reads the new storage with the old snapshot.
 //!
-//! The checks are README's words. "So every row that exists when the resumed run starts arrives
+//! The checks are that page's words. "So every row that exists when the resumed run starts arrives
 //! as it is then (a target that upserts by key ends with the table)" for storage order, and
 //! "every row that existed when the first run started and still exists is sent exactly once
 //! across the two runs, and ACTIVATE_VERSION comes at the end" for primary key order.
@@ -304,7 +304,7 @@ fn few(ids: &[i64]) -> String {
     format!("{}{}", shown.join(", "), if ids.len() > 10 { ", ..." } else { "" })
 }
 
-/// README, storage order: "every row that exists when the resumed run starts arrives as it is
+/// docs/state-and-resume.md, storage order: "every row that exists when the resumed run starts arrives as it is
 /// then (a target that upserts by key ends with the table)". Returns what is wrong: the rows of
 /// `now` whose last record in the activated version is missing or differs.
 fn upsert_view_errors(received: &[(usize, Value)], now: &BTreeMap<i64, Value>) -> Vec<String> {
@@ -387,7 +387,7 @@ fn resume_racing_cluster_delivers_the_final_table() {
     resumed_read_racing(Rewrite::Cluster);
 }
 
-/// README: "When the table was rewritten meanwhile (`VACUUM FULL`, `CLUSTER`, `TRUNCATE`, a
+/// docs/state-and-resume.md: "When the table was rewritten meanwhile (`VACUUM FULL`, `CLUSTER`, `TRUNCATE`, a
 /// rewriting `ALTER TABLE`: a new relfilenode) ... the sync starts over with a new version."
 /// Also when the rewrite commits while the resumed run waits for its lock: the resumed run sends
 /// the final table once, in a new version, whose ACTIVATE_VERSION lets a target drop the rows
@@ -412,7 +412,7 @@ fn resume_racing_truncate_and_reload_starts_over_with_a_new_version() {
 
 /// Key order has the same race: the statement that waits for the lock has taken the snapshot
 /// before (parse analysis of a SELECT needs one), and then reads the rewritten storage, whose
-/// rows that snapshot cannot see. README, primary key order: "every row that existed when the
+/// rows that snapshot cannot see. docs/state-and-resume.md, primary key order: "every row that existed when the
 /// first run started and still exists is sent exactly once across the two runs" (a rewriting
 /// ALTER TABLE keeps every row).
 #[test]
@@ -481,7 +481,7 @@ const CITIES_SQL: &str = "create table cities (name text primary key, population
 
 /// Cuts a sync of `cities` (itersize 7) after every STATE and resumes it: each row must arrive;
 /// when the resume keeps the version, exactly once across the two runs but for the rows with
-/// the resume key, which may come twice (README, primary key order), and when it starts over
+/// the resume key, which may come twice (docs/state-and-resume.md, primary key order), and when it starts over
 /// with a new version, in the new run alone, once.
 fn repeated_keys_resume(order: &str) {
     let (db, config, mut catalog) = fixture(CITIES_SQL, json!({"itersize": 7, "full_table_order": order}));
@@ -524,7 +524,7 @@ fn repeated_keys_resume(order: &str) {
             count(&received.iter().filter(|(r, _)| *r == 1).cloned().collect::<Vec<_>>())
         };
         let lost: Vec<&String> = all.keys().filter(|k| got.get(*k).copied().unwrap_or(0) < all[*k]).collect();
-        // README: an inheritance parent "resumes *at* the last key sent (`>=`): the rows with
+        // docs/state-and-resume.md: an inheritance parent "resumes *at* the last key sent (`>=`): the rows with
         // that key are sent again, none is skipped".
         let resume_key = state["bookmarks"][id(&db, "public", "cities")]["last_pk_fetched"]["name"].as_str().map(|k| format!("{k}|"));
         let again = |k: &String| version == first_version && resume_key.as_ref().is_some_and(|p| k.starts_with(p.as_str()));
@@ -606,7 +606,7 @@ impl Rng {
     }
 }
 
-/// The base seed: `TAP_HEROKU_FUZZ_SEED` (README "Tests") or a fixed one.
+/// The base seed: `TAP_HEROKU_FUZZ_SEED` (docs/testing.md) or a fixed one.
 fn base_seed() -> u64 {
     std::env::var("TAP_HEROKU_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x7A9_4E20_u64)
 }
@@ -659,7 +659,7 @@ struct RunInfo {
     /// The ids of rows changed since the given bookmark's snapshot (`xmin` not older than its
     /// `snapshot_xmin`, anywhere in the table): "rows changed in the gap".
     changed: BTreeSet<i64>,
-    /// The ids of the range under way when a signal stopped it (sent again by README).
+    /// The ids of the range under way when a signal stopped it (sent again, as the docs say).
     partial: BTreeSet<i64>,
     /// Whether the table got new storage after the given bookmark's read (before or racing the run).
     rewritten: bool,
@@ -811,7 +811,7 @@ fn last_state(messages: &[Value]) -> Option<Value> {
 }
 
 impl Schedule<'_> {
-    /// Runs schedule `i` and returns what broke README's guarantees (empty when nothing did).
+    /// Runs schedule `i` and returns what broke the documented guarantees (empty when nothing did).
     fn run(&mut self, i: usize, role: &str) -> Vec<String> {
         let has_pk = self.table == "prop_pk";
         let order = if (i / 2).is_multiple_of(2) { Order::Physical } else { Order::PrimaryKey };
@@ -914,7 +914,7 @@ impl Schedule<'_> {
         self.check(&runs, has_pk)
     }
 
-    /// README's guarantees for the sync that the last run completed.
+    /// the documented guarantees for the sync that the last run completed.
     fn check(&self, runs: &[RunInfo], has_pk: bool) -> Vec<String> {
         let (table, sid) = (self.table, self.sid.as_str());
         let mut errors = Vec::new();
@@ -954,7 +954,11 @@ impl Schedule<'_> {
                 (false, "without a resume point the sync starts over with a new version")
             };
             if same != want_same {
-                errors.push(format!("run {r} after {bookmark}: versions {:?} then {:?}, but README: {why}", versions[r - 1], versions[r]));
+                errors.push(format!(
+                    "run {r} after {bookmark}: versions {:?} then {:?}, but docs/state-and-resume.md: {why}",
+                    versions[r - 1],
+                    versions[r]
+                ));
             }
         }
         let first = (0..=last).rev().take_while(|&r| versions[r] == Some(version)).last().unwrap_or(last);
@@ -1042,7 +1046,7 @@ impl Schedule<'_> {
 }
 
 /// Many random schedules, for both FULL_TABLE orders and tables with and without a primary key:
-/// after the last run completes, README's guarantees hold for the version it activated.
+/// after the last run completes, the documented guarantees hold for the version it activated.
 /// `TAP_HEROKU_FUZZ_SEED` varies the seed, `TAP_HEROKU_FUZZ_SCALE` multiplies the schedules.
 #[test]
 fn random_schedules_of_writes_rewrites_and_interruptions_keep_readme_guarantees() {
@@ -1089,7 +1093,7 @@ fn random_schedules_of_writes_rewrites_and_interruptions_keep_readme_guarantees(
     eprintln!("{count} schedules in {:?}, {} broke a guarantee", started.elapsed(), failures.len());
     assert!(
         failures.is_empty(),
-        "{} of {count} schedules broke README's resume guarantees (seed {base}; set TAP_HEROKU_FUZZ_SEED to vary it):\n\n{}",
+        "{} of {count} schedules broke the resume guarantees of docs/state-and-resume.md (seed {base}; set TAP_HEROKU_FUZZ_SEED to vary it):\n\n{}",
         failures.len(),
         failures.join("\n\n")
     );

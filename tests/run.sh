@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command (see README): brings up throw-away Heroku-like PostgreSQL servers
+# The tests with servers started by the shell (plain `cargo test`, the README's test command,
+# starts its own; see docs/testing.md): brings up throw-away Heroku-like PostgreSQL servers
 # (SSL-only + scram-sha-256 primary, hot standby, no-SSL server; see tests/server.sh),
 # runs `cargo test --locked` against them with all arguments passed through
 # (e.g. `tests/run.sh discover`), tears the servers down and exits with cargo's status.
@@ -37,11 +38,6 @@ tests/server.sh start "$SERVER_DIR"
 # shellcheck source=/dev/null
 source "$SERVER_DIR/env"
 say "Heroku-like PostgreSQL (SSL, scram) up on port $TAP_HEROKU_TEST_PORT (hot standby on $TAP_HEROKU_TEST_STANDBY_PORT, no-SSL server on $TAP_HEROKU_TEST_PLAIN_PORT)"
-
-# The tests' config, catalog and state files (std::env::temp_dir) go with the servers' directory,
-# which teardown removes, instead of piling up in /tmp.
-mkdir -p "$SERVER_DIR/files"
-export TMPDIR="$SERVER_DIR/files"
 
 say "running: cargo test --locked $*"
 status=0

@@ -62,7 +62,9 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
     let run_started = Instant::now();
     let selected = select_streams(catalog, config, state.currently_syncing())?;
     if selected.is_empty() {
-        log::warn!("no stream is selected in the catalog; nothing to sync");
+        log::warn!(
+            "no stream is selected in the catalog; nothing to sync. To select one, set \"selected\": true and a \"replication-method\" in the metadata entry of the stream whose breadcrumb is [] (README, Quick start step 3; with Meltano: `meltano select`)"
+        );
     }
     let connector = Connector::new(config)?;
     let mut sessions: HashMap<String, Session> = HashMap::new();

@@ -40,8 +40,9 @@ const CHANNEL_CHUNKS: usize = 4;
 const STORAGE_CHANGED_ATTEMPTS: usize = 3;
 /// How often the encoder checks for SIGINT/SIGTERM while it waits for rows.
 const SIGNAL_POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// Wait before the first reconnect; each further one waits four times as long (2, 8, 32 s).
-const FIRST_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+/// Wait before the first reconnect after a failure; each further one without progress waits
+/// four times as long (1, 4, 16 s).
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// What every replication method is handed: the stream's session and how to open it again,
 /// the config, and the run's deadline.
@@ -101,7 +102,8 @@ struct ReadFailure {
 
 /// Runs `source` in read-only REPEATABLE READ transactions and writes every row; after each
 /// batch calls `on_batch` (which writes STATE) with the block mark of a storage-order read.
-/// When the connection is lost and `config.reconnect_attempts` allow, waits, connects again,
+/// When the connection is lost and `config.reconnect_attempts` allow (consecutive failures
+/// without a row written in between), waits, connects again,
 /// asks `resume` for the source that continues from what was written, and goes on with the same
 /// sink (the same version and counts). Stops early with [`Outcome::OutOfTime`] when the deadline
 /// passes between batches, and with [`Outcome::Signalled`] right after the record being written
@@ -120,6 +122,9 @@ pub fn run<W: Write>(
 ) -> Result<Outcome> {
     let mut source = source;
     let mut attempt = 0;
+    // Rows written when the last reconnect was made: attempts count failures without progress,
+    // so a long sync over a link that drops now and then goes on as long as it advances.
+    let mut rows_at_reconnect = sink.row_count;
     loop {
         let (result, reached) = run_once(cx, (&source, search_path), (columns, &mut *sink), writer, &mut on_batch);
         let failure = match result {
@@ -129,6 +134,9 @@ pub fn run<W: Write>(
             }
             Err(failure) => failure,
         };
+        if sink.row_count > rows_at_reconnect {
+            attempt = 0;
+        }
         let next = if failure.transient && attempt < cx.config.reconnect_attempts {
             match reached {
                 Some(resume_point) => resume(Reached::Blocks(resume_point)),
@@ -149,11 +157,12 @@ pub fn run<W: Write>(
         };
         attempt += 1;
         reconnect(cx, attempt, &failure.error)?;
+        rows_at_reconnect = sink.row_count;
         source = next;
     }
 }
 
-/// Waits (2, 8, 32 s, ...) and opens the stream's session again, counting failed connection
+/// Waits (1, 4, 16 s, ...) and opens the stream's session again, counting failed connection
 /// attempts against `reconnect_attempts` too. Errors that another attempt cannot mend (a wrong
 /// password, a vanished database) end the run at once.
 fn reconnect(cx: &mut Context<'_>, mut attempt: u32, cause: &Error) -> Result<()> {
