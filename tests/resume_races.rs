@@ -564,7 +564,7 @@ fn default_order_resume_of_an_inheritance_parent_with_repeated_keys_loses_nothin
 // ---- 3. random schedules of writes, rewrites and interruptions -------------------------------
 
 /// Schedules run by default (times `TAP_HEROKU_FUZZ_SCALE`): about a minute on a 2-core machine.
-const SCHEDULES: usize = 32;
+const SCHEDULES: usize = 40;
 
 /// xorshift64* PRNG (as in src/fuzz_tests.rs): tiny, deterministic, no dependency.
 struct Rng(u64);
@@ -1049,7 +1049,7 @@ impl Schedule<'_> {
 /// after the last run completes, the documented guarantees hold for the version it activated.
 /// `TAP_HEROKU_FUZZ_SEED` varies the seed, `TAP_HEROKU_FUZZ_SCALE` multiplies the schedules.
 #[test]
-fn random_schedules_of_writes_rewrites_and_interruptions_keep_readme_guarantees() {
+fn random_schedules_of_writes_rewrites_and_interruptions_keep_the_resume_guarantees() {
     let base = base_seed();
     let scale: usize = std::env::var("TAP_HEROKU_FUZZ_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let (db, _, mut catalog) = fixture(
