@@ -8,5 +8,6 @@ mod discover;
 mod errors;
 mod faults;
 mod network;
+mod resume_races;
 mod sync;
 mod types;
