@@ -1,5 +1,5 @@
 //! `--about`: name, version, capabilities and every setting, as Singer SDK-shaped JSON (which
-//! Meltano reads) or as the Markdown settings table README.md shows. Needs no config and never
+//! Meltano reads) or as the Markdown settings table docs/configuration.md shows. Needs no config and never
 //! prints a secret: settings are described, not read.
 
 use std::io::Write;
@@ -74,5 +74,22 @@ mod tests {
         assert_eq!(props["port"]["default"], json!(5432));
         assert!(about["capabilities"].as_array().unwrap().contains(&json!("discover")));
         assert!(about_markdown().contains("| password | string (secret) |"));
+    }
+
+    /// The lines of `text` that are Markdown table rows.
+    fn table_rows(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| l.starts_with('|')).collect()
+    }
+
+    #[test]
+    fn configuration_doc_shows_the_markdown_table() {
+        // docs/configuration.md holds one table, the settings; it must be what --about prints.
+        let doc = include_str!("../docs/configuration.md");
+        let markdown = about_markdown();
+        assert_eq!(
+            table_rows(doc),
+            table_rows(&markdown),
+            "docs/configuration.md's settings table differs from `tap-heroku --about --format markdown`; paste that table there"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The command line exactly as typed: flags and their raw values, no I/O, no validation.
 //!
 //! The Singer convention (`--config`, `--discover`, `--catalog`/`--properties`, `--state`) plus
-//! `--about`, `--version` and `--log-level`. `config::Config` and `main.rs` give the flags meaning.
+//! `--test`, `--about`, `--version` and `--log-level`. `config::Config` and `main.rs` give the flags meaning.
 
 use std::path::PathBuf;
 
@@ -31,6 +31,11 @@ pub struct Args {
     #[arg(short = 's', long, value_name = "FILE")]
     pub state: Option<PathBuf>,
 
+    /// Test the connection: read one row of each stream selected in --catalog (or, without a
+    /// catalog, discover), print a summary on stderr and nothing on stdout.
+    #[arg(long, conflicts_with = "discover")]
+    pub test: bool,
+
     /// Describe the tap: name, version, capabilities and settings.
     #[arg(long)]
     pub about: bool,
@@ -49,7 +54,7 @@ pub struct Args {
 pub enum AboutFormat {
     /// Singer SDK-shaped JSON, as Meltano reads it.
     Json,
-    /// A Markdown settings table, as in README.md.
+    /// A Markdown settings table, as in docs/configuration.md.
     Markdown,
 }
 

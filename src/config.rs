@@ -12,7 +12,10 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result, ResultExt};
+use crate::typemap::OutOfRangeDates;
 
+/// Reconnects of a stream whose connection was lost, when the config does not say.
+const DEFAULT_RECONNECT_ATTEMPTS: u32 = 3;
 /// Rows fetched per round trip when the config does not say (singer-io's `itersize`).
 pub const DEFAULT_ITERSIZE_ROWS: u32 = 20_000;
 /// How long a connection attempt may take (singer-io's `connect_timeout`).
@@ -117,6 +120,12 @@ pub struct Config {
     pub sslmode: SslMode,
     /// CA certificate file for verify-ca / verify-full (and require, as libpq does).
     pub sslrootcert: Option<PathBuf>,
+    /// Client certificate (PEM chain) for mutual TLS; set together with `sslkey`.
+    pub sslcert: Option<PathBuf>,
+    /// Private key of `sslcert` (PEM, possibly encrypted, or DER).
+    pub sslkey: Option<PathBuf>,
+    /// Passphrase of an encrypted `sslkey`; never printed.
+    pub sslpassword: Option<String>,
     /// Connection attempt limit.
     pub connect_timeout: Duration,
     /// Databases to discover; `None` means every database the role may connect to.
@@ -133,8 +142,12 @@ pub struct Config {
     pub include_schemas_in_destination_stream_name: bool,
     /// json and jsonb columns as JSON documents instead of strings.
     pub json_as_object: bool,
+    /// Reconnects of a stream whose connection was lost.
+    pub reconnect_attempts: u32,
     /// How FULL_TABLE reads tables and resumes.
     pub full_table_order: FullTableOrder,
+    /// How dates and timestamps with years outside 1..=9999 are written.
+    pub out_of_range_dates: OutOfRangeDates,
 }
 
 impl std::fmt::Debug for Config {
@@ -144,7 +157,7 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// One setting as `--about` and README.md describe it.
+/// One setting as `--about` and docs/configuration.md describe it.
 pub struct Setting {
     /// Config key.
     pub name: &'static str,
@@ -158,7 +171,7 @@ pub struct Setting {
     pub secret: bool,
 }
 
-/// Every setting tap-heroku reads, in the order README.md lists them.
+/// Every setting tap-heroku reads, in the order docs/configuration.md lists them.
 pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "host",
@@ -192,7 +205,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "database_url",
         kind: "string",
-        description: "postgres://user:password@host:port/dbname?sslmode=... URL; discrete keys override its parts. Without host and database_url, the DATABASE_URL environment variable is read.",
+        description: "postgres://user:password@host:port/dbname?sslmode=... URL (parameters read: sslmode, sslrootcert, sslcert, sslkey, sslpassword); discrete keys override its parts. Without host and database_url, the DATABASE_URL environment variable is read.",
         default: None,
         secret: true,
     },
@@ -209,6 +222,27 @@ pub const SETTINGS: &[Setting] = &[
         description: "CA certificate file used to verify the server (verify-ca, verify-full; with require it enables verify-ca, as in libpq).",
         default: None,
         secret: false,
+    },
+    Setting {
+        name: "sslcert",
+        kind: "string",
+        description: "Client certificate file (PEM, the certificate first, then any intermediates) for servers that require one, such as Heroku Private and Shield databases with mutual TLS; needs sslkey.",
+        default: None,
+        secret: false,
+    },
+    Setting {
+        name: "sslkey",
+        kind: "string",
+        description: "Private key file of sslcert (PEM, encrypted or not, or unencrypted DER); like libpq, refused when group or others may read it (0600; 0640 if owned by root).",
+        default: None,
+        secret: false,
+    },
+    Setting {
+        name: "sslpassword",
+        kind: "string",
+        description: "Passphrase of an encrypted sslkey; ignored for a key that is not encrypted.",
+        default: None,
+        secret: true,
     },
     Setting {
         name: "ssl",
@@ -241,7 +275,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "itersize",
         kind: "integer",
-        description: "Rows per batch: a STATE follows every batch (rows come from the server-side cursor in fetches of at most 1,024).",
+        description: "Rows per batch: a STATE follows every batch (rows stream from one statement; a storage-order batch ends at the next block boundary).",
         default: Some("20000"),
         secret: false,
     },
@@ -276,8 +310,22 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "full_table_order",
         kind: "string",
-        description: "How FULL_TABLE reads a table: physical (storage order in ranges of blocks, resumable at the next block, also without a primary key; PostgreSQL 14+) or primary_key (ordered by the primary key, resumable after the last key sent).",
+        description: "How FULL_TABLE reads a table: physical (storage order, resumable at the next block, also without a primary key; PostgreSQL 14+) or primary_key (ordered by the primary key, resumable after the last key sent).",
         default: Some("\"physical\""),
+        secret: false,
+    },
+    Setting {
+        name: "reconnect_attempts",
+        kind: "integer",
+        description: "Times a stream whose connection is lost (reset, failover, a standby's recovery conflict) reconnects (after 1, 4, 16, ... seconds; failures in a row without progress count) and resumes from the last row written; 0 never.",
+        default: Some("3"),
+        secret: false,
+    },
+    Setting {
+        name: "out_of_range_dates",
+        kind: "string",
+        description: "Dates and timestamps before year 1 or after 9999 (which date-time and Python cannot hold): clamp (written as 0001-01-01T00:00:00+00:00 or 9999-12-31T23:59:59.999000+00:00, for dates 9999-12-31T00:00:00+00:00, as infinity is; bookmarks keep the exact value; a warning per column) or expanded (exact, in ISO 8601 expanded form such as -0043-03-15T00:00:00+00:00; such columns' schemas then have no date-time format).",
+        default: Some("\"clamp\""),
         secret: false,
     },
 ];
@@ -323,7 +371,10 @@ impl Config {
             if IGNORED_KEYS.contains(&key.as_str()) {
                 log::info!("config key {key} is accepted for compatibility and has no effect in tap-heroku");
             } else if !is_known_key(key) {
-                log::warn!("unknown config key {key} is ignored");
+                match nearest_key(key) {
+                    Some(near) => log::warn!("unknown config key {key} is ignored; did you mean {near}?"),
+                    None => log::warn!("unknown config key {key} is ignored (`tap-heroku --about --format markdown` lists the settings)"),
+                }
             }
         }
 
@@ -364,8 +415,12 @@ impl Config {
             missing.push("dbname");
         }
         if !missing.is_empty() {
-            return Err(Error::new(ErrorKind::Config, format!("missing required keys: {}", missing.join(", "))).with_hint(
-                "Set host, port, user, password and dbname in the config, or database_url (Heroku: `heroku config:get DATABASE_URL`).",
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("missing required keys: {} (or database_url, or the DATABASE_URL environment variable)", missing.join(", ")),
+            )
+            .with_hint(
+                "Set database_url in the config or export DATABASE_URL (Heroku: `heroku config:get DATABASE_URL -a <app>`), or set host, port, user, password and dbname.",
             ));
         }
 
@@ -391,6 +446,29 @@ impl Config {
         {
             return Err(Error::new(ErrorKind::Config, format!("sslrootcert {} does not exist", path.display()))
                 .with_hint("Point sslrootcert at a readable PEM file with the server's CA certificate, or remove the key."));
+        }
+
+        let sslcert = opt_string(map, "sslcert")?.or(url.sslcert).map(PathBuf::from);
+        let sslkey = opt_string(map, "sslkey")?.or(url.sslkey).map(PathBuf::from);
+        let sslpassword = opt_string(map, "sslpassword")?.or(url.sslpassword);
+        // libpq falls back to ~/.postgresql/postgresql.{crt,key} for the missing half; we read no
+        // implicit files (a tap should not change behaviour with $HOME), so one half alone is an error.
+        match (&sslcert, &sslkey) {
+            (Some(_), None) => {
+                return Err(Error::new(ErrorKind::Config, "sslcert is set but sslkey is not")
+                    .with_hint("Set sslkey to the private key file of the client certificate, or remove sslcert."));
+            }
+            (None, Some(_)) => {
+                return Err(Error::new(ErrorKind::Config, "sslkey is set but sslcert is not")
+                    .with_hint("Set sslcert to the client certificate file that belongs to the key, or remove sslkey."));
+            }
+            _ => {}
+        }
+        if sslpassword.is_some() && sslkey.is_none() {
+            log::warn!("sslpassword is set without sslkey and has no effect");
+        }
+        if sslcert.is_some() && sslmode == SslMode::Disable {
+            log::warn!("sslmode=disable: sslcert and sslkey are not used");
         }
 
         let connect_timeout = match map.get("connect_timeout") {
@@ -425,6 +503,9 @@ impl Config {
             dbname: dbname.unwrap_or_default(),
             sslmode,
             sslrootcert,
+            sslcert,
+            sslkey,
+            sslpassword,
             connect_timeout,
             filter_dbs: parse_list(map, "filter_dbs")?,
             filter_schemas: parse_list(map, "filter_schemas")?,
@@ -432,6 +513,10 @@ impl Config {
             default_replication_method,
             max_run_seconds,
             include_schemas_in_destination_stream_name,
+            reconnect_attempts: match map.get("reconnect_attempts") {
+                Some(v) if !v.is_null() => parse_uint(v, "reconnect_attempts", 0, 20)? as u32,
+                _ => DEFAULT_RECONNECT_ATTEMPTS,
+            },
             json_as_object: match map.get("json_as_object") {
                 Some(v) if !v.is_null() => parse_bool(v, "json_as_object")?,
                 _ => false,
@@ -442,6 +527,14 @@ impl Config {
                 Some(_) => {
                     return Err(Error::new(ErrorKind::Config, "full_table_order is not physical or primary_key")
                         .with_hint("Set full_table_order to \"physical\" (the default) or \"primary_key\"."));
+                }
+            },
+            out_of_range_dates: match opt_string(map, "out_of_range_dates")?.map(|t| t.to_ascii_lowercase()).as_deref() {
+                None | Some("clamp") => OutOfRangeDates::Clamp,
+                Some("expanded") => OutOfRangeDates::Expanded,
+                Some(_) => {
+                    return Err(Error::new(ErrorKind::Config, "out_of_range_dates is not clamp or expanded")
+                        .with_hint("Set out_of_range_dates to \"clamp\" (the default) or \"expanded\"."));
                 }
             },
         })
@@ -455,7 +548,27 @@ impl Config {
 
 /// True for every key tap-heroku reads, including aliases.
 fn is_known_key(key: &str) -> bool {
-    SETTINGS.iter().any(|s| s.name == key) || matches!(key, "database" | "ssl_mode" | "sqlalchemy_url")
+    SETTINGS.iter().any(|s| s.name == key) || KEY_ALIASES.contains(&key)
+}
+
+/// Other names of settings (tap-postgres's and pipelinewise's spellings).
+const KEY_ALIASES: &[&str] = &["database", "ssl_mode", "sqlalchemy_url"];
+
+/// Least Jaro similarity for an unknown key to be offered as a typo of a known one: catches
+/// swapped, missing and doubled letters and added suffixes (`passwrod`, `hostname`, `db_name`)
+/// without pairing unrelated words, as clap does for flags.
+const SUGGESTION_MIN_SIMILARITY: f64 = 0.8;
+
+/// The known setting whose name is most like `key`, if any is alike enough.
+fn nearest_key(key: &str) -> Option<&'static str> {
+    SETTINGS
+        .iter()
+        .map(|s| s.name)
+        .chain(KEY_ALIASES.iter().copied())
+        .map(|name| (strsim::jaro(&key.to_ascii_lowercase(), name), name))
+        .filter(|(similarity, _)| *similarity >= SUGGESTION_MIN_SIMILARITY)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, name)| name)
 }
 
 /// A string setting: JSON string (numbers are accepted and turned to text); null, absent and
@@ -561,6 +674,12 @@ struct ConnUrl {
     sslmode: Option<String>,
     /// `sslrootcert` query parameter.
     sslrootcert: Option<String>,
+    /// `sslcert` query parameter.
+    sslcert: Option<String>,
+    /// `sslkey` query parameter.
+    sslkey: Option<String>,
+    /// `sslpassword` query parameter (a secret, like the password).
+    sslpassword: Option<String>,
 }
 
 impl ConnUrl {
@@ -621,6 +740,9 @@ impl ConnUrl {
             match k {
                 "sslmode" => url.sslmode = Some(v),
                 "sslrootcert" => url.sslrootcert = Some(v),
+                "sslcert" => url.sslcert = non_empty(v),
+                "sslkey" => url.sslkey = non_empty(v),
+                "sslpassword" => url.sslpassword = non_empty(v),
                 "user" => url.user = non_empty(v),
                 "password" => url.password = Some(v),
                 "dbname" => url.dbname = non_empty(v),
@@ -636,7 +758,9 @@ impl ConnUrl {
                     return Err(bad("has a malformed query part (a password with ?, #, / or @ must be percent-encoded, e.g. ? as %3F)"));
                 }
                 // Not named: only the parameters above are read, the rest may hold anything.
-                _ => log::warn!("a URL parameter other than sslmode, sslrootcert, user, password, dbname, host and port is ignored"),
+                _ => log::warn!(
+                    "a URL parameter other than sslmode, sslrootcert, sslcert, sslkey, sslpassword, user, password, dbname, host and port is ignored"
+                ),
             }
         }
         Ok(url)
@@ -700,6 +824,11 @@ mod tests {
         assert_eq!(c.full_table_order, FullTableOrder::PrimaryKey);
         let e = parse(json!({"host": "h", "user": "u", "dbname": "d", "full_table_order": "random"}), None).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d", "out_of_range_dates": "Expanded"}), None).unwrap();
+        assert_eq!(c.out_of_range_dates, OutOfRangeDates::Expanded);
+        let e = parse(json!({"host": "h", "user": "u", "dbname": "d", "out_of_range_dates": "raw"}), None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.hint().unwrap().contains("expanded"));
     }
 
     #[test]
@@ -710,6 +839,7 @@ mod tests {
         assert_eq!(c.itersize, DEFAULT_ITERSIZE_ROWS);
         assert_eq!(c.filter_schemas, None);
         assert_eq!(c.max_run_seconds, None);
+        assert_eq!(c.out_of_range_dates, OutOfRangeDates::Clamp);
     }
 
     #[test]
@@ -779,9 +909,66 @@ mod tests {
     }
 
     #[test]
+    fn client_certificate_keys_and_url_parameters() {
+        let c =
+            parse(json!({"host": "h", "user": "u", "dbname": "d", "sslcert": "c.crt", "sslkey": "c.key", "sslpassword": "Pass-Q9"}), None)
+                .unwrap();
+        assert_eq!((c.sslcert, c.sslkey, c.sslpassword.as_deref()), (Some("c.crt".into()), Some("c.key".into()), Some("Pass-Q9")));
+        let c =
+            parse(json!({"database_url": "postgres://u:p@h/d?sslcert=%2Fk%2Fc.crt&sslkey=/k/c.key&sslpassword=a%26b%3Dc"}), None).unwrap();
+        assert_eq!((c.sslcert, c.sslkey, c.sslpassword.as_deref()), (Some("/k/c.crt".into()), Some("/k/c.key".into()), Some("a&b=c")));
+        // Discrete keys override the URL's parameters, as for every other part.
+        let c = parse(json!({"database_url": "postgres://u:p@h/d?sslcert=a.crt&sslkey=a.key", "sslkey": "b.key"}), None).unwrap();
+        assert_eq!((c.sslcert, c.sslkey), (Some("a.crt".into()), Some("b.key".into())));
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d", "sslpassword": "Pass-Q9"}), None).unwrap();
+        assert_eq!((&c.sslcert, &c.sslkey), (&None, &None));
+        assert!(!format!("{c:?}").contains("Pass-Q9"));
+    }
+
+    #[test]
+    fn one_half_of_a_client_certificate_is_a_config_error() {
+        let cases = [
+            (json!({"host": "h", "user": "u", "dbname": "d", "sslcert": "c.crt"}), "sslcert is set but sslkey is not"),
+            (
+                json!({"host": "h", "user": "u", "dbname": "d", "sslkey": "c.key", "sslpassword": "hunter2"}),
+                "sslkey is set but sslcert is not",
+            ),
+            (json!({"database_url": "postgres://u:hunter2@h/d?sslkey=c.key"}), "sslkey is set but sslcert is not"),
+        ];
+        for (case, context) in cases {
+            let err = parse(case.clone(), None).unwrap_err();
+            assert_eq!((err.kind(), err.context()), (ErrorKind::Config, context), "{case}");
+            assert!(err.hint().is_some_and(|h| h.ends_with('.')), "{case}");
+            assert!(!err.chain().contains("hunter2"), "{case}");
+        }
+        let err = parse(json!({"host": "h", "user": "u", "dbname": "d", "sslcert": ["c.crt"], "sslkey": "c.key"}), None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+    }
+
+    #[test]
     fn missing_keys_are_named() {
         let err = parse(json!({"host": "h"}), None).unwrap_err();
-        assert_eq!(err.context(), "missing required keys: user, dbname");
+        assert_eq!(err.context(), "missing required keys: user, dbname (or database_url, or the DATABASE_URL environment variable)");
+        assert!(err.hint().is_some_and(|h| h.contains("DATABASE_URL")), "{:?}", err.hint());
+    }
+
+    #[test]
+    fn unknown_keys_get_the_nearest_known_one() {
+        for (typo, want) in [
+            ("passwrod", Some("password")),
+            ("pasword", Some("password")),
+            ("Password", Some("password")),
+            ("hostname", Some("host")),
+            ("db_name", Some("dbname")),
+            ("sslmodee", Some("sslmode")),
+            ("database_uri", Some("database_url")),
+            ("filter_db", Some("filter_dbs")),
+            ("itersise", Some("itersize")),
+            ("start_date", None),
+            ("xyz", None),
+        ] {
+            assert_eq!(nearest_key(typo), want, "{typo}");
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 
-use postgres::Client;
+use tokio_postgres::types::Type;
+
+use crate::pg::{Client, Param};
 use serde_json::{Map, Value, json};
 
 use crate::catalog::{Catalog, CatalogStream, MetadataEntry};
@@ -50,6 +52,9 @@ pub struct Relation {
     pub row_count: i64,
     /// Columns the role can SELECT, by `attnum`.
     pub columns: Vec<Column>,
+    /// Names of the columns the role may not SELECT (neither table nor column privilege), so
+    /// that a selected column the role lost is told apart from one that was dropped.
+    pub unreadable: Vec<String>,
     /// Primary key columns in key order.
     pub primary_key: Vec<String>,
 }
@@ -120,7 +125,7 @@ pub fn list_databases(client: &mut Client, config: &Config) -> Result<Vec<String
              where not datistemplate and datallowconn and has_database_privilege(oid, 'CONNECT') \
                and ($1::text[] is null or datname = any($1)) and datname <> 'rdsadmin' \
              order by datname",
-            &[&config.filter_dbs],
+            &[(&config.filter_dbs, Type::TEXT_ARRAY)],
         )
         .map_err(|e| classify(e, "listing databases", config.sslmode))?;
     rows.iter()
@@ -156,8 +161,8 @@ pub fn load_types(client: &mut Client) -> Result<TypeMap> {
     Ok(TypeMap::new(types))
 }
 
-/// Loads relations, their readable columns and primary keys (three queries whatever the number
-/// of tables), sorted by schema and name.
+/// Loads relations, their readable columns (and the names of the others) and primary keys (three
+/// queries whatever the number of tables), sorted by schema and name.
 pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relation>> {
     let (schemas, exact): (Option<Vec<String>>, Option<(String, String)>) = match scope {
         Scope::Schemas(s) => (s.map(<[String]>::to_vec), None),
@@ -173,47 +178,40 @@ pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relat
          and ($2::text is null or (n.nspname = $2 and c.relname = $3)) \
          and has_schema_privilege(n.oid, 'USAGE')"
     );
-    let sslmode = crate::config::SslMode::Require;
-    let rel_rows = client
-        .query(
-            &format!(
-                "select c.oid, n.nspname::text, c.relname::text, c.relkind, c.reltuples::float8 \
-                 from pg_class c join pg_namespace n on n.oid = c.relnamespace \
-                 where {relation_filter} order by n.nspname, c.relname"
-            ),
-            &[&schemas, &exact_schema, &exact_name],
-        )
-        .map_err(|e| classify(e, "reading pg_class", sslmode))?;
-    let col_rows = client
-        .query(
-            &format!(
-                "select a.attrelid, a.attname::text, a.atttypid, a.atttypmod, \
-                   case when a.atttypid = 'bit'::regtype and a.atttypmod > 1 then 'bit(' || a.atttypmod || ')' \
-                        else format_type(a.atttypid, null) end, \
-                   format_type(a.atttypid, a.atttypmod) \
-                 from pg_attribute a join pg_class c on c.oid = a.attrelid \
-                   join pg_namespace n on n.oid = c.relnamespace \
-                 where {relation_filter} and a.attnum > 0 and not a.attisdropped \
-                   and has_column_privilege(c.oid, a.attnum, 'SELECT') \
-                 order by a.attrelid, a.attnum"
-            ),
-            &[&schemas, &exact_schema, &exact_name],
-        )
-        .map_err(|e| classify(e, "reading pg_attribute", sslmode))?;
-    let key_rows = client
-        .query(
-            &format!(
-                "select i.indrelid, a.attname::text \
-                 from pg_index i join pg_class c on c.oid = i.indrelid \
-                   join pg_namespace n on n.oid = c.relnamespace \
-                   cross join lateral unnest(i.indkey::int2[]) with ordinality k(attnum, ord) \
-                   join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
-                 where i.indisprimary and {relation_filter} \
-                 order by i.indrelid, k.ord"
-            ),
-            &[&schemas, &exact_schema, &exact_name],
-        )
-        .map_err(|e| classify(e, "reading pg_index", sslmode))?;
+    let rel_sql = format!(
+        "select c.oid, n.nspname::text, c.relname::text, c.relkind, c.reltuples::float8 \
+         from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+         where {relation_filter} order by n.nspname, c.relname"
+    );
+    let col_sql = format!(
+        "select a.attrelid, a.attname::text, a.atttypid, a.atttypmod, \
+           case when a.atttypid = 'bit'::regtype and a.atttypmod > 1 then 'bit(' || a.atttypmod || ')' \
+                else format_type(a.atttypid, null) end, \
+           format_type(a.atttypid, a.atttypmod), has_column_privilege(c.oid, a.attnum, 'SELECT') \
+         from pg_attribute a join pg_class c on c.oid = a.attrelid \
+           join pg_namespace n on n.oid = c.relnamespace \
+         where {relation_filter} and a.attnum > 0 and not a.attisdropped \
+         order by a.attrelid, a.attnum"
+    );
+    let key_sql = format!(
+        "select i.indrelid, a.attname::text \
+         from pg_index i join pg_class c on c.oid = i.indrelid \
+           join pg_namespace n on n.oid = c.relnamespace \
+           cross join lateral unnest(i.indkey::int2[]) with ordinality k(attnum, ord) \
+           join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum \
+         where i.indisprimary and {relation_filter} \
+         order by i.indrelid, k.ord"
+    );
+    let params: [Param<'_>; 3] = [(&schemas, Type::TEXT_ARRAY), (&exact_schema, Type::TEXT), (&exact_name, Type::TEXT)];
+    // One round trip for the three catalog reads.
+    let mut answers = client
+        .query_pipelined(&[(&rel_sql, &params), (&col_sql, &params), (&key_sql, &params)])
+        .map_err(|e| classify(e, "reading pg_class, pg_attribute and pg_index", crate::config::SslMode::Require))?
+        .into_iter();
+    let (rel_rows, col_rows, key_rows) = match (answers.next(), answers.next(), answers.next()) {
+        (Some(r), Some(c), Some(k)) => (r, c, k),
+        _ => return Err(Error::new(ErrorKind::Internal, "reading pg_class, pg_attribute and pg_index: an answer is missing")),
+    };
 
     let mut relations = Vec::with_capacity(rel_rows.len());
     let mut index_of: HashMap<u32, usize> = HashMap::with_capacity(rel_rows.len());
@@ -227,19 +225,23 @@ pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relat
             relkind: get::<i8>(row, 3, "pg_class")? as u8,
             row_count: get::<f64>(row, 4, "pg_class")? as i64,
             columns: Vec::new(),
+            unreadable: Vec::new(),
             primary_key: Vec::new(),
         });
     }
     for row in &col_rows {
-        if let Some(&i) = index_of.get(&get::<u32>(row, 0, "pg_attribute")?) {
-            relations[i].columns.push(Column {
-                name: get(row, 1, "pg_attribute")?,
-                typid: get(row, 2, "pg_attribute")?,
-                typmod: get(row, 3, "pg_attribute")?,
-                sql_datatype: get(row, 4, "pg_attribute")?,
-                cast_type: get(row, 5, "pg_attribute")?,
-            });
+        let Some(&i) = index_of.get(&get::<u32>(row, 0, "pg_attribute")?) else { continue };
+        if !get::<bool>(row, 6, "pg_attribute")? {
+            relations[i].unreadable.push(get(row, 1, "pg_attribute")?);
+            continue;
         }
+        relations[i].columns.push(Column {
+            name: get(row, 1, "pg_attribute")?,
+            typid: get(row, 2, "pg_attribute")?,
+            typmod: get(row, 3, "pg_attribute")?,
+            sql_datatype: get(row, 4, "pg_attribute")?,
+            cast_type: get(row, 5, "pg_attribute")?,
+        });
     }
     for row in &key_rows {
         if let Some(&i) = index_of.get(&get::<u32>(row, 0, "pg_index")?) {
@@ -250,7 +252,7 @@ pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relat
 }
 
 /// Reads column `i` of a catalog row; a type mismatch is a bug, not bad input.
-fn get<'a, T: postgres::types::FromSql<'a>>(row: &'a postgres::Row, i: usize, what: &str) -> Result<T> {
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a tokio_postgres::Row, i: usize, what: &str) -> Result<T> {
     row.try_get(i).map_err(|e| Error::new(ErrorKind::Internal, format!("reading {what} column {i}")).with_source(e))
 }
 
@@ -314,8 +316,14 @@ pub fn catalog_entry(db: &str, relation: &Relation, types: &TypeMap, config: &Co
 
 /// What a column maps to under this config (`None`: unsupported).
 pub fn column_type(types: &TypeMap, column: &Column, config: &Config) -> Option<typemap::ColumnType> {
-    let mapped = typemap::map_column(types, column.typid, column.typmod)?;
-    Some(if config.json_as_object { typemap::json_as_object(mapped) } else { mapped })
+    let mut mapped = typemap::map_column(types, column.typid, column.typmod)?;
+    if config.json_as_object {
+        mapped = typemap::json_as_object(mapped);
+    }
+    if config.out_of_range_dates == typemap::OutOfRangeDates::Expanded {
+        mapped = typemap::expanded_dates(mapped);
+    }
+    Some(mapped)
 }
 
 /// A column's schema with `"null"` prepended to its types unless it is a key column.

@@ -11,20 +11,35 @@
 //! and warning text (the caller reads the `NOTE_*` bits and warns once per column).
 //!
 //! Known gaps:
-//! - Years outside 1..=9999 are written in ISO 8601 expanded form (`+10000-01-01`, `-0001-…`),
-//!   which is valid ISO 8601 but not parseable by Python's `datetime`.
-//! - Date/timestamp infinity is clamped to singer-io's sentinels; the caller must warn.
+//! - Years outside 1..=9999 are clamped to the infinity sentinels by default; with
+//!   [`OutOfRangeDates::Expanded`] they are written in ISO 8601 expanded form (`+10000-01-01`,
+//!   `-0001-…`), which is valid ISO 8601 but neither RFC 3339 nor parseable by Python's `datetime`.
+//! - Date/timestamp infinity is clamped to the sentinels; the caller must warn.
 //! - Text-like values assume `client_encoding = UTF8`; anything else is rejected as invalid UTF-8.
 //! - `json` is written as a JSON string holding the document, not as embedded JSON.
 
 use std::fmt;
 
-use crate::typemap::Encoder;
+use crate::typemap::{Encoder, OutOfRangeDates};
 
-/// A date/timestamp infinity was written as singer-io's sentinel (`9999-12-31…`/`0001-01-01…`).
+/// A date/timestamp infinity was written as a sentinel ([`DATE_TIME_MIN`], [`DATE_MAX`], [`TIMESTAMP_MAX`]).
 pub const NOTE_INFINITY_CLAMPED: u8 = 1;
 /// A year outside 1..=9999 was written in ISO 8601 expanded form (`+10000`, `-0001`).
 pub const NOTE_YEAR_OUT_OF_RANGE: u8 = 2;
+/// A year outside 1..=9999 was clamped to a sentinel ([`OutOfRangeDates::Clamp`]).
+pub const NOTE_YEAR_CLAMPED: u8 = 4;
+
+/// What `-infinity` and dates and timestamps before year 1 are written as (singer-io's
+/// `datetime.min`).
+pub const DATE_TIME_MIN: &str = "0001-01-01T00:00:00+00:00";
+/// What a date of `infinity` or after year 9999 is written as (singer-io's `date.max`).
+pub const DATE_MAX: &str = "9999-12-31T00:00:00+00:00";
+/// What a timestamp of `infinity` or after year 9999 is written as. Not singer-io's
+/// `datetime.max` (`…23:59:59.999999`): singer-check-tap turns each date-time into float seconds
+/// since 1970, which round that one up into year 10000, and rejects the record; `.999` (what
+/// pipelinewise-tap-postgres writes) survives the rounding and still sorts after every value but
+/// those of the last millisecond of year 9999.
+pub const TIMESTAMP_MAX: &str = "9999-12-31T23:59:59.999000+00:00";
 
 /// Why a wire value could not be encoded. Its text names the defect, never the value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,7 +129,7 @@ pub fn encode_value(encoder: &Encoder, raw: &[u8], out: &mut Vec<u8>, notes: &mu
         Encoder::JsonbDocument => write_json_document(out, jsonb_text(raw)?)?,
         Encoder::Bytea => write_hex(out, raw),
         Encoder::Uuid => write_uuid(out, &fixed::<16>(raw)?),
-        Encoder::Date => write_date(out, i32::from_be_bytes(fixed(raw)?), notes),
+        Encoder::Date(dates) => write_date(out, i32::from_be_bytes(fixed(raw)?), *dates, notes),
         Encoder::Time => {
             let micros = i64::from_be_bytes(fixed(raw)?);
             check_time(micros)?;
@@ -123,7 +138,7 @@ pub fn encode_value(encoder: &Encoder, raw: &[u8], out: &mut Vec<u8>, notes: &mu
             out.push(b'"');
         }
         Encoder::TimeTz => write_timetz(out, &fixed::<12>(raw)?)?,
-        Encoder::Timestamp | Encoder::TimestampTz => write_timestamp(out, i64::from_be_bytes(fixed(raw)?), notes),
+        Encoder::Timestamp(dates) | Encoder::TimestampTz(dates) => write_timestamp(out, i64::from_be_bytes(fixed(raw)?), *dates, notes),
         Encoder::Interval => write_interval(out, &fixed::<16>(raw)?),
         Encoder::BitBool => {
             let (nbits, bytes) = read_bits(raw)?;
@@ -194,30 +209,54 @@ pub fn write_json_utf8(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), DecodeErro
 /// Appends a timestamp (microseconds since 2000-01-01 00:00:00) as the quoted JSON string
 /// [`Encoder::Timestamp`] writes: `"YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00"`.
 ///
-/// Infinities become singer-io's sentinels and set [`NOTE_INFINITY_CLAMPED`]; years outside
-/// 1..=9999 use ISO 8601 expanded form and set [`NOTE_YEAR_OUT_OF_RANGE`].
-pub fn write_timestamp(out: &mut Vec<u8>, micros: i64, notes: &mut u8) {
+/// Infinities become the sentinels and set [`NOTE_INFINITY_CLAMPED`]; years outside 1..=9999
+/// become the sentinels too and set [`NOTE_YEAR_CLAMPED`] ([`OutOfRangeDates::Clamp`]), or use
+/// ISO 8601 expanded form and set [`NOTE_YEAR_OUT_OF_RANGE`] ([`OutOfRangeDates::Expanded`]).
+pub fn write_timestamp(out: &mut Vec<u8>, micros: i64, dates: OutOfRangeDates, notes: &mut u8) {
     match micros {
         i64::MAX => {
             *notes |= NOTE_INFINITY_CLAMPED;
-            out.extend_from_slice(b"\"9999-12-31T23:59:59.999999+00:00\"");
+            write_quoted(out, TIMESTAMP_MAX);
         }
         i64::MIN => {
             *notes |= NOTE_INFINITY_CLAMPED;
-            out.extend_from_slice(b"\"0001-01-01T00:00:00+00:00\"");
+            write_quoted(out, DATE_TIME_MIN);
         }
         _ => {
             // Euclidean division floors, so 1999-12-31 23:59:59.999999 is day -1 plus a
             // positive time of day rather than day 0 minus one microsecond.
             let days = micros.div_euclid(USECS_PER_DAY);
             let time = micros.rem_euclid(USECS_PER_DAY);
+            let ymd = civil_from_days(days + PG_EPOCH_DAYS_FROM_UNIX);
+            if let Some(sentinel) = clamped(ymd.0, dates, DATE_TIME_MIN, TIMESTAMP_MAX) {
+                *notes |= NOTE_YEAR_CLAMPED;
+                write_quoted(out, sentinel);
+                return;
+            }
             out.push(b'"');
-            write_ymd(out, days, notes);
+            write_ymd(out, ymd, notes);
             out.push(b'T');
             write_time_of_day(out, time);
             out.extend_from_slice(b"+00:00\"");
         }
     }
+}
+
+/// The sentinel a value of astronomical `year` is written as under `dates`: `min` before year 1,
+/// `max` after 9999, `None` when the value is written as it is.
+fn clamped(year: i64, dates: OutOfRangeDates, min: &'static str, max: &'static str) -> Option<&'static str> {
+    match dates {
+        OutOfRangeDates::Clamp if year < 1 => Some(min),
+        OutOfRangeDates::Clamp if year > 9999 => Some(max),
+        _ => None,
+    }
+}
+
+/// Appends `text` (no characters that need escaping) as a JSON string.
+fn write_quoted(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'"');
 }
 
 /// Reads a fixed-size value, rejecting any other length.
@@ -558,9 +597,9 @@ fn civil_from_days(days: i64) -> (i64, u64, u64) {
     (year, month, day)
 }
 
-/// Appends `YYYY-MM-DD` for days since 2000-01-01; years outside 1..=9999 in expanded form.
-fn write_ymd(out: &mut Vec<u8>, days: i64, notes: &mut u8) {
-    let (year, month, day) = civil_from_days(days + PG_EPOCH_DAYS_FROM_UNIX);
+/// Appends `YYYY-MM-DD` for an astronomical (year, month, day); years outside 1..=9999 in
+/// expanded form.
+fn write_ymd(out: &mut Vec<u8>, (year, month, day): (i64, u64, u64), notes: &mut u8) {
     if (1..=9999).contains(&year) {
         // The common case, two digit pairs without a division loop.
         write_2(out, year as u64 / 100);
@@ -577,21 +616,56 @@ fn write_ymd(out: &mut Vec<u8>, days: i64, notes: &mut u8) {
     write_2(out, day);
 }
 
-/// Appends a date as `"YYYY-MM-DDT00:00:00+00:00"`, clamping infinities to singer-io's sentinels.
-fn write_date(out: &mut Vec<u8>, days: i32, notes: &mut u8) {
-    out.push(b'"');
-    match days {
+/// Appends a date as `"YYYY-MM-DDT00:00:00+00:00"`; infinities, and years outside 1..=9999
+/// under [`OutOfRangeDates::Clamp`], as the sentinels (see [`write_timestamp`] for the notes).
+fn write_date(out: &mut Vec<u8>, days: i32, dates: OutOfRangeDates, notes: &mut u8) {
+    let sentinel = match days {
         i32::MAX => {
             *notes |= NOTE_INFINITY_CLAMPED;
-            out.extend_from_slice(b"9999-12-31");
+            DATE_MAX
         }
         i32::MIN => {
             *notes |= NOTE_INFINITY_CLAMPED;
-            out.extend_from_slice(b"0001-01-01");
+            DATE_TIME_MIN
         }
-        _ => write_ymd(out, days.into(), notes),
+        _ => {
+            let ymd = civil_from_days(i64::from(days) + PG_EPOCH_DAYS_FROM_UNIX);
+            match clamped(ymd.0, dates, DATE_TIME_MIN, DATE_MAX) {
+                Some(sentinel) => {
+                    *notes |= NOTE_YEAR_CLAMPED;
+                    sentinel
+                }
+                None => {
+                    out.push(b'"');
+                    write_ymd(out, ymd, notes);
+                    out.extend_from_slice(b"T00:00:00+00:00\"");
+                    return;
+                }
+            }
+        }
+    };
+    write_quoted(out, sentinel);
+}
+
+/// The (earliest, latest) sentinels values of `encoder` (or of its array elements) are clamped
+/// to: dates end at [`DATE_MAX`], timestamps at [`TIMESTAMP_MAX`].
+pub fn sentinels(encoder: &Encoder) -> (&'static str, &'static str) {
+    match encoder {
+        Encoder::Date(_) => (DATE_TIME_MIN, DATE_MAX),
+        Encoder::Array(inner) => sentinels(inner),
+        _ => (DATE_TIME_MIN, TIMESTAMP_MAX),
     }
-    out.extend_from_slice(b"T00:00:00+00:00\"");
+}
+
+/// Appends the exact text of a value of a date or timestamp encoder (ISO 8601 expanded years,
+/// whatever the encoder's [`OutOfRangeDates`]): what a bookmark keeps when the record got a
+/// sentinel. Other encoders write as [`encode_value`] does.
+///
+/// # Errors
+///
+/// As [`encode_value`].
+pub fn encode_exact(encoder: &Encoder, raw: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    encode_value(&encoder.with_out_of_range_dates(OutOfRangeDates::Expanded), raw, out, &mut 0)
 }
 
 /// Rejects a time of day outside `00:00:00..=24:00:00`, as `time_recv` does.
@@ -1302,70 +1376,102 @@ mod tests {
     #[test]
     fn dates_bc_far_future_and_infinity() {
         const Y: u8 = NOTE_YEAR_OUT_OF_RANGE;
+        const C: u8 = NOTE_YEAR_CLAMPED;
         const INF: u8 = NOTE_INFINITY_CLAMPED;
-        check_notes(
-            Encoder::Date,
-            &[
-                ("00000000", "\"2000-01-01T00:00:00+00:00\"", 0),
-                ("ffffffff", "\"1999-12-31T00:00:00+00:00\"", 0),
-                ("ffffd533", "\"1970-01-01T00:00:00+00:00\"", 0),
-                ("fff4dbf9", "\"0001-01-01T00:00:00+00:00\"", 0),
-                // 0001-12-31 BC is astronomical year 0.
-                ("fff4dbf8", "\"+0000-12-31T00:00:00+00:00\"", Y),
-                ("fff4d91e", "\"-0001-01-01T00:00:00+00:00\"", Y),
-                ("fff44d87", "\"-0099-03-01T00:00:00+00:00\"", Y),
-                // 4713-11-24 BC, the smallest date.
-                ("ffda9915", "\"-4712-11-24T00:00:00+00:00\"", Y),
-                ("002c95d3", "\"9999-12-31T00:00:00+00:00\"", 0),
-                ("002c95d4", "\"+10000-01-01T00:00:00+00:00\"", Y),
-                // 5874897-12-31, the largest date.
-                ("7fda970c", "\"+5874897-12-31T00:00:00+00:00\"", Y),
-                ("7fffffff", "\"9999-12-31T00:00:00+00:00\"", INF),
-                ("80000000", "\"0001-01-01T00:00:00+00:00\"", INF),
-                ("00002279", "\"2024-02-29T00:00:00+00:00\"", 0),
-                ("ffff718f", "\"1900-03-01T00:00:00+00:00\"", 0),
-                ("fffdc58a", "\"1600-02-29T00:00:00+00:00\"", 0),
-            ],
-        );
-        check_rejects(Encoder::Date, &["", "000000", "0000000000"]);
+        // (hex, expanded text, notes under expanded, whether clamp writes the low/high sentinel)
+        let cases: &[(&str, &str, u8, Option<&str>)] = &[
+            ("00000000", "\"2000-01-01T00:00:00+00:00\"", 0, None),
+            ("ffffffff", "\"1999-12-31T00:00:00+00:00\"", 0, None),
+            ("ffffd533", "\"1970-01-01T00:00:00+00:00\"", 0, None),
+            ("fff4dbf9", "\"0001-01-01T00:00:00+00:00\"", 0, None),
+            // 0001-12-31 BC is astronomical year 0.
+            ("fff4dbf8", "\"+0000-12-31T00:00:00+00:00\"", Y, Some(DATE_TIME_MIN)),
+            ("fff4d91e", "\"-0001-01-01T00:00:00+00:00\"", Y, Some(DATE_TIME_MIN)),
+            ("fff44d87", "\"-0099-03-01T00:00:00+00:00\"", Y, Some(DATE_TIME_MIN)),
+            // 4713-11-24 BC, the smallest date.
+            ("ffda9915", "\"-4712-11-24T00:00:00+00:00\"", Y, Some(DATE_TIME_MIN)),
+            ("002c95d3", "\"9999-12-31T00:00:00+00:00\"", 0, None),
+            ("002c95d4", "\"+10000-01-01T00:00:00+00:00\"", Y, Some(DATE_MAX)),
+            // 5874897-12-31, the largest date.
+            ("7fda970c", "\"+5874897-12-31T00:00:00+00:00\"", Y, Some(DATE_MAX)),
+            ("7fffffff", "\"9999-12-31T00:00:00+00:00\"", INF, None),
+            ("80000000", "\"0001-01-01T00:00:00+00:00\"", INF, None),
+            ("00002279", "\"2024-02-29T00:00:00+00:00\"", 0, None),
+            ("ffff718f", "\"1900-03-01T00:00:00+00:00\"", 0, None),
+            ("fffdc58a", "\"1600-02-29T00:00:00+00:00\"", 0, None),
+        ];
+        check_both_modes(Encoder::Date, cases, C);
+        for dates in [OutOfRangeDates::Clamp, OutOfRangeDates::Expanded] {
+            check_rejects(Encoder::Date(dates), &["", "000000", "0000000000"]);
+        }
+    }
+
+    /// Checks `cases` under both [`OutOfRangeDates`]: expanded writes the second field with its
+    /// notes; clamp writes the same except where the fourth field names a sentinel, which it
+    /// writes with `clamp_note` instead.
+    fn check_both_modes(encoder: impl Fn(OutOfRangeDates) -> Encoder, cases: &[(&str, &str, u8, Option<&str>)], clamp_note: u8) {
+        let expanded: Vec<(&str, &str, u8)> = cases.iter().map(|&(hex, text, notes, _)| (hex, text, notes)).collect();
+        check_notes(encoder(OutOfRangeDates::Expanded), &expanded);
+        let sentinels: Vec<String> =
+            cases.iter().map(|&(_, text, _, sentinel)| sentinel.map_or(text.to_string(), |s| format!("\"{s}\""))).collect();
+        let clamped: Vec<(&str, &str, u8)> = cases
+            .iter()
+            .zip(&sentinels)
+            .map(|(&(hex, _, notes, sentinel), text)| (hex, text.as_str(), if sentinel.is_some() { clamp_note } else { notes }))
+            .collect();
+        check_notes(encoder(OutOfRangeDates::Clamp), &clamped);
     }
 
     #[test]
     fn timestamps_floor_before_2000() {
         const Y: u8 = NOTE_YEAR_OUT_OF_RANGE;
+        const C: u8 = NOTE_YEAR_CLAMPED;
         const INF: u8 = NOTE_INFINITY_CLAMPED;
-        let cases: &[(&str, &str, u8)] = &[
-            ("0000000000000000", "\"2000-01-01T00:00:00+00:00\"", 0),
-            ("ffffffffffffffff", "\"1999-12-31T23:59:59.999999+00:00\"", 0),
-            ("fffc96188bb60220", "\"1969-07-20T20:17:40.500000+00:00\"", 0),
-            ("ff1fe2ffc59c6000", "\"0001-01-01T00:00:00+00:00\"", 0),
+        let cases: &[(&str, &str, u8, Option<&str>)] = &[
+            ("0000000000000000", "\"2000-01-01T00:00:00+00:00\"", 0, None),
+            ("ffffffffffffffff", "\"1999-12-31T23:59:59.999999+00:00\"", 0, None),
+            ("fffc96188bb60220", "\"1969-07-20T20:17:40.500000+00:00\"", 0, None),
+            ("ff1fe2ffc59c6000", "\"0001-01-01T00:00:00+00:00\"", 0, None),
             // 4713-01-01 00:00:00 BC, the smallest timestamp.
-            ("fd0f7fbdaf17e000", "\"-4712-01-01T00:00:00+00:00\"", Y),
+            ("fd0f7fbdaf17e000", "\"-4712-01-01T00:00:00+00:00\"", Y, Some(DATE_TIME_MIN)),
             // 294276-12-31 23:59:59.999999, the largest timestamp.
-            ("7fffff5bb3b29fff", "\"+294276-12-31T23:59:59.999999+00:00\"", Y),
-            ("7fffffffffffffff", "\"9999-12-31T23:59:59.999999+00:00\"", INF),
-            ("8000000000000000", "\"0001-01-01T00:00:00+00:00\"", INF),
-            ("0002b58341667c01", "\"2024-02-29T12:34:56.000001+00:00\"", 0),
-            ("0380e70b913b8000", "\"+10000-01-01T00:00:00+00:00\"", Y),
+            ("7fffff5bb3b29fff", "\"+294276-12-31T23:59:59.999999+00:00\"", Y, Some(TIMESTAMP_MAX)),
+            ("7fffffffffffffff", "\"9999-12-31T23:59:59.999000+00:00\"", INF, None),
+            ("8000000000000000", "\"0001-01-01T00:00:00+00:00\"", INF, None),
+            ("0002b58341667c01", "\"2024-02-29T12:34:56.000001+00:00\"", 0, None),
+            ("0380e70b913b8000", "\"+10000-01-01T00:00:00+00:00\"", Y, Some(TIMESTAMP_MAX)),
             // 0001-12-31 23:59:59.000001 BC.
-            ("ff1fe2ffc58d1dc1", "\"+0000-12-31T23:59:59.000001+00:00\"", Y),
-            ("fff4c9ee7c0b8001", "\"1900-01-01T00:00:00.000001+00:00\"", 0),
-            // A real 9999-12-31 23:59:59.999999 is not an infinity: no note.
-            ("0380e70b913b7fff", "\"9999-12-31T23:59:59.999999+00:00\"", 0),
+            ("ff1fe2ffc58d1dc1", "\"+0000-12-31T23:59:59.000001+00:00\"", Y, Some(DATE_TIME_MIN)),
+            ("fff4c9ee7c0b8001", "\"1900-01-01T00:00:00.000001+00:00\"", 0, None),
+            // A real 9999-12-31 23:59:59.999999 is neither an infinity nor out of range: as it is.
+            ("0380e70b913b7fff", "\"9999-12-31T23:59:59.999999+00:00\"", 0, None),
         ];
-        check_notes(Encoder::Timestamp, cases);
-        check_notes(Encoder::TimestampTz, cases);
+        check_both_modes(Encoder::Timestamp, cases, C);
+        check_both_modes(Encoder::TimestampTz, cases, C);
         // timestamptz '2024-01-01 12:00:00+05' and '1960-06-15 08:30:15.25-07', sent as UTC.
         check_notes(
-            Encoder::TimestampTz,
+            Encoder::TimestampTz(OutOfRangeDates::Clamp),
             &[("0002b0dbb2f2bc00", "\"2024-01-01T07:00:00+00:00\"", 0), ("fffb91094afca050", "\"1960-06-15T15:30:15.250000+00:00\"", 0)],
         );
-        check_rejects(Encoder::Timestamp, &["", "00000000000000", "000000000000000000"]);
+        check_rejects(Encoder::Timestamp(OutOfRangeDates::Clamp), &["", "00000000000000", "000000000000000000"]);
         let mut out = Vec::new();
         let mut notes = 0;
-        write_timestamp(&mut out, -1, &mut notes);
+        write_timestamp(&mut out, -1, OutOfRangeDates::Clamp, &mut notes);
         assert_eq!(out, b"\"1999-12-31T23:59:59.999999+00:00\"");
         assert_eq!(notes, 0);
+    }
+
+    #[test]
+    fn exact_text_for_bookmarks_ignores_the_clamp() {
+        let exact = |encoder: Encoder, hex: &str| {
+            let mut out = Vec::new();
+            encode_exact(&encoder, &unhex(hex), &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(exact(Encoder::Date(OutOfRangeDates::Clamp), "fff4d91e"), "\"-0001-01-01T00:00:00+00:00\"");
+        assert_eq!(exact(Encoder::TimestampTz(OutOfRangeDates::Clamp), "0380e70b913b8000"), "\"+10000-01-01T00:00:00+00:00\"");
+        assert_eq!(exact(Encoder::Timestamp(OutOfRangeDates::Clamp), "0000000000000000"), "\"2000-01-01T00:00:00+00:00\"");
+        assert_eq!(exact(Encoder::Int4, "0000002a"), "42");
     }
 
     #[test]
@@ -1532,9 +1638,9 @@ mod tests {
             ),
             (array(Encoder::Numeric), "0000000000000000000006a4", "[]"),
             (
-                array(Encoder::Timestamp),
+                array(Encoder::Timestamp(OutOfRangeDates::Clamp)),
                 "00000001000000010000045a000000040000000100000008000000000000000000000008fffffffffff85ee0000000087fffffffffffffffffffffff",
-                "[\"2000-01-01T00:00:00+00:00\",\"1999-12-31T23:59:59.500000+00:00\",\"9999-12-31T23:59:59.999999+00:00\",null]",
+                "[\"2000-01-01T00:00:00+00:00\",\"1999-12-31T23:59:59.500000+00:00\",\"9999-12-31T23:59:59.999000+00:00\",null]",
             ),
             (
                 array(Encoder::Text),
@@ -1572,7 +1678,7 @@ mod tests {
         for (encoder, hex, expected) in arrays() {
             check(encoder, &[(hex, expected)]);
         }
-        let timestamps = Encoder::Array(Box::new(Encoder::Timestamp));
+        let timestamps = Encoder::Array(Box::new(Encoder::Timestamp(OutOfRangeDates::Clamp)));
         let (_, hex, _) = arrays().into_iter().find(|(e, ..)| *e == timestamps).unwrap();
         let (_, notes) = run(&timestamps, &unhex(hex));
         assert_eq!(notes, NOTE_INFINITY_CLAMPED);
@@ -1620,11 +1726,12 @@ mod tests {
             (Encoder::Float4, "3f8ccccd".into()),
             (Encoder::Float8, "3ff199999999999a".into()),
             (Encoder::Uuid, "a0eebc999c0b4ef8bb6d6bb9bd380a11".into()),
-            (Encoder::Date, "fff4dbf8".into()),
+            (Encoder::Date(OutOfRangeDates::Clamp), "fff4dbf8".into()),
+            (Encoder::Date(OutOfRangeDates::Expanded), "fff4dbf8".into()),
             (Encoder::Time, "0000000a8be1bd20".into()),
             (Encoder::TimeTz, "0000000a8be1bd20ffffb2a8".into()),
-            (Encoder::Timestamp, "fffc96188bb60220".into()),
-            (Encoder::TimestampTz, "0002b0dbb2f2bc00".into()),
+            (Encoder::Timestamp(OutOfRangeDates::Clamp), "fffc96188bb60220".into()),
+            (Encoder::TimestampTz(OutOfRangeDates::Expanded), "0002b0dbb2f2bc00".into()),
             (Encoder::Interval, "000000036c966ee0fffffffdfffffff6".into()),
             (Encoder::BitBool, "0000000180".into()),
             (Encoder::BitString, "00000009b380".into()),

@@ -42,7 +42,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// The process exit code for this kind (sysexits-style, documented in README.md).
+    /// The process exit code for this kind (sysexits-style, documented in docs/sync.md).
     pub fn exit_code(self) -> u8 {
         match self {
             ErrorKind::Usage => 64,

@@ -15,7 +15,7 @@ use crate::catalog::{Catalog, select_streams};
 use crate::config::{Config, ReplicationMethod, SETTINGS};
 use crate::encode::encode_value;
 use crate::state::State;
-use crate::typemap::Encoder;
+use crate::typemap::{Encoder, OutOfRangeDates};
 
 // ---- the generator ---------------------------------------------------------------------------
 
@@ -565,7 +565,14 @@ fn all_encoders() -> Vec<Encoder> {
     let scalars = crate::typemap::SCALAR_ENCODERS.to_vec();
     let mut all = scalars.clone();
     all.extend(scalars.iter().map(|e| Encoder::Array(Box::new(e.clone()))));
-    for inner in [Encoder::Int4, Encoder::Text, Encoder::Numeric, Encoder::Timestamp, Encoder::Hstore] {
+    for inner in [
+        Encoder::Int4,
+        Encoder::Text,
+        Encoder::Numeric,
+        Encoder::Timestamp(OutOfRangeDates::Clamp),
+        Encoder::Timestamp(OutOfRangeDates::Expanded),
+        Encoder::Hstore,
+    ] {
         all.push(Encoder::Array(Box::new(Encoder::Array(Box::new(inner.clone())))));
         all.push(Encoder::Array(Box::new(Encoder::Array(Box::new(Encoder::Array(Box::new(inner)))))));
     }
@@ -639,7 +646,7 @@ fn valid_wire(rng: &mut Rng, encoder: &Encoder, depth: usize) -> Vec<u8> {
             out = rng.bytes(n);
         }
         Encoder::Uuid => out = rng.bytes(16),
-        Encoder::Date => {
+        Encoder::Date(_) => {
             let days: i32 = match rng.below(6) {
                 0 => *rng.pick(&[i32::MAX, i32::MIN, -2_451_545, 2_147_483_494, -2_451_546]),
                 1 => rng.next() as i32,
@@ -652,7 +659,7 @@ fn valid_wire(rng: &mut Rng, encoder: &Encoder, depth: usize) -> Vec<u8> {
             out.extend_from_slice(&(rng.next() % 86_400_000_001).to_be_bytes());
             out.extend_from_slice(&((rng.below(115_199) as i32) - 57_599).to_be_bytes());
         }
-        Encoder::Timestamp | Encoder::TimestampTz => {
+        Encoder::Timestamp(_) | Encoder::TimestampTz(_) => {
             let micros: i64 = match rng.below(6) {
                 0 => *rng.pick(&[i64::MAX, i64::MIN, -211_813_488_000_000_000, 9_223_371_331_200_000_000]),
                 1 => rng.next() as i64,

@@ -6,6 +6,7 @@
 
 mod about;
 mod catalog;
+mod check;
 mod cli;
 mod config;
 mod connect;
@@ -15,6 +16,7 @@ mod error;
 #[cfg(test)]
 mod fuzz_tests;
 mod message;
+mod pg;
 mod query;
 mod signals;
 mod state;
@@ -114,17 +116,25 @@ fn run(args: &Args) -> Result<()> {
         writeln!(out, "{}", catalog.to_json()).and_then(|()| out.flush()).context(ErrorKind::Output, || "writing the catalog to stdout")?;
         return Ok(());
     }
+    if args.test {
+        let catalog = catalog_path.map(|path| load_catalog(path)).transpose()?;
+        return check::run(&config, catalog.as_ref());
+    }
     let Some(catalog_path) = catalog_path else {
         return Err(Error::new(ErrorKind::Usage, "nothing to do: neither --discover nor --catalog was given")
             .with_hint("Run with --discover to write a catalog, then with --catalog catalog.json to sync the selected streams."));
     };
-    let catalog = catalog::Catalog::parse(&read_file(catalog_path, "catalog")?)
-        .map_err(|e| e.within(format!("catalog {}", catalog_path.display())))?;
+    let catalog = load_catalog(catalog_path)?;
     let state = match &args.state {
         Some(path) => state::State::parse(&read_file(path, "state")?).map_err(|e| e.within(format!("state {}", path.display())))?,
         None => state::State::default(),
     };
     sync::run(&config, &catalog, state)
+}
+
+/// Reads and parses the catalog file.
+fn load_catalog(path: &Path) -> Result<catalog::Catalog> {
+    catalog::Catalog::parse(&read_file(path, "catalog")?).map_err(|e| e.within(format!("catalog {}", path.display())))
 }
 
 /// Reads a whole file named on the command line.

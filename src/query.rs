@@ -44,31 +44,40 @@ pub struct KeyColumn<'a> {
     pub cast_type: &'a str,
 }
 
+/// Where a key-order FULL_TABLE read starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyStart {
+    /// At the first row.
+    First,
+    /// After the key `($1, $2, ...)`: keys are unique.
+    After,
+    /// At the key `($1, ...)`: keys may repeat (an inheritance parent), so rows with the last key
+    /// sent are read again rather than skipped.
+    AtOrAfter,
+}
+
 /// FULL_TABLE: `select <items> from <table>`; with `order_keys`, ordered by them so an
-/// interrupted sync can resume, and with `resume` a row comparison `(k1, k2) > ($1, $2)`.
-pub fn full_table(items: &[String], schema: &str, table: &str, order_keys: &[KeyColumn<'_>], resume: bool) -> String {
+/// interrupted sync can resume, and from `start` a row comparison `(k1, k2) > ($1, $2)` (or `>=`).
+pub fn full_table(items: &[String], schema: &str, table: &str, order_keys: &[KeyColumn<'_>], start: KeyStart) -> String {
     let mut sql = format!("select {} from {}", items.join(", "), qualified_name(schema, table));
     if order_keys.is_empty() {
         return sql;
     }
     let names: Vec<String> = order_keys.iter().map(|k| quote_ident(k.name)).collect();
-    if resume {
+    if start != KeyStart::First {
         let params: Vec<String> =
             order_keys.iter().enumerate().map(|(i, k)| format!("cast(${}::text as {})", i + 1, k.cast_type)).collect();
-        sql.push_str(&format!(" where ({}) > ({})", names.join(", "), params.join(", ")));
+        let op = if start == KeyStart::After { ">" } else { ">=" };
+        sql.push_str(&format!(" where ({}) {op} ({})", names.join(", "), params.join(", ")));
     }
     sql.push_str(&format!(" order by {}", names.join(", ")));
     sql
 }
 
-/// FULL_TABLE by block ranges: `select <items> from <table> where ctid >= $1 and ctid < $2`, the
-/// parameters being tid text like `(120,0)`; a TID range scan on PostgreSQL 14+.
+/// FULL_TABLE in storage order: `select <items> from <table> where ctid >= $1`, the parameter
+/// being tid text like `(120,0)`; a TID range scan on PostgreSQL 14+, streamed whole.
 pub fn full_table_blocks(items: &[String], schema: &str, table: &str) -> String {
-    format!(
-        "select {} from {} where ctid >= cast($1::text as tid) and ctid < cast($2::text as tid)",
-        items.join(", "),
-        qualified_name(schema, table)
-    )
+    format!("select {} from {} where ctid >= cast($1::text as tid)", items.join(", "), qualified_name(schema, table))
 }
 
 /// The catch-up of a resumed block-range read: rows before block `$1` (tid text) whose xmin is
@@ -114,12 +123,16 @@ mod tests {
     #[test]
     fn full_table_queries() {
         let items = vec!["\"id\"".to_string(), "\"name\"".to_string()];
-        assert_eq!(full_table(&items, "public", "t", &[], false), "select \"id\", \"name\" from \"public\".\"t\"");
+        assert_eq!(full_table(&items, "public", "t", &[], KeyStart::First), "select \"id\", \"name\" from \"public\".\"t\"");
         let keys = [KeyColumn { name: "a", cast_type: "integer" }, KeyColumn { name: "b", cast_type: "text" }];
-        assert_eq!(full_table(&items, "s", "t", &keys, false), "select \"id\", \"name\" from \"s\".\"t\" order by \"a\", \"b\"");
+        assert_eq!(full_table(&items, "s", "t", &keys, KeyStart::First), "select \"id\", \"name\" from \"s\".\"t\" order by \"a\", \"b\"");
         assert_eq!(
-            full_table(&items, "s", "t", &keys, true),
+            full_table(&items, "s", "t", &keys, KeyStart::After),
             "select \"id\", \"name\" from \"s\".\"t\" where (\"a\", \"b\") > (cast($1::text as integer), cast($2::text as text)) order by \"a\", \"b\""
+        );
+        assert_eq!(
+            full_table(&items, "s", "t", &keys[..1], KeyStart::AtOrAfter),
+            "select \"id\", \"name\" from \"s\".\"t\" where (\"a\") >= (cast($1::text as integer)) order by \"a\""
         );
     }
 

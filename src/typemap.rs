@@ -38,16 +38,16 @@ pub enum Encoder {
     Bytea,
     /// `uuid` -> `"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"` lowercase.
     Uuid,
-    /// `date` -> `"YYYY-MM-DDT00:00:00+00:00"`.
-    Date,
+    /// `date` -> `"YYYY-MM-DDT00:00:00+00:00"`; years outside 1..=9999 as the value says.
+    Date(OutOfRangeDates),
     /// `time` -> `"HH:MM:SS[.ffffff]"`.
     Time,
     /// `timetz` -> `"HH:MM:SS[.ffffff]+HH:MM"`.
     TimeTz,
-    /// `timestamp` -> `"YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00"`.
-    Timestamp,
-    /// `timestamptz` -> `"YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00"` (UTC).
-    TimestampTz,
+    /// `timestamp` -> `"YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00"`; years outside 1..=9999 as the value says.
+    Timestamp(OutOfRangeDates),
+    /// `timestamptz` -> `"YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00"` (UTC); years outside 1..=9999 as the value says.
+    TimestampTz(OutOfRangeDates),
     /// `interval` -> ISO 8601 duration exactly as PostgreSQL's `IntervalStyle = iso_8601` prints it.
     Interval,
     /// `bit(1)` -> `true`/`false` (singer-io's mapping).
@@ -65,6 +65,20 @@ pub enum Encoder {
 }
 
 use std::collections::HashMap;
+
+/// How dates and timestamps whose year lies outside 1..=9999 are written (`out_of_range_dates`).
+/// RFC 3339, and so JSON Schema's `date-time`, only has four-digit years 0000..=9999, and
+/// Python's `datetime` (what singer-python and most targets parse with) only 1..=9999.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutOfRangeDates {
+    /// As the nearest end of the range, the sentinels infinity is written as: `0001-01-01…` for
+    /// years before 1, `9999-12-31…` after 9999. The record stays valid under `date-time`; the
+    /// exact value is kept in bookmarks, and a warning names the column.
+    Clamp,
+    /// Exactly, in ISO 8601 expanded form (`-0043-03-15…` is 44 BC, `+10000-01-01…`); the
+    /// column's schema then has no `date-time` format, which such years would fail.
+    Expanded,
+}
 
 /// Every encoder without an inner encoder, for tests that must cover them all.
 #[cfg(test)]
@@ -84,11 +98,14 @@ pub const SCALAR_ENCODERS: &[Encoder] = &[
     Encoder::JsonbDocument,
     Encoder::Bytea,
     Encoder::Uuid,
-    Encoder::Date,
+    Encoder::Date(OutOfRangeDates::Clamp),
+    Encoder::Date(OutOfRangeDates::Expanded),
     Encoder::Time,
     Encoder::TimeTz,
-    Encoder::Timestamp,
-    Encoder::TimestampTz,
+    Encoder::Timestamp(OutOfRangeDates::Clamp),
+    Encoder::Timestamp(OutOfRangeDates::Expanded),
+    Encoder::TimestampTz(OutOfRangeDates::Clamp),
+    Encoder::TimestampTz(OutOfRangeDates::Expanded),
     Encoder::Interval,
     Encoder::BitBool,
     Encoder::BitString,
@@ -277,13 +294,45 @@ pub fn json_as_object(mut column: ColumnType) -> ColumnType {
     column
 }
 
+/// With `out_of_range_dates: expanded`, date, timestamp and timestamptz columns (and arrays of
+/// them) are written exactly, so their schema drops the `date-time` format (arrays of them refer
+/// to the string array definition) that expanded years would fail.
+pub fn expanded_dates(mut column: ColumnType) -> ColumnType {
+    let expanded = column.encoder.with_out_of_range_dates(OutOfRangeDates::Expanded);
+    if expanded == column.encoder {
+        return column;
+    }
+    column.encoder = expanded;
+    column.schema.remove("format");
+    if column.schema.contains_key("items") {
+        column.schema.insert("items".into(), json!({"$ref": "#/definitions/sdc_recursive_string_array"}));
+    }
+    column
+}
+
+impl Encoder {
+    /// This encoder with dates and timestamps (also as array elements) written as `dates` says;
+    /// other encoders unchanged.
+    pub fn with_out_of_range_dates(&self, dates: OutOfRangeDates) -> Encoder {
+        match self {
+            Encoder::Date(_) => Encoder::Date(dates),
+            Encoder::Timestamp(_) => Encoder::Timestamp(dates),
+            Encoder::TimestampTz(_) => Encoder::TimestampTz(dates),
+            Encoder::Array(inner) => Encoder::Array(Box::new(inner.with_out_of_range_dates(dates))),
+            other => other.clone(),
+        }
+    }
+}
+
 /// The recursive definition an array of `inner` refers to.
 fn array_definition_for(inner: &ColumnType) -> &'static str {
     match &inner.encoder {
         Encoder::Int2 | Encoder::Int4 | Encoder::Int8 | Encoder::Oid => "sdc_recursive_integer_array",
         Encoder::Float4 | Encoder::Float8 | Encoder::Numeric => "sdc_recursive_number_array",
         Encoder::Bool | Encoder::BitBool => "sdc_recursive_boolean_array",
-        Encoder::Date | Encoder::Timestamp | Encoder::TimestampTz => "sdc_recursive_timestamp_array",
+        Encoder::Date(OutOfRangeDates::Clamp)
+        | Encoder::Timestamp(OutOfRangeDates::Clamp)
+        | Encoder::TimestampTz(OutOfRangeDates::Clamp) => "sdc_recursive_timestamp_array",
         Encoder::Hstore => "sdc_recursive_object_array",
         _ => "sdc_recursive_string_array",
     }
@@ -349,9 +398,9 @@ fn map_scalar(types: &TypeMap, t: &TypeInfo, typmod: i32) -> Option<ColumnType> 
         oid::JSON => plain("string", Encoder::Json),
         oid::JSONB => plain("string", Encoder::Jsonb),
         oid::BYTEA => plain("string", Encoder::Bytea),
-        oid::DATE => with_format(Encoder::Date),
-        oid::TIMESTAMP => with_format(Encoder::Timestamp),
-        oid::TIMESTAMPTZ => with_format(Encoder::TimestampTz),
+        oid::DATE => with_format(Encoder::Date(OutOfRangeDates::Clamp)),
+        oid::TIMESTAMP => with_format(Encoder::Timestamp(OutOfRangeDates::Clamp)),
+        oid::TIMESTAMPTZ => with_format(Encoder::TimestampTz(OutOfRangeDates::Clamp)),
         oid::TIME => plain("string", Encoder::Time),
         oid::TIMETZ => plain("string", Encoder::TimeTz),
         oid::INTERVAL => plain("string", Encoder::Interval),
@@ -384,10 +433,21 @@ fn number_or_special(encoder: Encoder) -> Option<ColumnType> {
     Some(ColumnType { schema, cast: Cast::None, encoder })
 }
 
-/// `numeric(p,s)` gets inclusive bounds (the largest value it holds, `10^(p-s) - 10^-s`) and
-/// `multipleOf 10^-s`; unconstrained `numeric` gets none (singer-io's caps would reject values the
-/// column holds). singer-io writes draft-4 `exclusiveMaximum: true` with `maximum 10^(p-s)`, which
-/// draft-6+ validators read as "maximum 1"; inclusive bounds mean the same under every draft.
+/// Significant digits of Python's default decimal context. Singer targets parse numbers as
+/// `Decimal` and check `multipleOf` as `value % step`, which raises `decimal.InvalidOperation`
+/// (instead of answering) once the quotient `value / step` needs more digits than this.
+const PYTHON_DECIMAL_DIGITS: i32 = 28;
+
+/// `numeric(p,s)` gets inclusive bounds (the largest value it holds, `10^(p-s) - 10^-s`, whose
+/// digits spell out both p and s) and, when validators can check it, `multipleOf 10^-s`;
+/// unconstrained `numeric` gets none (singer-io's caps would reject values the column holds).
+/// singer-io writes draft-4 `exclusiveMaximum: true` with `maximum 10^(p-s)`, which draft-6+
+/// validators read as "maximum 1"; inclusive bounds mean the same under every draft.
+///
+/// `multipleOf` is left out when p > 28 and s > 0: `value / 10^-s` can then have more than 28
+/// digits, and singer-python's (and any `Decimal`-parsing) validator crashes on such values
+/// instead of checking them. With s = 0 the values are JSON integers, which Python checks as
+/// `int`, exactly, at any size.
 fn numeric(typmod: i32) -> Option<ColumnType> {
     let mut column = number_or_special(Encoder::Numeric)?;
     if typmod >= 4 {
@@ -401,8 +461,10 @@ fn numeric(typmod: i32) -> Option<ColumnType> {
             let max = if scale == 0 { integer } else { format!("{integer}.{}", "9".repeat(scale as usize)) };
             let schema = &mut column.schema;
             schema.insert("maximum".into(), number(&max));
-            let step = if scale == 0 { "1".to_string() } else { format!("0.{}1", "0".repeat(scale as usize - 1)) };
-            schema.insert("multipleOf".into(), number(&step));
+            if precision <= PYTHON_DECIMAL_DIGITS || scale == 0 {
+                let step = if scale == 0 { "1".to_string() } else { format!("0.{}1", "0".repeat(scale as usize - 1)) };
+                schema.insert("multipleOf".into(), number(&step));
+            }
             schema.insert("minimum".into(), number(&format!("-{max}")));
         }
     }
@@ -450,6 +512,10 @@ mod tests {
             t(90004, "hstore", b'b', b'U', 0, 0, -1),
             t(90005, "pair", b'c', b'C', 0, 0, -1),
             t(90006, "_pair", b'b', b'A', 90005, 0, -1),
+            t(1082, "date", b'b', b'D', 0, 0, -1),
+            t(1114, "timestamp", b'b', b'D', 0, 0, -1),
+            t(1184, "timestamptz", b'b', b'D', 0, 0, -1),
+            t(1185, "_timestamptz", b'b', b'A', 1184, 0, -1),
             t(3904, "int4range", b'r', b'R', 0, 0, -1),
             t(3905, "_int4range", b'b', b'A', 3904, 0, -1),
         ])
@@ -474,6 +540,22 @@ mod tests {
         let c = map_column(&types(), 1700, (1000 << 16) + 4).unwrap();
         assert_eq!(c.schema["maximum"].to_string(), "9".repeat(1000));
         assert_eq!(c.schema["multipleOf"].to_string(), "1");
+    }
+
+    #[test]
+    fn multiple_of_only_where_a_28_digit_decimal_context_can_check_it() {
+        let schema = |p: i32, s: i32| Value::Object(map_column(&types(), 1700, (p << 16 | s) + 4).unwrap().schema);
+        // p <= 28: every value / 10^-s has at most 28 digits.
+        assert_eq!(schema(28, 10)["multipleOf"].to_string(), "0.0000000001");
+        assert_eq!(schema(28, 28)["multipleOf"].to_string(), format!("0.{}1", "0".repeat(27)));
+        // p > 28 with a scale: bounds only, and they still carry precision and scale.
+        let big = schema(60, 30);
+        assert_eq!(big.get("multipleOf"), None, "{big}");
+        assert_eq!(big["maximum"].to_string(), format!("{}.{}", "9".repeat(30), "9".repeat(30)));
+        assert_eq!(big["minimum"].to_string(), format!("-{}.{}", "9".repeat(30), "9".repeat(30)));
+        assert_eq!(schema(29, 1).get("multipleOf"), None);
+        // Scale 0: integers, checked exactly at any size.
+        assert_eq!(schema(60, 0)["multipleOf"].to_string(), "1");
     }
 
     #[test]
@@ -530,6 +612,33 @@ mod tests {
                 r##"{"items":{"$ref":"#/definitions/sdc_recursive_string_array"},"type":["array"]}"##,
                 "{oid}"
             );
+        }
+    }
+
+    #[test]
+    fn expanded_dates_drop_the_date_time_format() {
+        let clamp = OutOfRangeDates::Clamp;
+        let expanded = OutOfRangeDates::Expanded;
+        for (oid, by_default, exact) in [
+            (1082, Encoder::Date(clamp), Encoder::Date(expanded)),
+            (1114, Encoder::Timestamp(clamp), Encoder::Timestamp(expanded)),
+            (1184, Encoder::TimestampTz(clamp), Encoder::TimestampTz(expanded)),
+        ] {
+            let c = map_column(&types(), oid, -1).unwrap();
+            assert_eq!(c.encoder, by_default);
+            assert_eq!(Value::Object(c.schema.clone()).to_string(), r#"{"format":"date-time","type":["string"]}"#);
+            let e = expanded_dates(c);
+            assert_eq!(e.encoder, exact);
+            assert_eq!(Value::Object(e.schema).to_string(), r#"{"type":["string"]}"#);
+        }
+        let a = map_column(&types(), 1185, -1).unwrap();
+        assert_eq!(a.schema["items"]["$ref"], json!("#/definitions/sdc_recursive_timestamp_array"));
+        let a = expanded_dates(a);
+        assert_eq!(a.encoder, Encoder::Array(Box::new(Encoder::TimestampTz(expanded))));
+        assert_eq!(a.schema["items"]["$ref"], json!("#/definitions/sdc_recursive_string_array"));
+        for other in [23, 1007, 1700, 1043] {
+            let c = map_column(&types(), other, -1).unwrap();
+            assert_eq!(expanded_dates(c.clone()), c, "{other}");
         }
     }
 

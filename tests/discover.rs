@@ -1,6 +1,8 @@
 //! `--discover` against the fixture schema: the golden catalog, filters, several databases,
 //! privileges, and stable output.
 
+use std::path::Path;
+
 use serde_json::{Value, json};
 
 use crate::support::{TestDb, discover, tap};
@@ -35,7 +37,8 @@ fn fixture_catalog_matches_golden() {
     }
     let want = std::fs::read_to_string(golden_path).expect("catalogs/fixture.json exists (TAP_HEROKU_BLESS=1 writes it)");
     if got.trim_end() != want.trim_end() {
-        let got_path = std::env::temp_dir().join("tap-heroku-fixture-got.json");
+        // Kept for the diff below, in cargo's scratch directory for integration tests.
+        let got_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tap-heroku-fixture-got.json");
         std::fs::write(&got_path, &got).unwrap();
         panic!(
             "discovered catalog differs from catalogs/fixture.json; got is in {}:\ndiff {golden_path} {}",

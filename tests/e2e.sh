@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end checks of tap-heroku with real Singer tools (see README, "End-to-end checks with
+# End-to-end checks of tap-heroku with real Singer tools (see docs/testing.md, "End-to-end checks with
 # real Singer tools"):
 #
 #   a. tap-heroku | target-jsonl                  every row arrives, values equal to the source
@@ -8,6 +8,9 @@
 #   c. tap-heroku | singer-check-tap               singer-tools accepts the output
 #   d. meltano run tap-heroku target-jsonl         examples/meltano: select rules, metadata
 #                                                  overrides, state between two runs
+#   e. the types fixture, every column             every RECORD valid against its SCHEMA under
+#      (out_of_range_dates clamp and expanded)     jsonschema draft 4 and 7 with format checks,
+#                                                  singer-python's validator, singer-check-tap
 #
 # It builds the release binary, starts the Heroku-like servers of tests/server.sh (SSL only,
 # scram passwords) in a temporary directory, installs the Python tools into virtualenvs under
@@ -36,11 +39,11 @@ unset DATABASE_URL
 
 PYTHON=${TAP_HEROKU_E2E_PYTHON:-python3}
 VENV_ROOT=${TAP_HEROKU_E2E_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/tap-heroku-e2e-venv}
-ALL_CHECKS=(a b c d)
+ALL_CHECKS=(a b c d e)
 CHECKS=("$@")
 [[ ${#CHECKS[@]} -gt 0 ]] || CHECKS=("${ALL_CHECKS[@]}")
 for c in "${CHECKS[@]}"; do
-    [[ " ${ALL_CHECKS[*]} " == *" $c "* ]] || { echo "usage: tests/e2e.sh [a] [b] [c] [d]" >&2; exit 64; }
+    [[ " ${ALL_CHECKS[*]} " == *" $c "* ]] || { echo "usage: tests/e2e.sh [a] [b] [c] [d] [e]" >&2; exit 64; }
 done
 
 # --- pinned Python tools ---------------------------------------------------------------------
@@ -48,7 +51,8 @@ done
 # cold install is reproducible. Verified together on CPython 3.11. Three virtualenvs because the
 # tools pin conflicting libraries: target-jsonl needs singer-python 5.8.0 with jsonschema 2.6.0,
 # pipelinewise-target-postgres needs pipelinewise-singer-python with jsonschema 3.2.0, and
-# Meltano needs jsonschema 4.
+# Meltano needs jsonschema 4. A fourth holds only jsonschema 4 and rfc3339-validator (without
+# which its FormatChecker accepts any date-time), the validators of check e.
 REQ_SINGER='target-jsonl==0.1.4
 singer-tools==0.4.1
 singer-python==5.8.0
@@ -129,6 +133,14 @@ uv==0.13.9
 virtualenv==21.15.11
 wrapt==2.5.2
 zipp==4.1.2'
+REQ_VALIDATORS='jsonschema==4.26.0
+jsonschema-specifications==2025.9.1
+referencing==0.37.0
+rpds-py==2026.9.1
+attrs==26.1.0
+typing_extensions==4.16.0
+rfc3339-validator==0.1.4
+six==1.17.0'
 
 # make_venv NAME REQUIREMENTS: (re)creates VENV_ROOT/NAME unless it already holds exactly these
 # pins for this Python. Runs in the background during the build; its log is VENV_ROOT/NAME.log.
@@ -154,12 +166,13 @@ setup_venvs() {
     # One e2e run at a time may (re)build the cache.
     exec 9>"$VENV_ROOT/.lock"
     flock 9
-    local pids=() names=(singer target-postgres meltano) reqs=("$REQ_SINGER" "$REQ_TARGET_POSTGRES" "$REQ_MELTANO") i rc=0
-    for i in 0 1 2; do
+    local pids=() names=(singer target-postgres meltano validators) i rc=0
+    local reqs=("$REQ_SINGER" "$REQ_TARGET_POSTGRES" "$REQ_MELTANO" "$REQ_VALIDATORS")
+    for i in 0 1 2 3; do
         make_venv "${names[$i]}" "${reqs[$i]}" >"$VENV_ROOT/${names[$i]}.log" 2>&1 &
         pids+=($!)
     done
-    for i in 0 1 2; do
+    for i in 0 1 2 3; do
         if ! wait "${pids[$i]}"; then
             say "installing the ${names[$i]} virtualenv failed:"
             cat "$VENV_ROOT/${names[$i]}.log" >&2
@@ -223,6 +236,7 @@ cat "$WORK/venvs.log" >&2
 V_SINGER=$VENV_ROOT/singer/bin
 V_TPG=$VENV_ROOT/target-postgres/bin
 V_MELTANO=$VENV_ROOT/meltano/bin
+V_VALIDATORS=$VENV_ROOT/validators/bin
 say "setup done in $((SECONDS - T0))s"
 
 # psql_admin DB [psql args...]: superuser over the unix socket.
@@ -238,7 +252,7 @@ export E2E_PSQL="$TAP_HEROKU_TEST_PGBIN/psql" E2E_SOCKET_DIR="$TAP_HEROKU_TEST_S
 psql_admin postgres -c 'revoke connect on database postgres from public'
 
 # new_source_db NAME [ROLE]: a database with the fixture, readable by the read-only role
-# (tap_reader by default) only: the GRANTs of the README for a read-only credential.
+# (tap_reader by default) only: the GRANTs of docs/configuration.md for a read-only credential.
 new_source_db() {
     local db=$1 role=${2:-$READER}
     psql_admin postgres -c "create database $db" -c "revoke connect on database $db from public" \
@@ -674,7 +688,8 @@ check_c() {
         || { cat "$d/run2.log" >&2; fail "tap-heroku run 2 exited non-zero"; }
     local run
     for run in 1 2; do
-        "$V_SINGER/singer-check-tap" <"$d/run$run.out" >"$d/check$run.log" 2>&1 \
+        # In the work directory: it writes a singer-check-tap-data directory where it runs.
+        (cd "$d" && "$V_SINGER/singer-check-tap" <"run$run.out" >"check$run.log" 2>&1) \
             || { cat "$d/check$run.log" >&2; fail "singer-check-tap rejected the output of run $run"; }
         grep -q 'The output is valid' "$d/check$run.log" || { cat "$d/check$run.log" >&2; fail "singer-check-tap did not say the output of run $run is valid"; }
         sed -n '/Details by stream/,$p' "$d/check$run.log"
@@ -776,6 +791,117 @@ EOF
     echo "run 1 sent $(wc -l <"$d/events1.jsonl") rows, run 2 sent $(wc -l <"$d/events2.jsonl"): $(cut -d, -f1 "$d/events2.jsonl" | tr -d '{"id: ' | tr '\n' ' ')"
 }
 
+# --- e. every RECORD valid against its SCHEMA ------------------------------------------------------
+
+# validate.py OUTPUT --validator jsonschema|singer: checks every RECORD of a Singer output against
+# its stream's latest SCHEMA and lists every failure (a validator that crashes on a value, as
+# Decimal arithmetic does on a multipleOf it cannot compute, is a failure too). jsonschema:
+# draft 4 and draft 7 of python jsonschema with FormatChecker, numbers parsed as Decimal as
+# Singer targets (singer-python, pipelinewise, the Meltano SDK) parse them. singer: messages
+# parsed by singer-python and checked by singer-check-tap's own validator (draft 4,
+# FormatChecker, and each date-time also turned into a datetime through float seconds). Every
+# record must also hold exactly its schema's properties (every column selected).
+cat >"$WORK/validate.py" <<'EOF'
+import argparse, collections, decimal, json, sys
+
+p = argparse.ArgumentParser()
+p.add_argument("output")
+p.add_argument("--validator", choices=["jsonschema", "singer"], required=True)
+a = p.parse_args()
+
+from jsonschema import Draft4Validator, FormatChecker
+formats = FormatChecker()
+# A FormatChecker whose date-time library is missing accepts every string: make sure it checks.
+if formats.conforms("2024-13-01T00:00:00+00:00", "date-time") or formats.conforms("+10000-01-01T00:00:00+00:00", "date-time"):
+    sys.exit("validate: FormatChecker does not check date-time (rfc3339-validator / strict-rfc3339 missing)")
+if a.validator == "jsonschema":
+    from jsonschema import Draft7Validator
+    def validators(schema):
+        return [("draft 4", Draft4Validator(schema, format_checker=formats)),
+                ("draft 7", Draft7Validator(schema, format_checker=formats))]
+    def parse(line):
+        return json.loads(line, parse_float=decimal.Decimal)
+else:
+    import singer
+    from singertools.check_tap import extend_with_default
+    def validators(schema):
+        return [("singer-check-tap", extend_with_default(Draft4Validator)(schema, format_checker=FormatChecker()))]
+    def parse(line):
+        return singer.parse_message(line).asdict()
+
+checks, properties, failures = {}, {}, []
+records = collections.Counter()
+with open(a.output, encoding="utf-8") as f:
+    for line in f:
+        m = parse(line)
+        if m["type"] == "SCHEMA":
+            checks[m["stream"]] = validators(m["schema"])
+            properties[m["stream"]] = set(m["schema"]["properties"])
+        elif m["type"] == "RECORD":
+            stream, record = m["stream"], m["record"]
+            records[stream] += 1
+            if set(record) != properties[stream]:
+                failures.append(f"{stream}: record keys {sorted(record)} are not the schema's {sorted(properties[stream])}")
+            for name, v in checks[stream]:
+                try:
+                    for e in v.iter_errors(record):
+                        where = "/".join(str(x) for x in e.absolute_path)
+                        failures.append(f"{name}: {stream}.{where}: {e.message[:200]}")
+                except Exception as e:  # the validator itself failed on this record
+                    failures.append(f"{name}: {stream}: {type(e).__name__}: {str(e)[:200]} in {json.dumps(record, default=str)[:300]}")
+print(f"validate ({a.validator}): {sum(records.values())} records of {len(records)} streams: "
+      + ", ".join(f"{s} {n}" for s, n in sorted(records.items())))
+for line in failures[:40]:
+    print("  " + line)
+if len(failures) > 40:
+    print(f"  ... and {len(failures) - 40} more")
+if failures:
+    sys.exit(f"validate ({a.validator}): {len(failures)} failures")
+if not records:
+    sys.exit("validate: no RECORD at all")
+EOF
+
+check_e() {
+    local d=$WORK/e mode
+    mkdir -p "$d"
+    psql_admin postgres -c "create database e2e_e" -c "revoke connect on database e2e_e from public" \
+        -c "grant connect on database e2e_e to $READER" >/dev/null
+    psql_admin e2e_e -c 'set client_min_messages = warning' -f "$ROOT/tests/fixtures/catalog_fixture.sql" \
+        -f "$ROOT/tests/fixtures/catalog_fixture_values.sql" >/dev/null
+    psql_admin e2e_e -c "grant usage on schema public to $READER" -c "grant select on all tables in schema public to $READER" >/dev/null
+    for mode in clamp expanded; do
+        printf '{"host": "127.0.0.1", "port": %s, "user": "%s", "password": "%s", "dbname": "e2e_e", "filter_dbs": "e2e_e", "out_of_range_dates": "%s"}\n' \
+            "$PORT" "$READER" "$READER_PW" "$mode" >"$d/config-$mode.json"
+        "$TAP" --config "$d/config-$mode.json" --discover >"$d/catalog-$mode.json" 2>"$d/discover-$mode.log" \
+            || { cat "$d/discover-$mode.log" >&2; fail "$mode: discovery failed"; }
+        # Every stream, FULL_TABLE; every column is selected by default.
+        "$PYTHON" - "$d/catalog-$mode.json" <<'EOF'
+import json, sys
+catalog = json.load(open(sys.argv[1]))
+for s in catalog["streams"]:
+    md = next(m for m in s["metadata"] if m["breadcrumb"] == [])["metadata"]
+    md["selected"], md["replication-method"] = True, "FULL_TABLE"
+json.dump(catalog, open(sys.argv[1], "w"))
+EOF
+        "$TAP" --config "$d/config-$mode.json" --catalog "$d/catalog-$mode.json" >"$d/$mode.out" 2>"$d/$mode.log" \
+            || { cat "$d/$mode.log" >&2; fail "$mode: tap-heroku exited non-zero"; }
+        local failed=()
+        "$V_VALIDATORS/python" "$WORK/validate.py" "$d/$mode.out" --validator jsonschema || failed+=("jsonschema")
+        "$V_SINGER/python" "$WORK/validate.py" "$d/$mode.out" --validator singer || failed+=("singer-python")
+        if (cd "$d" && "$V_SINGER/singer-check-tap" <"$mode.out" >"check-$mode.log" 2>&1) && grep -q 'The output is valid' "$d/check-$mode.log"; then
+            echo "$mode: singer-check-tap: the output is valid ($(grep -o '[0-9]* record messages' "$d/check-$mode.log"))"
+        else
+            tail -n 3 "$d/check-$mode.log"
+            failed+=("singer-check-tap")
+        fi
+        [[ ${#failed[@]} == 0 ]] || fail "$mode: records fail their SCHEMA under ${failed[*]}"
+    done
+    # The option decides: clamp wrote the sentinel and named the option, expanded the exact year.
+    grep -q '"d":"0001-01-01T00:00:00+00:00"' "$d/clamp.out" || fail "clamp: no clamped BC date"
+    grep -q 'out_of_range_dates' "$d/clamp.log" || fail "clamp: no warning naming out_of_range_dates"
+    grep -q '"d":"-0043-03-15T00:00:00+00:00"' "$d/expanded.out" || fail "expanded: the BC date is not exact"
+}
+
 # --- run ----------------------------------------------------------------------------------------
 
 declare -A TITLE=(
@@ -783,6 +909,7 @@ declare -A TITLE=(
     [b]="tap-heroku | target-postgres: FULL_TABLE and INCREMENTAL x2 with state, tables equal to the source"
     [c]="tap-heroku | singer-check-tap: output accepted"
     [d]="meltano run tap-heroku target-jsonl: select rules, metadata overrides, state between runs"
+    [e]="the types fixture: every RECORD valid against its SCHEMA (jsonschema draft 4/7, singer-python, singer-check-tap)"
 )
 passed=0 failed=0 results=()
 for c in "${CHECKS[@]}"; do

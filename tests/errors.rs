@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::support::{self, READER_PASSWORD, TapOutput, TestDb, admin_client, server, tap, tap_env, write_json, write_text};
+use crate::support::{self, READER_PASSWORD, TapOutput, TestDb, admin_client, files_dir, server, tap, tap_env, write_json, write_text};
 
 /// A wrong password distinctive enough that finding it in output cannot be a coincidence.
 const WRONG_PASSWORD: &str = "Wr0ng-Pa55-XYZ";
@@ -20,7 +20,7 @@ fn arg(path: &Path) -> &str {
 
 /// A path no file exists at.
 fn missing_path() -> PathBuf {
-    std::env::temp_dir().join("tap-heroku-tests").join(format!("missing-{}.json", uuid::Uuid::new_v4().simple()))
+    files_dir().join(format!("missing-{}.json", uuid::Uuid::new_v4().simple()))
 }
 
 /// A TCP port on 127.0.0.1 where nothing listens (bound, read, released).
@@ -50,7 +50,7 @@ fn merged(config: &Value, extra: Value) -> Value {
 /// line, containing every `needles`; right after it, as the last stderr line, a hint sentence
 /// containing every `hint_words` (case-sensitive); stdout empty (bad input is caught before
 /// anything is written). `label` names the case in panics.
-fn assert_refused(out: &TapOutput, label: &str, code: i32, needles: &[&str], hint_words: &[&str]) {
+pub(crate) fn assert_refused(out: &TapOutput, label: &str, code: i32, needles: &[&str], hint_words: &[&str]) {
     let ctx = || format!("[{label}] exit {}\nstderr:\n{}\nstdout:\n{}", out.code, out.stderr, out.stdout);
     assert_eq!(out.code, code, "wrong exit code, expected {code}: {}", ctx());
     let lines: Vec<&str> = out.stderr.lines().collect();
@@ -74,7 +74,7 @@ fn assert_refused(out: &TapOutput, label: &str, code: i32, needles: &[&str], hin
 }
 
 /// Asserts that none of `secrets` appears in stdout or stderr.
-fn assert_hidden(out: &TapOutput, label: &str, secrets: &[&str]) {
+pub(crate) fn assert_hidden(out: &TapOutput, label: &str, secrets: &[&str]) {
     for s in secrets {
         assert!(!out.stdout.contains(s), "[{label}] stdout contains the secret {s:?}:\n{}", out.stdout);
         assert!(!out.stderr.contains(s), "[{label}] stderr contains the secret {s:?}:\n{}", out.stderr);
@@ -119,6 +119,10 @@ type FileCase<'a> = (&'a str, Option<String>, i32, Vec<&'a str>, &'a [&'a str]);
 /// A TLS case: sslmode, sslrootcert, host, and `Ok` or `Err(words of the hint)`.
 type TlsCase<'a> = (&'a str, &'a str, &'a str, Result<(), &'a [&'a str]>);
 
+/// A lost-privilege case: label, the SQL that takes SELECT away (`{role}` is the reader), exit
+/// code, words of the error line, words of the hint.
+type LostSelectCase<'a> = (&'a str, &'a str, i32, &'a [&'a str], &'a [&'a str]);
+
 /// A run of the secrets test: label, expected exit code, arguments, extra environment.
 type SecretRun<'a> = (&'a str, i32, Vec<String>, Vec<(&'a str, String)>);
 
@@ -161,6 +165,21 @@ fn wrong_password_is_an_auth_error_without_echoing_passwords() {
     let out = discover_with(&merged(&db.config(), json!({"password": WRONG_PASSWORD})));
     assert_refused(&out, "wrong password", 77, &["password authentication failed", &db.role], &["password"]);
     assert_hidden(&out, "wrong password", &[WRONG_PASSWORD, READER_PASSWORD]);
+}
+
+#[test]
+fn a_role_that_does_not_exist_exits_like_a_wrong_password() {
+    let db = TestDb::new();
+    // Over TCP with scram the server answers as for a wrong password (28P01), so that role
+    // names cannot be probed.
+    let out = discover_with(&merged(&db.config(), json!({"user": "no_such_role_here", "password": WRONG_PASSWORD})));
+    assert_refused(&out, "missing role, scram", 77, &["no_such_role_here"], &["user", "password"]);
+    assert_hidden(&out, "missing role, scram", &[WRONG_PASSWORD]);
+    // Over the unix socket (trust, as on a local server) it says the role does not exist (28000).
+    let s = server();
+    let out =
+        discover_with(&json!({"host": s.socket_dir, "port": s.port, "user": "no_such_role_here", "dbname": db.name, "sslmode": "disable"}));
+    assert_refused(&out, "missing role, trust", 77, &["role \"no_such_role_here\" does not exist"], &["user"]);
 }
 
 #[test]
@@ -285,7 +304,14 @@ fn config_file_problems() {
         ("missing file", None, 66, vec!["reading config"], &["--config"]),
         ("not JSON", Some("host = x".into()), 78, vec!["not valid JSON"], &["JSON"]),
         ("JSON array", Some("[1, 2]".into()), 78, vec!["not a JSON object"], &["object"]),
-        ("missing keys", Some(r#"{"host": "x"}"#.into()), 78, vec!["user", "dbname"], &["user", "dbname"]),
+        (
+            "missing keys",
+            Some(r#"{"host": "x"}"#.into()),
+            78,
+            vec!["user", "dbname", "database_url", "DATABASE_URL"],
+            &["database_url", "DATABASE_URL"],
+        ),
+        ("empty config", Some("{}".into()), 78, vec!["host", "user", "dbname", "database_url", "DATABASE_URL"], &["DATABASE_URL"]),
         ("port text", with(json!({"port": "abc"})), 78, vec!["port"], &["port"]),
         ("port too big", with(json!({"port": 70000})), 78, vec!["port"], &["port"]),
         ("port bool", with(json!({"port": true})), 78, vec!["port"], &["port"]),
@@ -323,6 +349,24 @@ fn unknown_config_key_is_a_warning() {
     assert_eq!(out.code, 0, "an unknown key is not fatal:\n{}", out.stderr);
     assert!(out.stderr.lines().any(|l| l.starts_with("WARN") && l.contains("colour")), "a warning names the key:\n{}", out.stderr);
     assert!(!out.stderr.contains("ultramarine-7"), "the value is not echoed:\n{}", out.stderr);
+
+    // A typo of a known key gets the nearest one suggested.
+    let mut config = merged(&db.config(), json!({"passwrod": WRONG_PASSWORD}));
+    let out = discover_with(&config);
+    assert_eq!(out.code, 0, "a misspelt extra key is not fatal:\n{}", out.stderr);
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("WARN") && l.contains("unknown config key passwrod") && l.contains("did you mean password?")),
+        "the warning suggests password:\n{}",
+        out.stderr
+    );
+    assert_hidden(&out, "misspelt key", &[WRONG_PASSWORD]);
+    // Without the real password the connection then fails as a credentials problem.
+    config.as_object_mut().unwrap().remove("password");
+    let out = discover_with(&config);
+    assert!(out.stderr.contains("did you mean password?"), "{}", out.stderr);
+    assert_eq!(out.code, 77, "{}", out.stderr);
 }
 
 // ---- command line --------------------------------------------------------------------------
@@ -425,7 +469,12 @@ fn catalog_without_selected_stream_writes_only_state() {
     let messages = out.messages();
     assert_eq!(messages.len(), 1, "only a STATE line: {}", out.stdout);
     assert_eq!(messages[0]["type"], json!("STATE"));
-    assert!(out.stderr.lines().any(|l| l.starts_with("WARN") && l.contains("no stream is selected")), "{}", out.stderr);
+    let warning = out.stderr.lines().find(|l| l.starts_with("WARN") && l.contains("no stream is selected"));
+    let warning = warning.unwrap_or_else(|| panic!("no warning:\n{}", out.stderr));
+    // It says how to select one.
+    for words in ["\"selected\": true", "replication-method", "breadcrumb is []"] {
+        assert!(warning.contains(words), "the warning does not say {words}: {warning}");
+    }
 }
 
 // ---- state ---------------------------------------------------------------------------------
@@ -480,6 +529,14 @@ fn password_never_appears_in_output() {
     let bad_state =
         write_json(&json!({"bookmarks": {format!("{}-public-items", db.name): {"replication_key": "n", "replication_key_value": "abc"}}}));
     let no_host = || with(json!({"host": null, "port": null, "user": null, "password": null, "dbname": null}));
+    // A client certificate of the test CA: accepted for any role (only tap_cert_user must show one).
+    let certs = crate::client_certs::certs();
+    let passphrase = certs.passphrase.clone();
+    let key_query = |password: &str| {
+        let encode = crate::client_certs::encode;
+        format!("?sslcert={}&sslkey={}&sslpassword={}", encode(&certs.cert), encode(&certs.key_encrypted), encode(password))
+    };
+    let trace = || vec![("RUST_LOG", "trace".to_string())];
 
     // (label, expected exit code, args, extra environment)
     let runs: Vec<SecretRun> = vec![
@@ -498,6 +555,35 @@ fn password_never_appears_in_output() {
         ("database_url bad scheme", 78, discover(url_file(url(s.port, "").replacen("postgres", "mysql", 1))), vec![]),
         ("DATABASE_URL", 0, discover(no_host()), vec![("DATABASE_URL", url(s.port, ""))]),
         ("DATABASE_URL no SSL", 69, discover(no_host()), vec![("DATABASE_URL", url(s.port, "?sslmode=disable"))]),
+        (
+            "sslpassword at trace level",
+            0,
+            discover(with(json!({"sslcert": certs.cert, "sslkey": certs.key_encrypted, "sslpassword": passphrase}))),
+            trace(),
+        ),
+        (
+            "sync with sslpassword at debug level",
+            0,
+            {
+                let mut args = sync(&["--log-level", "debug"]);
+                args[1] = arg(&with(json!({"sslcert": certs.cert, "sslkey": certs.key_encrypted, "sslpassword": passphrase}))).into();
+                args
+            },
+            vec![],
+        ),
+        (
+            "wrong sslpassword at trace level",
+            77,
+            discover(with(json!({"sslcert": certs.cert, "sslkey": certs.key_encrypted, "sslpassword": SECRET}))),
+            trace(),
+        ),
+        ("sslpassword in database_url at trace level", 0, discover(url_file(url(s.port, &key_query(&passphrase)))), trace()),
+        ("wrong sslpassword in database_url", 77, discover(url_file(url(s.port, &key_query(SECRET)))), trace()),
+        ("sslpassword in DATABASE_URL at trace level", 0, discover(no_host()), {
+            let mut env = trace();
+            env.push(("DATABASE_URL", url(s.port, &key_query(&passphrase))));
+            env
+        }),
         ("about with config", 0, vec!["--about".into(), "--config".into(), arg(&with(json!({}))).into()], vec![]),
     ];
     for (label, code, args, env) in runs {
@@ -505,7 +591,48 @@ fn password_never_appears_in_output() {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let out = tap_env(&args, &env);
         assert_eq!(out.code, code, "[{label}] exit code; stderr:\n{}", out.stderr);
-        assert_hidden(&out, label, &[SECRET]);
+        assert_hidden(&out, label, &[SECRET, &passphrase]);
+    }
+}
+
+/// SELECT lost on the table or only on selected columns is the same failure, a permission one
+/// (77): the stream is skipped with an error naming it and what to grant, the others sync; a
+/// dropped column stays a catalog/data error (65).
+#[test]
+fn lost_select_on_the_table_or_on_selected_columns_exits_77() {
+    let cases: [LostSelectCase<'_>; 3] = [
+        ("table", "revoke select on items from {role}", 77, &["cannot read table", "items"], &["GRANT SELECT ON"]),
+        (
+            "columns",
+            "revoke select on items from {role}; grant select (id) on items to {role}",
+            77,
+            &["cannot read column \"n\"", "items"],
+            &["GRANT SELECT (\"n\")"],
+        ),
+        ("dropped column", "alter table items drop column n", 65, &["column \"n\" no longer exists"], &["--discover"]),
+    ];
+    for (label, change, code, needles, hint_words) in cases {
+        let (db, config, mut catalog) = support::fixture(
+            "create table items (id int primary key, n int, note text); insert into items values (1, 10, 'a'); \
+             create table other (id int primary key); insert into other values (1)",
+            json!({}),
+        );
+        support::select(&mut catalog, "items", "FULL_TABLE", None);
+        support::select(&mut catalog, "other", "FULL_TABLE", None);
+        db.exec(&change.replace("{role}", &db.role));
+        let out = support::sync(&config, &catalog, None);
+        let ctx = format!("[{label}] exit {}\nstderr:\n{}", out.code, out.stderr);
+        assert_eq!(out.code, code, "{ctx}");
+        let error = out.stderr.lines().find(|l| l.starts_with("tap-heroku: error: ")).unwrap_or_else(|| panic!("no error line: {ctx}"));
+        for n in needles {
+            assert!(error.contains(n), "error line lacks {n:?}: {ctx}");
+        }
+        let hint = out.stderr.lines().last().unwrap();
+        for w in hint_words {
+            assert!(hint.contains(w), "hint lacks {w:?}: {ctx}");
+        }
+        assert!(out.records("items").is_empty(), "{ctx}");
+        assert_eq!(out.records("other").len(), 1, "the other stream syncs: {ctx}");
     }
 }
 
@@ -517,6 +644,8 @@ fn about_describes_settings_and_marks_secrets() {
     let props = &about["settings"]["properties"];
     assert_eq!(props["password"]["secret"], json!(true), "{about}");
     assert_eq!(props["database_url"]["secret"], json!(true), "{about}");
+    assert_eq!(props["sslpassword"]["secret"], json!(true), "{about}");
+    assert_ne!(props["sslkey"]["secret"], json!(true), "{about}");
     assert_ne!(props["host"]["secret"], json!(true), "{about}");
     assert_eq!(about["name"], json!("tap-heroku"));
 
@@ -524,4 +653,10 @@ fn about_describes_settings_and_marks_secrets() {
     let rows: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with('|')).collect();
     assert!(rows.len() >= 3 && rows[1].starts_with("|---"), "a Markdown table with header and separator:\n{}", out.stdout);
     assert!(rows.iter().any(|r| r.starts_with("| password |") && r.contains("secret")), "{}", out.stdout);
+
+    // docs/configuration.md shows the same table (the settings reference users read).
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"))
+        .expect("reading docs/configuration.md");
+    let doc_rows: Vec<&str> = doc.lines().skip_while(|l| !l.starts_with("| Setting | Type |")).take_while(|l| l.starts_with('|')).collect();
+    assert_eq!(doc_rows, rows, "docs/configuration.md's settings table differs from `tap-heroku --about --format markdown`");
 }

@@ -5,7 +5,7 @@
 //!
 //! Each interrupted run is resumed from the last STATE it wrote and the union of both runs is
 //! compared with the table, id by id: nothing may be missing, and duplicates are allowed only
-//! where README's guarantees allow them (none for FULL_TABLE in primary key order; the records
+//! where docs/state-and-resume.md's guarantees allow them (none for FULL_TABLE in primary key order; the records
 //! of the block range under way, and what the catch-up rule names, for FULL_TABLE by block
 //! ranges; the bookmark row for INCREMENTAL).
 
@@ -306,39 +306,46 @@ fn terminate_tap_backends(db: &TestDb) -> i64 {
         .get(0)
 }
 
-/// Waits until the tap's backend has been idle in its transaction for 200 ms: the tap is then
-/// blocked on the pipe, its reader thread on the full channel, no fetch in flight.
-fn wait_until_backend_idle(db: &TestDb) {
+/// Waits until the tap's backend is blocked on the tap for 200 ms: idle in its transaction, or
+/// streaming rows into a socket the tap does not read (`ClientWrite`), because the tap is
+/// blocked on the pipe and its reader thread on the full channel.
+fn wait_until_backend_blocked(db: &TestDb) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut admin = db.admin();
+    let mut blocked_since: Option<Instant> = None;
     loop {
-        let idle: bool = admin
+        let blocked: bool = admin
             .query_one(
-                "select coalesce(bool_and(state = 'idle in transaction' and state_change < now() - interval '200 ms'), false) \
+                "select coalesce(bool_and(state = 'idle in transaction' or wait_event = 'ClientWrite'), false) \
                  from pg_stat_activity where usename = $1 and application_name = 'tap-heroku'",
                 &[&db.role],
             )
             .expect("reading pg_stat_activity")
             .get(0);
-        if idle {
-            return;
+        match (blocked, blocked_since) {
+            (true, Some(since)) if since.elapsed() >= Duration::from_millis(200) => return,
+            (true, None) => blocked_since = Some(Instant::now()),
+            (true, Some(_)) => {}
+            (false, _) => blocked_since = None,
         }
-        assert!(Instant::now() < deadline, "the tap's backend never went idle");
+        assert!(Instant::now() < deadline, "the tap's backend never blocked on the tap");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 #[test]
 fn backend_terminated_mid_stream_exits_69_and_resumes_without_loss() {
-    let (db, config, mut catalog) = fixture(&big_table_sql("big"), json!({"full_table_order": "primary_key", "itersize": 1000}));
+    // Without reconnects, so the run ends with the failure (reconnects: tests/reconnect.rs).
+    let (db, config, mut catalog) =
+        fixture(&big_table_sql("big"), json!({"full_table_order": "primary_key", "itersize": 1000, "reconnect_attempts": 0}));
     select(&mut catalog, "big", "FULL_TABLE", None);
     let sid = id(&db, "public", "big");
 
     let mut live = Live::spawn(&sync_args(&config, &catalog, None), &[]);
     live.read_records(5_000);
     // We stopped reading: the tap blocks writing into the full pipe (its reader thread on the
-    // full channel), its backend idle in the transaction between two fetches.
-    wait_until_backend_idle(&db);
+    // full channel), its backend blocked writing rows to the tap.
+    wait_until_backend_blocked(&db);
     assert_eq!(terminate_tap_backends(&db), 1, "one tap-heroku backend to terminate");
     let first = live.finish(EXIT_LIMIT).out;
 
@@ -359,7 +366,7 @@ fn backend_terminated_mid_stream_exits_69_and_resumes_without_loss() {
         json!({"id": before.last().unwrap()}),
         "the last STATE covers the last record before it"
     );
-    // The fault hit between batches (the backend was idle), so nothing follows the last STATE.
+    // A failure writes a STATE for the records already written, so nothing follows the last STATE.
     assert!(after_state.is_empty(), "{} records after the last STATE would be sent again on resume", after_state.len());
 
     let second = sync(&config, &catalog, Some(&state)).success();
@@ -370,6 +377,64 @@ fn backend_terminated_mid_stream_exits_69_and_resumes_without_loss() {
     let version = state["bookmarks"][&sid]["version"].clone();
     assert!(resumed.iter().filter(|m| m["type"] == "RECORD").all(|m| m["version"] == version), "the resume keeps the interrupted version");
     assert_eq!(resumed.iter().filter(|m| m["type"] == "ACTIVATE_VERSION").count(), 1);
+}
+
+/// Terminates the tap's backend mid-stream, with the tap blocked on the pipe, and lets the tap
+/// reconnect (the default `reconnect_attempts`): the run finishes with exit 0 and the same
+/// version, and every row arrives exactly once (FULL_TABLE in either order) or with at most
+/// the row of the key being read again (INCREMENTAL).
+fn reconnect_after_terminated_backend(method: &str) {
+    let table = format!("reconnect_{}", method.to_lowercase());
+    let order = if method == "PHYSICAL" { "physical" } else { "primary_key" };
+    let (db, config, mut catalog) = fixture(&big_table_sql(&table), json!({"full_table_order": order, "itersize": 1000}));
+    let catalog_method = if method == "INCREMENTAL" { "INCREMENTAL" } else { "FULL_TABLE" };
+    select(&mut catalog, &table, catalog_method, (method == "INCREMENTAL").then_some("id"));
+    let label = format!("reconnect during {method}");
+
+    let mut live = Live::spawn(&sync_args(&config, &catalog, None), &[]);
+    live.read_records(5_000);
+    wait_until_backend_blocked(&db);
+    assert_eq!(terminate_tap_backends(&db), 1, "[{label}] one tap-heroku backend to terminate");
+    let out = live.finish(EXIT_LIMIT).out;
+    assert_eq!(out.code, 0, "[{label}] the run reconnects and finishes: {}", out.stderr);
+    assert_eq!(log_lines(&out, "WARN", &["lost the connection", "attempt 1 of 3"]).len(), 1, "[{label}] one retry line: {}", out.stderr);
+    let messages = out.messages();
+    assert_records_match_schemas(&messages);
+    let ids = record_ids(&messages, &table);
+    let versions: BTreeSet<String> = messages.iter().filter(|m| m["type"] == "RECORD").map(|m| m["version"].to_string()).collect();
+    assert_eq!(versions.len(), 1, "[{label}] one table version across the reconnect");
+    let may_repeat: BTreeSet<i64> = if method == "INCREMENTAL" {
+        // `>=` from the last key written: that row again, nothing else.
+        let counts = ids.iter().fold(BTreeMap::<i64, usize>::new(), |mut m, i| {
+            *m.entry(*i).or_default() += 1;
+            m
+        });
+        let repeated: Vec<i64> = counts.iter().filter(|(_, n)| **n > 1).map(|(i, _)| *i).collect();
+        assert!(repeated.len() <= 1, "[{label}] only the bookmark row may repeat: {repeated:?}");
+        repeated.into_iter().collect()
+    } else {
+        BTreeSet::new()
+    };
+    assert_covers(&ids, BIG_ROWS, &may_repeat, &label);
+    if method != "INCREMENTAL" {
+        let activations: Vec<&Value> = messages.iter().filter(|m| m["type"] == "ACTIVATE_VERSION").collect();
+        assert_eq!(activations.len(), 2, "[{label}] ACTIVATE_VERSION first and last, none in between");
+    }
+}
+
+#[test]
+fn reconnects_after_a_terminated_backend_in_storage_order_without_repeats() {
+    reconnect_after_terminated_backend("PHYSICAL");
+}
+
+#[test]
+fn reconnects_after_a_terminated_backend_in_key_order_without_repeats() {
+    reconnect_after_terminated_backend("FULL_TABLE");
+}
+
+#[test]
+fn reconnects_after_a_terminated_backend_in_incremental_repeating_at_most_the_bookmark_row() {
+    reconnect_after_terminated_backend("INCREMENTAL");
 }
 
 /// A view whose rows each take `per_row` seconds: the tap is waiting for the server, not for
@@ -383,7 +448,7 @@ fn slow_view_sql(name: &str, rows: i64, per_row: f64) -> String {
 
 #[test]
 fn backend_terminated_while_the_query_runs_exits_69_with_a_hint() {
-    let (db, config, mut catalog) = fixture(&slow_view_sql("slow_v", 100, 0.05), json!({"itersize": 1000}));
+    let (db, config, mut catalog) = fixture(&slow_view_sql("slow_v", 100, 0.05), json!({"itersize": 1000, "reconnect_attempts": 0}));
     select(&mut catalog, "slow_v", "FULL_TABLE", None);
     let sid = id(&db, "public", "slow_v");
     let mut live = Live::spawn(&sync_args(&config, &catalog, None), &[]);
@@ -422,7 +487,7 @@ fn closed_pipe_exits_74_promptly_without_panic() {
 
 /// A stdout closed before start (`>&-`) is reopened on /dev/null by the Rust runtime before
 /// `main` runs (so no socket or file can take descriptor 1 and receive records): the sync runs
-/// as into /dev/null. Documented in README.md ("Exit codes").
+/// as into /dev/null. Documented in docs/sync.md ("Exit codes").
 #[test]
 fn closed_stdout_descriptor_behaves_as_dev_null() {
     let (_db, config, mut catalog) = fixture("create table few (id int primary key); insert into few values (1), (2)", json!({}));
@@ -663,7 +728,7 @@ fn statement_timeout_on_the_role() {
     let sid = id(&db, "public", "m_slow");
 
     let out = sync(&config, &catalog, None);
-    // A query failure mid-stream ends the run there (README: exit 65): streams before it are
+    // A query failure mid-stream ends the run there (docs/sync.md: exit 65): streams before it are
     // complete, the failed one ends after its last STATE, later ones do not run.
     assert_failure(&out, "statement timeout", 65, &[&sid, "statement timeout"], true);
     assert!(out.stderr.contains("statement_timeout"), "the hint names statement_timeout:\n{}", out.stderr);
@@ -766,7 +831,7 @@ struct StatementLog {
 impl StatementLog {
     /// Logs every statement of `db`'s role from now on.
     fn start(db: &TestDb) -> StatementLog {
-        let path = PathBuf::from(server().socket_dir).join("primary.log");
+        let path = PathBuf::from(&server().socket_dir).join("primary.log");
         let start =
             std::fs::metadata(&path).unwrap_or_else(|e| panic!("the server log {} ({e}): tests/server.sh writes it", path.display())).len();
         db.exec(&format!("alter role {} set log_statement = 'all'", db.role));

@@ -2,6 +2,8 @@
 
 mod support;
 
+mod check;
+mod client_certs;
 mod discover;
 mod errors;
 mod faults;

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command (see README): brings up throw-away Heroku-like PostgreSQL servers
+# The tests with servers started by the shell (plain `cargo test`, the README's test command,
+# starts its own; see docs/testing.md): brings up throw-away Heroku-like PostgreSQL servers
 # (SSL-only + scram-sha-256 primary, hot standby, no-SSL server; see tests/server.sh),
 # runs `cargo test --locked` against them with all arguments passed through
 # (e.g. `tests/run.sh discover`), tears the servers down and exits with cargo's status.

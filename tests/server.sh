@@ -5,7 +5,8 @@
 #   tests/server.sh stop DIR    stop them again (safe on a partially started DIR)
 #
 # Clusters (each on its own free 127.0.0.1 port, unix sockets inside DIR):
-#   primary  SSL-only (self-signed test CA), scram-sha-256 passwords, like Heroku
+#   primary  SSL-only (self-signed test CA), scram-sha-256 passwords, like Heroku; the role
+#            tap_cert_user must also present a client certificate (Heroku Private/Shield mTLS)
 #   standby  hot standby of the primary (pg_basebackup over SSL as "replicator")
 #   plain    ssl = off, scram-sha-256 over plain TCP (for the "server without SSL" test)
 #
@@ -22,6 +23,11 @@ READER_USER=tap_reader
 READER_PASSWORD=reader-Secret-9
 REPL_USER=replicator
 REPL_PASSWORD=repl-secret-3
+# The role that must present a client certificate (pg_hba: clientcert=verify-full), its
+# password, and the passphrase of the encrypted copies of its key.
+CERT_USER=tap_cert_user
+CERT_PASSWORD=cert-Secret-4
+CLIENT_KEY_PASSPHRASE=Key-Passphrase-8kT
 FIRST_PORT=55432
 LAST_PORT=56431
 CLUSTERS_STOP_ORDER=(standby plain primary)
@@ -237,6 +243,38 @@ make_certs() {
     rm -f "$d/server.csr"
     chmod 600 "$d/server.key" "$d/ca.key" "$d/other-ca.key"
     chmod 644 "$d/ca.crt" "$d/other-ca.crt" "$d/server.crt"
+
+    # Client certificates for the mutual-TLS tests: one the primary accepts for $CERT_USER,
+    # one of the right CA naming another role, one of the unrelated CA.
+    make_client_cert client "$CERT_USER" ca
+    make_client_cert client-wrong-cn "$READER_USER" ca
+    make_client_cert client-other-ca "$CERT_USER" other-ca
+    # The accepted key encrypted with a passphrase, as PKCS#8 ("BEGIN ENCRYPTED PRIVATE KEY")
+    # and in OpenSSL's traditional form ("Proc-Type: 4,ENCRYPTED"), and unencrypted as DER.
+    "${ossl[@]}" pkey -in "$d/client.key" -aes256 -passout "pass:$CLIENT_KEY_PASSPHRASE" \
+        -out "$d/client-encrypted.key" 2>/dev/null
+    "${ossl[@]}" rsa -in "$d/client.key" -aes256 -traditional -passout "pass:$CLIENT_KEY_PASSPHRASE" \
+        -out "$d/client-encrypted-traditional.key" 2>/dev/null
+    "${ossl[@]}" pkey -in "$d/client.key" -outform DER -out "$d/client.der.key" 2>/dev/null
+    # libpq refuses (and so does tap-heroku) a key file that group or others may read.
+    chmod 600 "$d"/client*.key
+}
+
+# make_client_cert NAME CN CA: DIR/NAME.crt (CN=CN, for client authentication) signed by
+# DIR/CA.crt, and its unencrypted key DIR/NAME.key.
+make_client_cert() {
+    local name=$1 cn=$2 ca=$3 d=$DIR
+    openssl req -new -newkey rsa:2048 -nodes -sha256 -subj "/CN=$cn" \
+        -keyout "$d/$name.key" -out "$d/$name.csr" \
+        -config <(printf '%s\n' '[req]' 'distinguished_name=dn' '[dn]') 2>/dev/null
+    openssl x509 -req -sha256 -days 3650 -in "$d/$name.csr" \
+        -CA "$d/$ca.crt" -CAkey "$d/$ca.key" -set_serial "0x$(openssl rand -hex 8)" \
+        -out "$d/$name.crt" \
+        -extfile <(printf '%s\n' 'basicConstraints=critical,CA:FALSE' \
+            'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=clientAuth' \
+            'authorityKeyIdentifier=keyid') 2>/dev/null
+    rm -f "$d/$name.csr"
+    chmod 644 "$d/$name.crt"
 }
 
 # --- configuration ------------------------------------------------------------
@@ -273,6 +311,8 @@ write_primary_conf() {
 ssl = on
 ssl_cert_file = '$DIR/server.crt'
 ssl_key_file = '$DIR/server.key'
+# Client certificates are checked against the test CA (only $CERT_USER must present one).
+ssl_ca_file = '$DIR/ca.crt'
 EOF
     } >>"$data/postgresql.conf"
     # Heroku-like: SSL + password only. There are deliberately NO non-SSL "host"
@@ -280,10 +320,12 @@ EOF
     #   no pg_hba.conf entry for host "127.0.0.1", user "...", database "...", no encryption
     # (the message real Heroku gives; an explicit "hostnossl ... reject" line would
     # instead yield "pg_hba.conf rejects connection ..."). Replication connections are
-    # matched only by the "replication" line, SSL only as well.
+    # matched only by the "replication" line, SSL only as well. $CERT_USER must also present
+    # a client certificate of the test CA whose CN is its name (Heroku Private/Shield mTLS).
     cat >"$data/pg_hba.conf" <<EOF
 # TYPE    DATABASE     USER        ADDRESS        METHOD
 local     all          all                        trust
+hostssl   all          $CERT_USER  127.0.0.1/32   scram-sha-256 clientcert=verify-full
 hostssl   all          all         127.0.0.1/32   scram-sha-256
 hostssl   replication  $REPL_USER  127.0.0.1/32   scram-sha-256
 EOF
@@ -363,6 +405,10 @@ do_start() {
 
     start_cluster primary
     create_roles "$PORT_primary"
+    psql_socket "$PORT_primary" >/dev/null <<EOF
+SET password_encryption = 'scram-sha-256';
+CREATE ROLE $CERT_USER WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD '$CERT_PASSWORD';
+EOF
 
     start_cluster plain
     create_roles "$PORT_plain"
@@ -396,6 +442,18 @@ do_start() {
         printf 'export TAP_HEROKU_TEST_READER_PASSWORD=%q\n' "$READER_PASSWORD"
         printf 'export TAP_HEROKU_TEST_CA=%q\n' "$DIR/ca.crt"
         printf 'export TAP_HEROKU_TEST_OTHER_CA=%q\n' "$DIR/other-ca.crt"
+        printf 'export TAP_HEROKU_TEST_CERT_USER=%q\n' "$CERT_USER"
+        printf 'export TAP_HEROKU_TEST_CERT_PASSWORD=%q\n' "$CERT_PASSWORD"
+        printf 'export TAP_HEROKU_TEST_CLIENT_CERT=%q\n' "$DIR/client.crt"
+        printf 'export TAP_HEROKU_TEST_CLIENT_KEY=%q\n' "$DIR/client.key"
+        printf 'export TAP_HEROKU_TEST_CLIENT_KEY_ENCRYPTED=%q\n' "$DIR/client-encrypted.key"
+        printf 'export TAP_HEROKU_TEST_CLIENT_KEY_ENCRYPTED_TRADITIONAL=%q\n' "$DIR/client-encrypted-traditional.key"
+        printf 'export TAP_HEROKU_TEST_CLIENT_KEY_DER=%q\n' "$DIR/client.der.key"
+        printf 'export TAP_HEROKU_TEST_CLIENT_KEY_PASSPHRASE=%q\n' "$CLIENT_KEY_PASSPHRASE"
+        printf 'export TAP_HEROKU_TEST_WRONG_CN_CERT=%q\n' "$DIR/client-wrong-cn.crt"
+        printf 'export TAP_HEROKU_TEST_WRONG_CN_KEY=%q\n' "$DIR/client-wrong-cn.key"
+        printf 'export TAP_HEROKU_TEST_OTHER_CA_CLIENT_CERT=%q\n' "$DIR/client-other-ca.crt"
+        printf 'export TAP_HEROKU_TEST_OTHER_CA_CLIENT_KEY=%q\n' "$DIR/client-other-ca.key"
         printf 'export TAP_HEROKU_TEST_PGBIN=%q\n' "$PGBIN"
     } >"$env_tmp"
     mv "$env_tmp" "$DIR/env"

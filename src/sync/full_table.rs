@@ -1,33 +1,37 @@
 //! FULL_TABLE: every row every run, with ACTIVATE_VERSION as singer-io's tap-postgres does it.
 //!
 //! By default (`full_table_order: physical`) tables and materialized views are read in storage
-//! order in ranges of blocks and resume at the next block ([`super::physical`]). Otherwise (the
-//! config says `primary_key`, the server predates PostgreSQL 14, or a partitioned table) tables
-//! with a primary key are read `order by <pk>` and the last key sent is kept in the bookmark as
-//! `last_pk_fetched`; an interrupted sync resumes with `where (pk) > (last)` and the same table
-//! version, so nothing is sent twice and nothing is skipped among rows that existed when the
-//! first run started. Views, and tables without a primary key read that way, are read with
-//! Stitch's plain `select cols from t` and start over (with a new version) when interrupted.
+//! order and resume at the next block ([`super::blocks`]). Otherwise (the config says
+//! `primary_key`, the server predates PostgreSQL 14, a partitioned table, an inheritance
+//! parent, or a role with column grants only) tables with a primary key are read `order by <pk>`
+//! and the last key sent is kept in the bookmark as `last_pk_fetched`; an interrupted sync
+//! resumes with `where (pk) > (last)` and the same table version, so nothing is sent twice and
+//! nothing is skipped among rows that existed when the first run started; an inheritance parent,
+//! whose children may repeat its keys, resumes at the last key (`>=`) instead, sending the rows
+//! with that key again. Views, and tables without a primary key read that way, are read with
+//! Stitch's plain `select cols from t` and start over (with a new version) when interrupted;
+//! when their connection is lost inside a run they are read again from the start.
 
 use std::io::Write;
 
-use postgres::Client;
 use serde_json::{Map, Value, json};
 
-use super::physical::{self, BlockMark, BlockRead};
-use super::{Limits, Outcome, RowSink, Source, StreamPlan, bookmark_param, now_version, run_query};
+use super::blocks::{self, BlockMark, BlockRead};
+use super::pipeline::{self, Context, Reached, Source};
+use super::plan::{StreamPlan, bookmark_param};
+use super::sink::RowSink;
+use super::{Outcome, now_version};
 use crate::error::Result;
 use crate::message::MessageWriter;
-use crate::query::{self, KeyColumn};
+use crate::query::{self, KeyColumn, KeyStart};
 use crate::state::State;
 
 /// Syncs one FULL_TABLE stream.
 pub(super) fn sync<W: Write>(
-    client: &mut Client,
+    cx: &mut Context<'_>,
     plan: &mut StreamPlan,
     state: &mut State,
     writer: &mut MessageWriter<W>,
-    limits: &Limits<'_>,
 ) -> Result<Outcome> {
     let id = plan.selected.tap_stream_id.clone();
     let stream = plan.selected.stream.clone();
@@ -47,11 +51,11 @@ pub(super) fn sync<W: Write>(
     };
     let block_reads = plan.block_reads.filter(|_| resume_from.is_none());
     let mut block_resume = match (block_reads, bookmark.get("block_resume").and_then(BlockMark::from_value)) {
-        (Some(oid), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
+        (Some((oid, _)), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
         _ => None,
     };
     if let Some((oid, mark)) = block_resume
-        && !physical::resumable(client, oid, &mark)?
+        && !blocks::resumable(&mut cx.session.client, oid, &mark)?
     {
         log::info!(
             "stream {id}: the table was rewritten (VACUUM FULL, CLUSTER, TRUNCATE, ...) or too many transactions passed since the interrupted sync; it is read again from the start"
@@ -93,50 +97,78 @@ pub(super) fn sync<W: Write>(
     }
 
     let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
-    let (schema_name, table_name) = (&plan.selected.schema_name, &plan.selected.table_name);
-    let outcome = if let Some(oid) = block_reads {
-        let range_sql = query::full_table_blocks(&items, schema_name, table_name);
-        let catch_up_sql = query::full_table_catch_up(&items, schema_name, table_name);
-        let read = BlockRead {
-            stream_id: &id,
-            oid,
-            range_sql: &range_sql,
-            catch_up_sql: &catch_up_sql,
-            resume: block_resume.map(|(_, mark)| mark),
-            itersize: limits.config.itersize,
-        };
-        let mut sink = RowSink::new(plan, version, Vec::new());
-        run_query(client, (Source::Blocks(read), &plan.search_path), &mut plan.columns, &mut sink, writer, limits, |_, writer, mark| {
-            if let Some(mark) = mark {
-                bookmark.insert("block_resume".into(), mark.to_value());
-            }
-            state.set_bookmark(&id, bookmark.clone());
-            writer.write_state(&state.to_value())
-        })?
+    let (schema_name, table_name) = (plan.selected.schema_name.clone(), plan.selected.table_name.clone());
+    let search_path = plan.search_path.clone();
+    let outcome = if let Some((oid, lockable)) = block_reads {
+        let new_read = |resume| BlockRead::new(oid, (&schema_name, &table_name), lockable, &items, resume);
+        let source = Source::Blocks(new_read(block_resume.map(|(_, mark)| mark.into())));
+        let mut sink = RowSink::new(plan, version, Vec::new()).skip_columns(1);
+        pipeline::run(
+            cx,
+            (source, &search_path),
+            (&mut plan.columns, &mut sink),
+            writer,
+            |reached| match reached {
+                Reached::Blocks(resume) => Some(Source::Blocks(new_read(Some(resume)))),
+                Reached::Rows(_) => None,
+            },
+            |_, writer, mark| {
+                if let Some(mark) = mark {
+                    bookmark.insert("block_resume".into(), mark.to_value());
+                }
+                state.set_bookmark(&id, bookmark.clone());
+                writer.write_state(&state.to_value())
+            },
+        )?
     } else {
         let key_names: Vec<String> = plan.order_keys.iter().map(|(i, _)| plan.columns[*i].name.clone()).collect();
-        let keys: Vec<KeyColumn<'_>> =
-            plan.order_keys.iter().zip(&key_names).map(|((_, cast_type), name)| KeyColumn { name, cast_type }).collect();
-        let sql = query::full_table(&items, schema_name, table_name, &keys, resume_from.is_some());
-        let params = resume_from.unwrap_or_default();
+        let key_casts: Vec<String> = plan.order_keys.iter().map(|(_, cast_type)| cast_type.clone()).collect();
+        let keys: Vec<KeyColumn<'_>> = key_names.iter().zip(&key_casts).map(|(name, cast_type)| KeyColumn { name, cast_type }).collect();
+        let repeat = plan.order_keys_repeat;
+        let query_from = |last: Option<Vec<String>>| {
+            let start = match &last {
+                None => KeyStart::First,
+                Some(_) if repeat => KeyStart::AtOrAfter,
+                Some(_) => KeyStart::After,
+            };
+            Source::Query { sql: query::full_table(&items, &schema_name, &table_name, &keys, start), params: last.unwrap_or_default() }
+        };
         let tracked: Vec<usize> = plan.order_keys.iter().map(|(i, _)| *i).collect();
+        let encoders: Vec<_> = tracked.iter().map(|&i| plan.columns[i].encoder.clone()).collect();
         let mut sink = RowSink::new(plan, version, tracked);
-        let source = Source::Query { sql: &sql, params: &params };
-        run_query(client, (source, &plan.search_path), &mut plan.columns, &mut sink, writer, limits, |sink, writer, _| {
-            if !key_names.is_empty() {
-                let mut last = Map::new();
-                for (t, name) in key_names.iter().enumerate() {
-                    if let Some(v) = sink.last_value(t) {
-                        last.insert(name.clone(), v);
+        let source = query_from(resume_from.clone());
+        pipeline::run(
+            cx,
+            (source, &search_path),
+            (&mut plan.columns, &mut sink),
+            writer,
+            |reached| {
+                let Reached::Rows(sink) = reached else { return None };
+                if keys.is_empty() {
+                    // No resume point: read again from the start (the rows are sent again).
+                    return Some(query_from(None));
+                }
+                // After the last key written in this run, or where the run began.
+                let written: Option<Vec<String>> =
+                    encoders.iter().enumerate().map(|(t, encoder)| sink.last_value(t).map(|v| bookmark_param(&v, encoder))).collect();
+                Some(query_from(written.or_else(|| resume_from.clone())))
+            },
+            |sink, writer, _| {
+                if !key_names.is_empty() {
+                    let mut last = Map::new();
+                    for (t, name) in key_names.iter().enumerate() {
+                        if let Some(v) = sink.last_value(t) {
+                            last.insert(name.clone(), v);
+                        }
+                    }
+                    if last.len() == key_names.len() {
+                        bookmark.insert("last_pk_fetched".into(), Value::Object(last));
                     }
                 }
-                if last.len() == key_names.len() {
-                    bookmark.insert("last_pk_fetched".into(), Value::Object(last));
-                }
-            }
-            state.set_bookmark(&id, bookmark.clone());
-            writer.write_state(&state.to_value())
-        })?
+                state.set_bookmark(&id, bookmark.clone());
+                writer.write_state(&state.to_value())
+            },
+        )?
     };
     if outcome == Outcome::Complete {
         bookmark.remove("last_pk_fetched");

@@ -4,35 +4,39 @@
 //! NULL, written to state after every batch. `>=` sends rows equal to the bookmark again on the
 //! next run, so rows sharing the last key value are never skipped (at-least-once). Rows whose key
 //! is NULL sort last and are sent on the first run only, as in tap-postgres (while every key is
-//! NULL no bookmark exists, so they are sent again).
+//! NULL no bookmark exists, so they are sent again). A connection lost inside a run resumes the
+//! same way from the last key written.
 
 use std::io::Write;
 
-use postgres::Client;
 use serde_json::{Value, json};
 
-use super::{Limits, Outcome, RowSink, Source, StreamPlan, bookmark_param, now_version, run_query};
-use crate::error::Result;
+use super::pipeline::{self, Context, Reached, Source};
+use super::plan::{StreamPlan, bookmark_param};
+use super::sink::RowSink;
+use super::{Outcome, now_version};
+use crate::error::{Error, ErrorKind, Result};
 use crate::message::MessageWriter;
 use crate::query::{self, KeyColumn};
 use crate::state::State;
 
 /// Syncs one INCREMENTAL stream.
 pub(super) fn sync<W: Write>(
-    client: &mut Client,
+    cx: &mut Context<'_>,
     plan: &mut StreamPlan,
     state: &mut State,
     writer: &mut MessageWriter<W>,
-    limits: &Limits<'_>,
 ) -> Result<Outcome> {
     let id = plan.selected.tap_stream_id.clone();
     let stream = plan.selected.stream.clone();
-    let (key_index, cast_type) = plan.replication_key.clone().expect("INCREMENTAL plans have a key");
+    let Some((key_index, cast_type)) = plan.replication_key.clone() else {
+        return Err(Error::new(ErrorKind::Internal, "an INCREMENTAL stream was planned without a replication key"));
+    };
     let key_name = plan.columns[key_index].name.clone();
+    let encoder = plan.columns[key_index].encoder.clone();
     let mut bookmark = plan.bookmark.clone();
     let version = bookmark.get("version").and_then(Value::as_i64).unwrap_or_else(now_version);
-    let start_value =
-        bookmark.get("replication_key_value").filter(|v| !v.is_null()).map(|v| bookmark_param(v, &plan.columns[key_index].encoder));
+    let start_value = bookmark.get("replication_key_value").filter(|v| !v.is_null()).map(|v| bookmark_param(v, &encoder));
     bookmark.insert("last_replication_method".into(), json!("INCREMENTAL"));
     bookmark.insert("replication_key".into(), json!(key_name));
     bookmark.insert("version".into(), json!(version));
@@ -42,17 +46,32 @@ pub(super) fn sync<W: Write>(
 
     let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
     let key = KeyColumn { name: &key_name, cast_type: &cast_type };
-    let sql = query::incremental(&items, &plan.selected.schema_name, &plan.selected.table_name, &key, start_value.is_some());
-    let params: Vec<String> = start_value.into_iter().collect();
+    let (schema_name, table_name) = (plan.selected.schema_name.clone(), plan.selected.table_name.clone());
+    let query_from = |value: Option<String>| Source::Query {
+        sql: query::incremental(&items, &schema_name, &table_name, &key, value.is_some()),
+        params: value.into_iter().collect(),
+    };
+    let search_path = plan.search_path.clone();
     let mut sink = RowSink::new(plan, version, vec![key_index]);
-    let source = Source::Query { sql: &sql, params: &params };
-    let outcome = run_query(client, (source, &plan.search_path), &mut plan.columns, &mut sink, writer, limits, |sink, writer, _| {
-        if let Some(v) = sink.last_value(0) {
-            bookmark.insert("replication_key_value".into(), v);
-        }
-        state.set_bookmark(&id, bookmark.clone());
-        writer.write_state(&state.to_value())
-    })?;
+    let outcome = pipeline::run(
+        cx,
+        (query_from(start_value.clone()), &search_path),
+        (&mut plan.columns, &mut sink),
+        writer,
+        |reached| {
+            let Reached::Rows(sink) = reached else { return None };
+            // From the last key written in this run (its rows again), or where the run began.
+            let written = sink.last_value(0).map(|v| bookmark_param(&v, &encoder));
+            Some(query_from(written.or_else(|| start_value.clone())))
+        },
+        |sink, writer, _| {
+            if let Some(v) = sink.last_value(0) {
+                bookmark.insert("replication_key_value".into(), v);
+            }
+            state.set_bookmark(&id, bookmark.clone());
+            writer.write_state(&state.to_value())
+        },
+    )?;
     if outcome == Outcome::Complete {
         state.set_currently_syncing(None);
         writer.write_state(&state.to_value())?;

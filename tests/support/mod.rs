@@ -1,8 +1,11 @@
-//! Shared fixtures of the integration tests: the Heroku-like server that `tests/run.sh` starts
-//! (SSL, scram passwords, read-only roles), a fresh database and role per test, and `tap()`,
-//! which runs the real binary and parses what it printed.
+//! Shared fixtures of the integration tests: the Heroku-like servers of `tests/server.sh` (SSL,
+//! scram passwords, read-only roles), a fresh database and role per test, and `tap()`, which
+//! runs the real binary and parses what it printed.
 //!
-//! A missing server is a failure naming `tests/run.sh`, never a silent pass.
+//! The servers are those `tests/run.sh` started (its `TAP_HEROKU_TEST_*` variables), or, under a
+//! plain `cargo test`, servers this test process starts on first use and a watchdog stops once
+//! the process has exited. Servers that cannot start are a failure naming the cause, never a
+//! silent pass.
 
 #![allow(dead_code)]
 
@@ -10,7 +13,8 @@ pub mod link;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Once;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use postgres::{Client, NoTls};
 use serde_json::{Value, json};
@@ -38,29 +42,141 @@ pub struct Server {
     pub ca: String,
     /// An unrelated CA.
     pub other_ca: String,
+    /// Every `TAP_HEROKU_TEST_*` variable of the servers (client certificates, ...).
+    vars: Vec<(String, String)>,
 }
 
-/// Reads one required variable.
-fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the integration tests with tests/run.sh, which starts the Heroku-like PostgreSQL they need")
+impl Server {
+    /// The value of the servers' variable `name` (`TAP_HEROKU_TEST_CERT_USER`, ...).
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The servers, found or started by the first test that needs them.
+static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+
+/// Whether a test has already reported that the servers are missing (the others say less).
+static SERVER_FAILURE_REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// The test servers: those of `tests/run.sh`, or servers started for this test process.
+pub fn server() -> &'static Server {
+    match SERVER.get_or_init(|| if std::env::var_os("TAP_HEROKU_TEST_PORT").is_some() { server_from_env() } else { start_servers() }) {
+        Ok(s) => s,
+        // Every test fails, but only the first one repeats the whole reason.
+        Err(e) if !SERVER_FAILURE_REPORTED.swap(true, Ordering::SeqCst) => panic!("{e}"),
+        Err(_) => panic!("no test servers (see the first failing test for why)"),
+    }
+}
+
+/// The servers `tests/run.sh` started, from its `TAP_HEROKU_TEST_*` variables.
+fn server_from_env() -> Result<Server, String> {
+    let vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("TAP_HEROKU_TEST_")).collect();
+    server_from_vars(&vars)
+}
+
+/// A `Server` from `TAP_HEROKU_TEST_*` name/value pairs.
+fn server_from_vars(vars: &[(String, String)]) -> Result<Server, String> {
+    let var = |name: &str| -> Result<String, String> {
+        vars.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| format!("{name} is not set: run the tests with `cargo test` or tests/run.sh, which start the servers they need"))
+    };
+    let port = |name: &str| -> Result<u16, String> { var(name)?.parse().map_err(|e| format!("{name} is not a port number: {e}")) };
+    Ok(Server {
+        host: var("TAP_HEROKU_TEST_HOST")?,
+        port: port("TAP_HEROKU_TEST_PORT")?,
+        standby_port: port("TAP_HEROKU_TEST_STANDBY_PORT")?,
+        plain_port: port("TAP_HEROKU_TEST_PLAIN_PORT")?,
+        socket_dir: var("TAP_HEROKU_TEST_SOCKET_DIR")?,
+        admin_user: var("TAP_HEROKU_TEST_ADMIN_USER")?,
+        admin_password: var("TAP_HEROKU_TEST_ADMIN_PASSWORD")?,
+        ca: var("TAP_HEROKU_TEST_CA")?,
+        other_ca: var("TAP_HEROKU_TEST_OTHER_CA")?,
+        vars: vars.to_vec(),
     })
 }
 
-/// The test servers.
-pub fn server() -> Server {
-    let port = |n: &str| var(n).parse::<u16>().expect("port variable is a number");
-    Server {
-        host: var("TAP_HEROKU_TEST_HOST"),
-        port: port("TAP_HEROKU_TEST_PORT"),
-        standby_port: port("TAP_HEROKU_TEST_STANDBY_PORT"),
-        plain_port: port("TAP_HEROKU_TEST_PLAIN_PORT"),
-        socket_dir: var("TAP_HEROKU_TEST_SOCKET_DIR"),
-        admin_user: var("TAP_HEROKU_TEST_ADMIN_USER"),
-        admin_password: var("TAP_HEROKU_TEST_ADMIN_PASSWORD"),
-        ca: var("TAP_HEROKU_TEST_CA"),
-        other_ca: var("TAP_HEROKU_TEST_OTHER_CA"),
+/// Starts the servers of `tests/server.sh` in a fresh directory under the temp directory, and a
+/// watchdog that stops them and removes the directory once this process has exited.
+///
+/// The test harness runs tests in threads and has no hook at exit, so the stop is left to a
+/// separate process that polls this one's pid; it runs in its own process group, so a Ctrl-C
+/// that ends `cargo test` does not end the watchdog before it has stopped the servers.
+/// `TAP_HEROKU_TEST_KEEP=1` leaves them running and says how to stop them.
+fn start_servers() -> Result<Server, String> {
+    use std::os::unix::process::CommandExt;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/server.sh");
+    // A short path: unix socket paths are length-limited (tests/run.sh does the same).
+    let base = std::env::var_os("TAP_HEROKU_TEST_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("tap-heroku-cargo-test.{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    // The servers run as the "postgres" OS user when we are root: the directory must be theirs to enter.
+    let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    let stop = |dir: &Path| {
+        let _ = Command::new("bash").arg(script).arg("stop").arg(dir).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = std::fs::remove_dir_all(dir);
+    };
+    eprintln!("tests: starting throw-away PostgreSQL servers in {} (tests/server.sh)", dir.display());
+    let out = Command::new("bash").arg(script).arg("start").arg(&dir).stdin(Stdio::null()).process_group(0).output();
+    let out = match out {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            stop(&dir);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // The reason, not server.sh's closing "start failed ...; stopping" line.
+            let last = stderr.lines().rfind(|l| !l.trim().is_empty() && !l.contains("start failed")).unwrap_or("(no output)");
+            return Err(format!("the test servers did not start: {last}\n(tests/server.sh start output:\n{stderr})"));
+        }
+        Err(e) => {
+            stop(&dir);
+            return Err(format!("the test servers did not start: running bash {script}: {e}"));
+        }
+    };
+    drop(out);
+    let server = read_env_file(&dir.join("env")).and_then(|vars| server_from_vars(&vars));
+    if std::env::var("TAP_HEROKU_TEST_KEEP").as_deref() == Ok("1") {
+        eprintln!(
+            "tests: TAP_HEROKU_TEST_KEEP=1: leaving the servers running; stop with: tests/server.sh stop {0} && rm -rf {0}",
+            dir.display()
+        );
+        return server;
     }
+    let watchdog = Command::new("bash")
+        .arg("-c")
+        .arg(r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; bash "$2" stop "$3"; rm -rf "$3""#)
+        .arg("tap-heroku-test-watchdog")
+        .arg(std::process::id().to_string())
+        .arg(script)
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Err(e) = watchdog {
+        stop(&dir);
+        return Err(format!("starting the watchdog that stops the test servers: {e}"));
+    }
+    server
+}
+
+/// The variables of the env file `tests/server.sh start` writes (`export NAME=value` lines with
+/// `printf %q` values), read by the shell that wrote them so that any quoting is undone.
+fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#". "$1" && for v in ${!TAP_HEROKU_TEST_@}; do printf '%s=%s\0' "$v" "${!v}"; done"#)
+        .arg("read-env")
+        .arg(path)
+        .output()
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    if !out.status.success() {
+        return Err(format!("reading {}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let text = String::from_utf8(out.stdout).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Ok(text.split('\0').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
 }
 
 /// A superuser connection over the unix socket of the server on `port`.
@@ -77,12 +193,16 @@ pub fn admin_client(port: u16, dbname: &str) -> Client {
 
 /// Makes sure no test database is reachable through PUBLIC's CONNECT on `postgres`.
 fn lock_down_postgres_db() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    let done = DONE.get_or_init(|| {
         admin_client(server().port, "postgres")
             .batch_execute("revoke connect on database postgres from public")
-            .expect("revoking connect on postgres");
+            .map_err(|e| format!("revoking connect on postgres: {e}"))
     });
+    // A failure here is reported by every test that needs it, without poisoning a `Once`.
+    if let Err(e) = done {
+        panic!("{e}");
+    }
 }
 
 /// A fresh database with its own read-only login role (same name), dropped on `Drop`.
@@ -189,9 +309,15 @@ pub fn write_json(value: &Value) -> PathBuf {
     write_text(&value.to_string())
 }
 
+/// The directory for the tests' files: inside the servers' directory, so that it goes when they
+/// are stopped (by tests/run.sh or the watchdog of [`start_servers`]).
+pub fn files_dir() -> PathBuf {
+    PathBuf::from(&server().socket_dir).join("files")
+}
+
 /// Writes text to a fresh temporary file and returns its path.
 pub fn write_text(text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join("tap-heroku-tests");
+    let dir = files_dir();
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(format!("{}.json", uuid::Uuid::new_v4().simple()));
     std::fs::write(&path, text).expect("writing temp file");
@@ -344,7 +470,8 @@ pub fn sync(config: &Path, catalog: &Value, state: Option<&Value>) -> TapOutput 
 }
 
 /// Checks every RECORD against its stream's latest SCHEMA: property names, JSON types (with
-/// `$ref` into `definitions`), integer bounds and maxLength. Panics with the offending record.
+/// `$ref` into `definitions`), integer bounds, maxLength and the `date-time` format (RFC 3339
+/// with a year Python can hold). Panics with the offending record.
 pub fn assert_records_match_schemas(messages: &[Value]) {
     let mut schemas = std::collections::HashMap::new();
     for m in messages {
@@ -396,6 +523,11 @@ fn validates(v: &Value, schema: &Value, root: &Value) -> bool {
             return false;
         }
     }
+    if let (Value::String(s), Some("date-time")) = (v, schema.get("format").and_then(Value::as_str))
+        && !is_rfc3339_date_time(s)
+    {
+        return false;
+    }
     if let (Value::String(s), Some(max)) = (v, schema.get("maxLength").and_then(Value::as_u64))
         && s.chars().count() as u64 > max
     {
@@ -407,6 +539,49 @@ fn validates(v: &Value, schema: &Value, root: &Value) -> bool {
         return items.iter().all(|i| validates(i, item_schema, root));
     }
     true
+}
+
+/// RFC 3339 `date-time` (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`, fields in range) with a year
+/// in 1..=9999, the years Python's `datetime` (and so singer-python and most targets) holds.
+pub fn is_rfc3339_date_time(s: &str) -> bool {
+    let b = s.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<u32> {
+        let part = b.get(range)?;
+        if part.iter().all(u8::is_ascii_digit) { std::str::from_utf8(part).ok()?.parse().ok() } else { None }
+    };
+    let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) =
+        (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16), num(17..19))
+    else {
+        return false;
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+        return false;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=9999).contains(&year) || !(1..=12).contains(&month) || day < 1 || day > days_in_month[month as usize - 1] {
+        return false;
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return false;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &frac[digits..];
+    }
+    match rest.as_bytes() {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
+            [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit())
+                && (h1 - b'0') * 10 + (h2 - b'0') <= 23
+                && (m1 - b'0') * 10 + (m2 - b'0') <= 59
+        }
+        _ => false,
+    }
 }
 
 /// The ids a resumed physical FULL_TABLE read sends again before reading on: rows of `table`

@@ -1,0 +1,265 @@
+//! FULL_TABLE in storage order: a table (or materialized view) read as one statement,
+//! `select ctid, <cols> from t where ctid >= $1`, which PostgreSQL 14+ answers with a TID range
+//! scan (or a sequential scan with synchronized scans off): rows come in storage order at the
+//! cost of a plain sequential scan, without the ordered index scan (or sort) that resuming by
+//! primary key needs, and also for tables without a primary key.
+//!
+//! The statement streams the whole table in one request, so the number of round trips does not
+//! grow with the table. Batches are cut by the pipeline at block boundaries once about
+//! `itersize` rows were written: the `ctid` of the next row says that every row of the blocks
+//! before it was sent, which is what the bookmark's `block_resume` records (`next_block`, the
+//! table's `relfilenode`, the snapshot's `snapshot_xmin`). No statistics are involved, so a
+//! batch is never much more than `itersize` rows (at most one block's rows more).
+//!
+//! An interrupted sync resumes with the same table version: it first sends the rows before the
+//! resume point that are newer than the interrupted run's snapshot (`age(xmin)` no older than
+//! its `snapshot_xmin`: rows inserted or updated since, which may have moved into earlier
+//! blocks), then reads on from it. A lost connection resumes the same way inside the run, from
+//! the exact `ctid` of the last row written. A rewritten table (`VACUUM FULL`, `CLUSTER`,
+//! `TRUNCATE`, a rewriting `ALTER TABLE`: a new relfilenode) or a resume point too old for
+//! 32-bit transaction ids starts over with a new version.
+//!
+//! This module knows the queries and the storage checks; the pipeline runs them.
+
+use serde_json::{Value, json};
+use tokio_postgres::types::Type;
+
+use crate::connect::classify;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::Client;
+use crate::query;
+
+/// The mark after the last block: past every block a table can have.
+pub const END_BLOCK: u64 = u32::MAX as u64;
+/// How many transaction ids may pass before a resume point is too old to compare 32-bit xmins
+/// with (half of the 2^31 that `age()` can tell apart).
+const MAX_RESUME_XID_AGE: u64 = 1 << 30;
+
+/// Where a block-range read stands: rows visible to the snapshot whose xmin horizon is
+/// `snapshot_xmin` in blocks before `next_block` have been sent; the table's storage is
+/// `relfilenode`. Kept in the bookmark as `block_resume`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockMark {
+    /// First block not yet read.
+    pub next_block: u64,
+    /// `pg_relation_filenode` of the table when it was read.
+    pub relfilenode: u64,
+    /// `txid_snapshot_xmin` (epoch-qualified) of that run's snapshot.
+    pub snapshot_xmin: u64,
+}
+
+impl BlockMark {
+    /// The bookmark form.
+    pub fn to_value(self) -> Value {
+        json!({"next_block": self.next_block, "relfilenode": self.relfilenode, "snapshot_xmin": self.snapshot_xmin})
+    }
+
+    /// Reads the bookmark form; `None` when it is not one.
+    pub fn from_value(value: &Value) -> Option<BlockMark> {
+        let field = |name: &str| value.get(name).and_then(Value::as_u64);
+        // Block numbers are 32-bit; END_BLOCK is the mark after the last block.
+        let next_block = field("next_block").filter(|&b| b <= END_BLOCK)?;
+        Some(BlockMark { next_block, relfilenode: field("relfilenode")?, snapshot_xmin: field("snapshot_xmin")? })
+    }
+}
+
+/// A tuple's place: block and line pointer (offsets start at 1, so `(b, 0)` is before every
+/// tuple of block `b`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tid {
+    /// Block number.
+    pub block: u32,
+    /// Line pointer within the block.
+    pub offset: u16,
+}
+
+impl Tid {
+    /// The first place of block `block`.
+    pub fn block_start(block: u64) -> Tid {
+        Tid { block: u32::try_from(block).unwrap_or(u32::MAX), offset: 0 }
+    }
+
+    /// The place right after this one.
+    pub fn next(self) -> Tid {
+        match self.offset.checked_add(1) {
+            Some(offset) => Tid { offset, ..self },
+            None => Tid { block: self.block.saturating_add(1), offset: 0 },
+        }
+    }
+
+    /// Decodes the binary `tid` (block number, then line pointer, big-endian).
+    pub fn from_wire(raw: &[u8]) -> Option<Tid> {
+        let block = u32::from_be_bytes(raw.get(0..4)?.try_into().ok()?);
+        let offset = u16::from_be_bytes(raw.get(4..6)?.try_into().ok()?);
+        Some(Tid { block, offset })
+    }
+
+    /// PostgreSQL's text form, `(block,offset)`, bound as a parameter.
+    pub fn to_text(self) -> String {
+        format!("({},{})", self.block, self.offset)
+    }
+}
+
+/// Where a read starts again: every row visible to the snapshot with `snapshot_xmin` that lies
+/// before `from` in the storage `relfilenode` has been sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// First place not yet read.
+    pub from: Tid,
+    /// The storage read then.
+    pub relfilenode: u64,
+    /// That read's snapshot xmin (epoch-qualified).
+    pub snapshot_xmin: u64,
+}
+
+impl From<BlockMark> for Resume {
+    fn from(mark: BlockMark) -> Resume {
+        Resume { from: Tid::block_start(mark.next_block), relfilenode: mark.relfilenode, snapshot_xmin: mark.snapshot_xmin }
+    }
+}
+
+/// One storage-order read of a table.
+pub struct BlockRead {
+    /// `pg_class.oid` of the table when planned.
+    pub oid: u32,
+    /// The table's qualified, quoted name.
+    pub table: String,
+    /// A table (`LOCK TABLE` works), not a materialized view.
+    pub lockable: bool,
+    /// `select ctid, <items> from <table> where ctid >= $1` (see [`query::full_table_blocks`]).
+    pub select_sql: String,
+    /// `select ctid, <items> from <table> where ctid < $1 and <xmin newer than $2>`.
+    pub catch_up_sql: String,
+    /// Where an interrupted read stopped, already checked by [`resumable`].
+    pub resume: Option<Resume>,
+}
+
+impl BlockRead {
+    /// A read of `items` of `schema`.`table` from the start, or from `resume`.
+    pub fn new(oid: u32, (schema, table): (&str, &str), lockable: bool, items: &[String], resume: Option<Resume>) -> BlockRead {
+        let mut with_ctid = Vec::with_capacity(items.len() + 1);
+        with_ctid.push("ctid".to_string());
+        with_ctid.extend_from_slice(items);
+        BlockRead {
+            oid,
+            table: query::qualified_name(schema, table),
+            lockable,
+            select_sql: query::full_table_blocks(&with_ctid, schema, table),
+            catch_up_sql: query::full_table_catch_up(&with_ctid, schema, table),
+            resume,
+        }
+    }
+}
+
+/// What the start of a read found: the storage and snapshot it reads, and whether it first
+/// catches up on rows changed before the resume point.
+#[derive(Clone, Copy, Debug)]
+pub struct Start {
+    /// `pg_relation_filenode` now.
+    pub relfilenode: u64,
+    /// This transaction's snapshot xmin (epoch-qualified).
+    pub snapshot_xmin: u64,
+    /// The resume point when it is still valid for this storage (a catch-up comes first).
+    pub resume: Option<Resume>,
+}
+
+impl Start {
+    /// The bookmark mark for "blocks before `next_block` are sent" in this read.
+    pub fn mark(&self, next_block: u64) -> BlockMark {
+        BlockMark { next_block, relfilenode: self.relfilenode, snapshot_xmin: self.snapshot_xmin }
+    }
+}
+
+/// Whether `mark` can still be resumed from: the table has the same storage and not too many
+/// transactions passed for 32-bit xmin comparisons.
+pub fn resumable(client: &mut Client, oid: u32, mark: &BlockMark) -> Result<bool> {
+    let row = client
+        .query_opt("select pg_relation_filenode($1::oid)::bigint, txid_snapshot_xmax(txid_current_snapshot())", &[(&oid, Type::OID)])
+        .map_err(|e| classify(e, "checking the table's storage for resuming", crate::config::SslMode::Require))?;
+    let Some(row) = row else { return Ok(false) };
+    let internal = |e| Error::new(ErrorKind::Internal, "checking the table's storage").with_source(e);
+    let relfilenode: Option<i64> = row.try_get(0).map_err(internal)?;
+    let xmax: i64 = row.try_get(1).map_err(internal)?;
+    let same_storage = relfilenode.is_some_and(|f| f as u64 == mark.relfilenode);
+    let recent = (xmax as u64).checked_sub(mark.snapshot_xmin).is_some_and(|age| age < MAX_RESUME_XID_AGE);
+    Ok(same_storage && recent)
+}
+
+/// The statements that open a read, in the stream's REPEATABLE READ transaction, before its
+/// snapshot is taken: a table is locked (ACCESS SHARE, held to the end of the transaction) so
+/// that a rewrite under way (VACUUM FULL, CLUSTER, TRUNCATE, a rewriting ALTER TABLE) is waited
+/// for and then seen, and one that commits later waits for this read. A materialized view cannot
+/// be locked by LOCK TABLE: reading it takes the snapshot first and the lock after, so a REFRESH
+/// can commit in between, which [`begin`]'s check then sees. (`pg_relation_size` locks only while
+/// it runs, and is no lock for this.) Synchronized and parallel scans are off so that rows come
+/// in storage order whatever plan the server picks.
+pub fn opening_sql(read: &BlockRead) -> String {
+    let lock = if read.lockable {
+        format!("lock table {} in access share mode", read.table)
+    } else {
+        format!("select from {} limit 0", read.table)
+    };
+    format!("set local synchronize_seqscans = off; set local max_parallel_workers_per_gather = 0; {lock}")
+}
+
+/// After [`opening_sql`]: reads the storage and the snapshot. `None` when the table was
+/// rewritten after this transaction's snapshot was taken (the relfilenode the snapshot sees in
+/// pg_class differs from the one in use now, which `pg_relation_filenode` reads from the
+/// current catalog): the snapshot may not see the new storage's rows, so the read must start
+/// over in a new transaction.
+pub async fn begin(client: &tokio_postgres::Client, read: &BlockRead) -> std::result::Result<Option<Start>, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "select pg_relation_filenode(c.oid)::bigint, txid_snapshot_xmin(txid_current_snapshot()), c.oid = $1, \
+             c.relfilenode::bigint = pg_relation_filenode(c.oid)::bigint \
+             from pg_class c where c.oid = cast($2::text as regclass)",
+            &[(&read.oid, Type::OID), (&read.table, Type::TEXT)],
+        )
+        .await?;
+    let Some(row) = rows.first() else { return Ok(None) };
+    let relfilenode = row.try_get::<_, Option<i64>>(0)?.unwrap_or(0) as u64;
+    let snapshot_xmin = row.try_get::<_, i64>(1)? as u64;
+    // A table dropped and created again under the same name since the plan is a new table.
+    let same_table: bool = row.try_get(2)?;
+    if !row.try_get::<_, Option<bool>>(3)?.unwrap_or(true) {
+        return Ok(None);
+    }
+    let resume = read.resume.filter(|r| same_table && r.relfilenode == relfilenode);
+    Ok(Some(Start { relfilenode, snapshot_xmin, resume }))
+}
+
+/// The parameters of the catch-up statement: the resume point and the interrupted snapshot's
+/// xmin as a 32-bit xid (`age()` compares ids on the wraparound circle).
+pub fn catch_up_params(resume: &Resume) -> [String; 2] {
+    [resume.from.to_text(), (resume.snapshot_xmin % (1 << 32)).to_string()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_round_trip_and_reject_other_shapes() {
+        let mark = BlockMark { next_block: 12, relfilenode: 16388, snapshot_xmin: 4_294_967_300 };
+        assert_eq!(BlockMark::from_value(&mark.to_value()), Some(mark));
+        assert_eq!(BlockMark::from_value(&json!({"next_block": 1, "relfilenode": 2})), None);
+        assert_eq!(BlockMark::from_value(&json!({"next_block": -1, "relfilenode": 2, "snapshot_xmin": 3})), None);
+        assert_eq!(BlockMark::from_value(&json!("12")), None);
+        let end = BlockMark { next_block: END_BLOCK, ..mark };
+        assert_eq!(BlockMark::from_value(&end.to_value()), Some(end));
+        assert_eq!(BlockMark::from_value(&json!({"next_block": END_BLOCK + 1, "relfilenode": 2, "snapshot_xmin": 3})), None);
+    }
+
+    #[test]
+    fn tids_order_decode_and_step() {
+        assert_eq!(Tid::from_wire(&[0, 0, 1, 0, 0, 7]), Some(Tid { block: 256, offset: 7 }));
+        assert_eq!(Tid::from_wire(&[0, 0, 1]), None);
+        assert!(Tid { block: 1, offset: 9 } < Tid { block: 2, offset: 1 });
+        assert_eq!(Tid { block: 3, offset: 5 }.next(), Tid { block: 3, offset: 6 });
+        assert_eq!(Tid { block: 3, offset: u16::MAX }.next(), Tid { block: 4, offset: 0 });
+        assert_eq!(Tid::block_start(7).to_text(), "(7,0)");
+        assert_eq!(Tid::block_start(END_BLOCK), Tid { block: u32::MAX, offset: 0 });
+        let resume = Resume::from(BlockMark { next_block: 4, relfilenode: 1, snapshot_xmin: (1 << 32) + 5 });
+        assert_eq!(catch_up_params(&resume), ["(4,0)".to_string(), "5".to_string()]);
+    }
+}

@@ -1,0 +1,447 @@
+//! Planning: a selected catalog stream checked against the live database and turned into a
+//! [`StreamPlan`] before anything is written: the table and each selected column still exist and
+//! are readable, their types can be encoded, the state's bookmark fits the key's type; then the
+//! stream's encoders, SCHEMA, resume keys and whether it can be read in block ranges.
+//!
+//! Catalog and state problems are `Catalog`/`State` errors (the run stops before output); a
+//! vanished or unreadable table or column is a `Query`/`Auth` error (the stream is skipped).
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value, json};
+use tokio_postgres::types::Type;
+
+use super::Session;
+use crate::catalog::SelectedStream;
+use crate::config::{Config, FullTableOrder, ReplicationMethod};
+use crate::connect::classify;
+use crate::discover::{self, Column, Scope};
+use crate::encode::write_json_str;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::Client;
+use crate::query::{self, KeyColumn};
+use crate::state::State;
+use crate::typemap::{self, Encoder};
+
+/// Most key columns a FULL_TABLE resume point can hold (wider keys sync without resume).
+pub const MAX_TRACKED_COLUMNS: usize = 8;
+
+/// One column to emit.
+pub struct ColumnPlan {
+    /// Column name.
+    pub name: String,
+    /// `"name":` rendered once.
+    pub key: Vec<u8>,
+    /// SELECT-list entry.
+    pub select_item: String,
+    /// Encoder of its wire value.
+    pub encoder: Encoder,
+    /// Special values met (see `encode::NOTE_*`), for one warning per column.
+    pub notes: u8,
+}
+
+/// Everything needed to sync one stream, decided before any output.
+pub struct StreamPlan {
+    /// The catalog's view of the stream.
+    pub selected: SelectedStream,
+    /// Columns in SELECT order.
+    pub columns: Vec<ColumnPlan>,
+    /// SCHEMA message `schema`.
+    pub schema: Value,
+    /// Key columns for ordering/resuming a FULL_TABLE sync: (index into `columns`, cast type).
+    pub order_keys: Vec<(usize, String)>,
+    /// The order keys may repeat (an inheritance parent reads its children's rows too): a
+    /// resumed key-order read starts at the last key sent (`>=`) instead of after it.
+    pub order_keys_repeat: bool,
+    /// INCREMENTAL key: (index into `columns`, cast type).
+    pub replication_key: Option<(usize, String)>,
+    /// FULL_TABLE in block ranges ([`physical`]): the table's oid, when the config asks for it,
+    /// the relation has storage (a table or materialized view) and the server has TID range
+    /// scans (PostgreSQL 14+); and whether it is a table (`LOCK TABLE` takes tables only).
+    pub block_reads: Option<(u32, bool)>,
+    /// The bookmark this run starts from (already adopted from a pipelinewise-style id).
+    pub bookmark: Map<String, Value>,
+    /// estimated rows (reltuples), for progress.
+    pub row_estimate: i64,
+    /// `search_path` for the stream's transaction: `public` plus the schemas of the key types'
+    /// comparison operators (e.g. citext installed in `heroku_ext`), so that `>=` and `>` on
+    /// the key are the type's own and agree with `order by`.
+    pub search_path: String,
+}
+
+/// Checks one stream against the live table and decides its columns, query and SCHEMA.
+pub fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut State, config: &Config) -> Result<StreamPlan> {
+    let relations =
+        discover::load_relations(&mut session.client, Scope::Table { schema: &selected.schema_name, name: &selected.table_name })?;
+    let table = query::qualified_name(&selected.schema_name, &selected.table_name);
+    let relation = relations.into_iter().next().ok_or_else(|| {
+        Error::new(ErrorKind::Query, format!("table {table} no longer exists or the role cannot see it"))
+            .with_hint("Run --discover again and update the catalog, or grant the role USAGE on the schema.")
+    })?;
+    if relation.columns.is_empty() {
+        return Err(Error::new(ErrorKind::Auth, format!("the role cannot read table {table}"))
+            .with_hint(format!("Grant it: GRANT SELECT ON {table} TO <role>; or deselect the stream.")));
+    }
+    if selected.columns.is_empty() {
+        return Err(Error::new(ErrorKind::Query, "no column is selected")
+            .with_hint("Select at least one column of the stream in the catalog, or deselect the stream."));
+    }
+    let live: HashMap<&str, &Column> = relation.columns.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut columns = Vec::with_capacity(selected.columns.len());
+    let mut properties = Map::new();
+    let mut cast_types = Vec::with_capacity(selected.columns.len());
+    for name in &selected.columns {
+        let column = live.get(name.as_str()).ok_or_else(|| {
+            // A lost privilege is the same failure whether it was the table's or the column's.
+            if relation.unreadable.contains(name) {
+                return Error::new(ErrorKind::Auth, format!("the role cannot read column {} of table {table}", query::quote_ident(name)))
+                    .with_hint(format!(
+                        "Grant it: GRANT SELECT ({}) ON {table} TO <role>; or deselect the column.",
+                        query::quote_ident(name)
+                    ));
+            }
+            Error::new(ErrorKind::Query, format!("selected column {} no longer exists", query::quote_ident(name)))
+                .with_hint("Run --discover again and update the catalog.")
+        })?;
+        let mapped = discover::column_type(&session.types, column, config).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Query,
+                format!("column {} now has type {}, which tap-heroku cannot encode", query::quote_ident(name), column.sql_datatype),
+            )
+            .with_hint("Deselect the column, or run --discover again and update the catalog.")
+        })?;
+        if let Some(was) = selected.sql_datatypes.get(name)
+            && *was != column.sql_datatype
+        {
+            log::warn!(
+                "stream {}: column {name} was {was} at discovery and is {} now; the SCHEMA message follows the database",
+                selected.tap_stream_id,
+                column.sql_datatype
+            );
+        }
+        // Only primary key columns are known never to be NULL (a view's key columns may be).
+        let not_null = relation.primary_key.contains(name);
+        properties.insert(name.clone(), Value::Object(discover::column_schema(mapped.schema, not_null)));
+        let mut key = Vec::with_capacity(name.len() + 3);
+        write_json_str(&mut key, name);
+        key.push(b':');
+        columns.push(ColumnPlan {
+            name: name.clone(),
+            key,
+            select_item: query::select_item(name, mapped.cast),
+            encoder: mapped.encoder,
+            notes: 0,
+        });
+        cast_types.push(column.cast_type.clone());
+    }
+    let schema = json!({"type": "object", "properties": properties, "definitions": typemap::array_definitions()});
+    let index_of = |name: &str| columns.iter().position(|c| c.name == name);
+
+    let alias = format!("{}-{}", selected.schema_name, selected.table_name);
+    let mut bookmark = state.take_bookmark(&selected.tap_stream_id, &alias);
+    let mut order_keys = Vec::new();
+    let mut replication_key = None;
+    let mut block_reads = None;
+    let mut order_keys_repeat = false;
+    match selected.method {
+        ReplicationMethod::FullTable => {
+            if bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != "FULL_TABLE") {
+                bookmark = Map::new();
+            }
+            let facts = if relation.relkind == b'v' { None } else { Some(probe_table(&mut session.client, &relation)?) };
+            if !selected.is_view && !relation.primary_key.is_empty() {
+                let keys: Option<Vec<usize>> = relation.primary_key.iter().map(|k| index_of(k)).collect();
+                // A resume point must be a bookmark the server can read back.
+                let keys = keys.filter(|k| k.len() <= MAX_TRACKED_COLUMNS && k.iter().all(|&i| bookmarkable(&columns[i].encoder)));
+                if let Some(keys) = keys {
+                    order_keys = keys.into_iter().map(|i| (i, cast_types[i].clone())).collect();
+                }
+            }
+            // The primary key of an inheritance parent is not unique across its children, whose
+            // rows the query reads too: a repeated key must not be skipped by `(pk) > (last)`.
+            order_keys_repeat = facts.as_ref().is_some_and(|f| f.has_children);
+            if config.full_table_order == FullTableOrder::Physical
+                && let Some(facts) = &facts
+            {
+                match facts.block_reads_refused(relation.relkind) {
+                    None => block_reads = Some((relation.oid, relation.relkind == b'r')),
+                    Some(reason) => log::info!(
+                        "stream {}: {reason}; it is read {}",
+                        selected.tap_stream_id,
+                        if order_keys.is_empty() { "without a resume point" } else { "in primary key order" }
+                    ),
+                }
+            }
+            if let Some(resume) = bookmark.get("block_resume").filter(|v| !v.is_null())
+                && super::blocks::BlockMark::from_value(resume).is_none()
+            {
+                return Err(Error::new(
+                    ErrorKind::State,
+                    "the state's bookmark block_resume is not an object of next_block, relfilenode and snapshot_xmin",
+                )
+                .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning)."));
+            }
+            if let Some(Value::Object(last)) = bookmark.get("last_pk_fetched") {
+                for (i, cast_type) in &order_keys {
+                    let column = &columns[*i];
+                    let key = KeyColumn { name: &column.name, cast_type };
+                    check_bookmark_value(&mut session.client, last.get(&column.name), &column.encoder, &key, "last_pk_fetched")?;
+                }
+            }
+        }
+        ReplicationMethod::Incremental => {
+            let key = selected.replication_key.as_deref().expect("INCREMENTAL streams have a key");
+            let i = index_of(key).expect("the replication key is a selected column");
+            let changed_method = bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != "INCREMENTAL");
+            let changed_key = bookmark.get("replication_key").and_then(Value::as_str).is_some_and(|k| k != key);
+            if changed_method || changed_key {
+                log::info!("stream {}: replication method or key changed; starting from the beginning", selected.tap_stream_id);
+                bookmark = Map::new();
+            }
+            let key_column = KeyColumn { name: key, cast_type: &cast_types[i] };
+            if !bookmarkable(&columns[i].encoder) {
+                return Err(Error::new(
+                    ErrorKind::Catalog,
+                    format!("replication-key {} is of a type whose values cannot be bookmarked", query::quote_ident(key)),
+                )
+                .with_hint(
+                    "Choose a replication key of a scalar type (timestamp, date, integer, numeric, text, uuid, ...), or use FULL_TABLE.",
+                ));
+            }
+            check_orderable(&mut session.client, &selected, &key_column)?;
+            check_bookmark_value(
+                &mut session.client,
+                bookmark.get("replication_key_value"),
+                &columns[i].encoder,
+                &key_column,
+                "replication_key_value",
+            )?;
+            if !selected.is_view && !has_leading_index(&mut session.client, relation.oid, key)? {
+                log::warn!(
+                    "stream {}: replication key {key} has no index; each sync scans the whole table. Create one: create index on {} ({})",
+                    selected.tap_stream_id,
+                    query::qualified_name(&selected.schema_name, &selected.table_name),
+                    query::quote_ident(key)
+                );
+            }
+            replication_key = Some((i, cast_types[i].clone()));
+        }
+        ReplicationMethod::LogBased => unreachable!("select_streams refuses LOG_BASED"),
+    }
+    let key_types: Vec<u32> = order_keys
+        .iter()
+        .map(|(i, _)| *i)
+        .chain(replication_key.as_ref().map(|(i, _)| *i))
+        .filter_map(|i| live.get(columns[i].name.as_str()).map(|c| session.types.base_type(c.typid)))
+        .collect();
+    let search_path = key_search_path(&mut session.client, &key_types)?;
+    Ok(StreamPlan {
+        selected,
+        columns,
+        schema,
+        order_keys,
+        order_keys_repeat,
+        replication_key,
+        block_reads,
+        bookmark,
+        row_estimate: relation.row_count,
+        search_path,
+    })
+}
+
+/// What FULL_TABLE needs to know of a table beyond its columns, read in one query.
+struct TableFacts {
+    /// `server_version_num`.
+    server_version: i32,
+    /// `pg_class.relhassubclass`: the table has (or had) inheritance children or partitions.
+    has_children: bool,
+    /// The role may SELECT the whole table (not only some columns).
+    table_select: bool,
+}
+
+impl TableFacts {
+    /// Why the relation cannot be read in block ranges, or `None` when it can: it needs storage
+    /// of its own (a table or materialized view, not a partitioned table), no inheritance
+    /// children (whose blocks `ctid` ranges would mix in), table-wide SELECT (`ctid` and `xmin`
+    /// are not covered by column grants), and TID range scans (PostgreSQL 14).
+    fn block_reads_refused(&self, relkind: u8) -> Option<&'static str> {
+        if self.server_version < 140_000 {
+            Some("reading by blocks needs PostgreSQL 14")
+        } else if !matches!(relkind, b'r' | b'm') {
+            Some("a partitioned table has no blocks of its own")
+        } else if self.has_children {
+            Some("a table with inheritance children is not read by blocks")
+        } else if !self.table_select {
+            Some("the role may read only some columns, and reading by blocks needs SELECT on the whole table")
+        } else {
+            None
+        }
+    }
+}
+
+/// Reads [`TableFacts`] of a table or materialized view.
+fn probe_table(client: &mut Client, relation: &discover::Relation) -> Result<TableFacts> {
+    let row = client
+        .query_opt(
+            "select current_setting('server_version_num')::int, c.relhassubclass, has_table_privilege(c.oid, 'select') \
+             from pg_class c where c.oid = $1",
+            &[(&relation.oid, Type::OID)],
+        )
+        .map_err(|e| classify(e, "reading pg_class", crate::config::SslMode::Require))?
+        .ok_or_else(|| Error::new(ErrorKind::Query, "the table no longer exists"))?;
+    let internal = |e| Error::new(ErrorKind::Internal, "reading pg_class").with_source(e);
+    Ok(TableFacts {
+        server_version: row.try_get(0).map_err(internal)?,
+        has_children: row.try_get(1).map_err(internal)?,
+        table_select: row.try_get(2).map_err(internal)?,
+    })
+}
+
+/// Whether values of this encoder can serve as a bookmark that the server reads back.
+fn bookmarkable(encoder: &Encoder) -> bool {
+    !matches!(encoder, Encoder::Array(_) | Encoder::Hstore | Encoder::Json | Encoder::JsonDocument)
+}
+
+/// Refuses, before any output, a replication key the server cannot compare and order (json,
+/// xml, point, ...), by preparing the query's comparison and ordering.
+fn check_orderable(client: &mut Client, selected: &SelectedStream, key: &KeyColumn<'_>) -> Result<()> {
+    let column = query::quote_ident(key.name);
+    let sql = format!(
+        "select 1 from {} where {column} >= cast($1::text as {}) order by {column}",
+        query::qualified_name(&selected.schema_name, &selected.table_name),
+        key.cast_type
+    );
+    match client.prepare_typed(&sql, &[Type::TEXT]) {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_db_error().is_some() => {
+            Err(Error::new(ErrorKind::Catalog, format!("replication-key {column} cannot be compared or ordered")).with_source(e).with_hint(
+                "Choose a replication key of an ordered type (timestamp, date, integer, numeric, text, uuid, ...), or use FULL_TABLE.",
+            ))
+        }
+        Err(e) => Err(classify(e, "checking the replication key", crate::config::SslMode::Require)),
+    }
+}
+
+/// `public` plus, quoted, every schema (other than pg_catalog and public) that holds the default
+/// btree comparison operators of the key types.
+fn key_search_path(client: &mut Client, key_types: &[u32]) -> Result<String> {
+    let mut path = String::from("public");
+    if key_types.is_empty() {
+        return Ok(path);
+    }
+    let rows = client
+        .query(
+            "select distinct n.nspname::text from pg_opclass c \
+             join pg_am am on am.oid = c.opcmethod and am.amname = 'btree' \
+             join pg_amop ao on ao.amopfamily = c.opcfamily and ao.amoplefttype = c.opcintype and ao.amoprighttype = c.opcintype \
+             join pg_operator o on o.oid = ao.amopopr join pg_namespace n on n.oid = o.oprnamespace \
+             where c.opcdefault and c.opcintype = any($1) and n.nspname not in ('pg_catalog', 'public') order by 1",
+            &[(&key_types, Type::OID_ARRAY)],
+        )
+        .map_err(|e| classify(e, "reading pg_opclass", crate::config::SslMode::Require))?;
+    for row in &rows {
+        let schema: String = row.try_get(0).map_err(|e| Error::new(ErrorKind::Internal, "reading pg_opclass").with_source(e))?;
+        path.push_str(", ");
+        path.push_str(&query::quote_ident(&schema));
+    }
+    Ok(path)
+}
+
+/// True when some index of the table starts with `column`.
+fn has_leading_index(client: &mut Client, relid: u32, column: &str) -> Result<bool> {
+    let row = client
+        .query_opt(
+            "select exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0] \
+             where i.indrelid = $1 and a.attname = $2)",
+            &[(&relid, Type::OID), (&column, Type::TEXT)],
+        )
+        .map_err(|e| classify(e, "reading pg_index", crate::config::SslMode::Require))?;
+    let Some(row) = row else { return Ok(false) };
+    row.try_get(0).map_err(|e| Error::new(ErrorKind::Internal, "reading pg_index").with_source(e))
+}
+
+/// The JSON kinds a column's values take, to check a bookmark before it is sent to the server.
+fn accepts_bookmark(encoder: &Encoder, value: &Value) -> bool {
+    match encoder {
+        Encoder::Int2 | Encoder::Int4 | Encoder::Int8 | Encoder::Oid => value.is_i64() || value.is_u64(),
+        Encoder::Float4 | Encoder::Float8 | Encoder::Numeric => value.is_number() || value.is_string(),
+        Encoder::Bool | Encoder::BitBool => value.is_boolean(),
+        Encoder::Array(_) | Encoder::Hstore => false,
+        Encoder::JsonDocument | Encoder::JsonbDocument => true,
+        _ => value.is_string(),
+    }
+}
+
+/// Refuses, before anything is written, a bookmark value that cannot be a value of the key
+/// column: a JSON type the column's values never take, or text the server cannot cast to the
+/// column's type (the cast the sync query will make).
+fn check_bookmark_value(client: &mut Client, value: Option<&Value>, encoder: &Encoder, key: &KeyColumn<'_>, field: &str) -> Result<()> {
+    let refuse = || {
+        Error::new(ErrorKind::State, format!("the state's bookmark {field} does not fit the type of column {}", query::quote_ident(key.name)))
+            .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning), or fix the value to one the column can hold.")
+    };
+    let value = match value {
+        None | Some(Value::Null) => return Ok(()),
+        Some(v) if accepts_bookmark(encoder, v) => v,
+        Some(_) => return Err(refuse()),
+    };
+    let param = bookmark_param(value, encoder);
+    match client.query(&format!("select cast($1::text as {}) is not null", key.cast_type), &[(&param, Type::TEXT)]) {
+        Ok(_) => Ok(()),
+        // Class 22 is "data exception": invalid syntax, out of range, bad datetime format.
+        Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => Err(refuse().with_source(e)),
+        Err(e) => Err(classify(e, "checking the state's bookmark", crate::config::SslMode::Require)),
+    }
+}
+
+/// The text a bookmark value is bound as; the server casts it to the key's type, so it must be
+/// in that type's input syntax: bytea as `\x` hex, bit(1) as `1`/`0`, and ISO 8601 expanded years
+/// (`+20000-...`, `-0043-...`) in PostgreSQL's form (`20000-...`, `0044-... BC`).
+pub fn bookmark_param(value: &Value, encoder: &Encoder) -> String {
+    match (value, encoder) {
+        (Value::String(s), Encoder::Bytea) => format!("\\x{s}"),
+        (Value::Bool(b), Encoder::BitBool) => if *b { "1" } else { "0" }.to_string(),
+        (Value::String(s), Encoder::Date(_) | Encoder::Timestamp(_) | Encoder::TimestampTz(_)) => postgres_year_syntax(s),
+        (Value::String(s), _) => s.clone(),
+        (other, _) => other.to_string(),
+    }
+}
+
+/// Rewrites an ISO 8601 expanded year (`+YYYYY` or a signed astronomical year) into PostgreSQL's
+/// input syntax; other text is returned unchanged.
+fn postgres_year_syntax(text: &str) -> String {
+    let (sign, rest) = match text.as_bytes().first() {
+        Some(b'+') => (1, &text[1..]),
+        Some(b'-') => (-1, &text[1..]),
+        _ => return text.to_string(),
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let Ok(year) = rest[..digits].parse::<i64>() else { return text.to_string() };
+    let astronomical = sign * year;
+    if astronomical >= 1 {
+        format!("{}{}", &rest[..digits], &rest[digits..])
+    } else {
+        format!("{:04}{} BC", 1 - astronomical, &rest[digits..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bookmark_params_use_postgres_input_syntax() {
+        assert_eq!(bookmark_param(&json!("00ff"), &Encoder::Bytea), "\\x00ff");
+        assert_eq!(bookmark_param(&json!(true), &Encoder::BitBool), "1");
+        assert_eq!(bookmark_param(&json!(false), &Encoder::BitBool), "0");
+        assert_eq!(bookmark_param(&json!(12), &Encoder::Int4), "12");
+        assert_eq!(bookmark_param(&json!("abc"), &Encoder::Text), "abc");
+        let ts = |s: &str| bookmark_param(&json!(s), &Encoder::TimestampTz(crate::typemap::OutOfRangeDates::Clamp));
+        assert_eq!(ts("2024-01-01T00:00:00+00:00"), "2024-01-01T00:00:00+00:00");
+        assert_eq!(ts("+20000-01-01T00:00:00+00:00"), "20000-01-01T00:00:00+00:00");
+        assert_eq!(ts("-0043-03-15T12:00:00+00:00"), "0044-03-15T12:00:00+00:00 BC");
+        assert_eq!(ts("+0000-01-01T00:00:00+00:00"), "0001-01-01T00:00:00+00:00 BC");
+        assert_eq!(ts("infinity"), "infinity");
+        assert_eq!(ts("-infinity"), "-infinity");
+    }
+}
