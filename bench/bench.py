@@ -41,6 +41,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -191,17 +192,24 @@ class Link:
 
 
 def timed(cmd, timeout):
-    """Runs cmd (stdout to /dev/null) under /usr/bin/time -v; returns (wall seconds, peak RSS KiB)."""
+    """Runs cmd (stdout to /dev/null) under /usr/bin/time -v; returns (wall seconds, peak RSS KiB).
+    cmd runs in its own process group, so that a timeout or Ctrl-C ends it and not only
+    /usr/bin/time."""
     started = time.perf_counter()
+    proc = subprocess.Popen(["/usr/bin/time", "-v"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, process_group=0)
     try:
-        proc = subprocess.run(["/usr/bin/time", "-v"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        sys.exit(f"bench: {' '.join(cmd)} ran longer than --timeout {timeout:g}s; give smaller row counts for this round trip "
-                 "(e.g. --rtt 0,10,40 --narrow-rows 2000000,2000000,200000) or a larger --timeout")
+        _, stderr = proc.communicate(timeout=timeout)
+    except BaseException as e:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        if isinstance(e, subprocess.TimeoutExpired):
+            sys.exit(f"bench: {' '.join(cmd)} ran longer than --timeout {timeout:g}s; give smaller row counts for this round trip "
+                     "(e.g. --rtt 0,10,40 --narrow-rows 2000000,2000000,200000) or a larger --timeout")
+        raise
     wall = time.perf_counter() - started
     if proc.returncode != 0:
-        sys.exit(f"bench: command failed: {' '.join(cmd)}\n{proc.stderr}")
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+        sys.exit(f"bench: command failed: {' '.join(cmd)}\n{stderr}")
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1))
     return wall, rss
 
 

@@ -31,6 +31,14 @@ counts its own bytes, or with --reset-count-across the count runs over all conne
 after each reset). --max-resets K stops resetting after K resets. Every reset is logged on stderr as
 "link: reset connection C after B bytes server->client (reset R)".
 
+Stalls. --stall-after-bytes N lets a connection go silent once N bytes have gone server -> client
+on it: exactly N bytes are delivered, and from then on nothing more in either direction, while
+both TCP connections stay open, as when a network path dies without either end noticing (the
+client sees no data and no error; only its own timeouts or keepalives end the wait). New
+connections work as before; --max-stalls K stops after K stalls. Logged as "link: stalled
+connection C after B bytes server->client (stall S)". When one end closes a stalled connection,
+the proxy closes both; the server's close is not passed on.
+
 A reset (or error) on one side is passed on to the other side after the data before it, and an
 orderly close (FIN) is passed on as a half-close, so the proxy is transparent for both.
 
@@ -132,6 +140,9 @@ class Link:
         self.window = args.window_bytes
         self.reset_every = args.reset_every_bytes
         self.max_resets = args.max_resets
+        self.stall_after = args.stall_after_bytes
+        self.max_stalls = args.max_stalls
+        self.stalls = 0
         self.shared_counter = Counter() if args.reset_count_across else None
         self.verbose = args.verbose
         self.lock = threading.Lock()
@@ -145,6 +156,15 @@ class Link:
                 return None
             self.resets += 1
             return self.resets
+
+
+    def take_stall(self):
+        """Whether one more stall may happen (and counts it)."""
+        with self.lock:
+            if self.max_stalls is not None and self.stalls >= self.max_stalls:
+                return None
+            self.stalls += 1
+            return self.stalls
 
 
 class Connection:
@@ -161,6 +181,7 @@ class Connection:
         self.counter = link.shared_counter or Counter()
         self.bytes_up = 0
         self.bytes_down = 0
+        self.stalled = False
         self.pipes = []
 
     def start(self):
@@ -200,6 +221,26 @@ class Connection:
                 pass
         self.report("aborted")
 
+    def source_ended(self, dst, down, clean):
+        """The source of a direction closed (clean) or failed: passes the half-close or the reset
+        on. On a stalled connection nothing reaches the client any more: the server's end is
+        closed quietly, and the client's close (a client giving up on a silent server) closes
+        both, so the proxy does not hold the connection."""
+        if self.stalled:
+            if down:
+                try:
+                    self.server.close()
+                except OSError:
+                    pass
+            else:
+                self.abort()
+            return
+        if not clean:
+            self.abort()
+            return
+        dst.shutdown(socket.SHUT_WR)
+        self.direction_done()
+
     def direction_done(self):
         """Called when one direction ended in order; closes both sockets when both have."""
         with self.lock:
@@ -221,7 +262,20 @@ class Connection:
 
     def send(self, dst, data, down):
         """Writes data to dst; on the server -> client side counts bytes and cuts the connection
-        after exactly --reset-every-bytes. Returns False when the connection was cut."""
+        after exactly --reset-every-bytes, or goes silent after --stall-after-bytes. Returns False
+        when the connection was cut."""
+        if self.stalled:
+            return True  # lost, as on a link that went down without either end noticing
+        if down and self.link.stall_after and self.bytes_down + len(data) >= self.link.stall_after:
+            number = self.link.take_stall()
+            if number is not None:
+                room = self.link.stall_after - self.bytes_down
+                if room > 0:
+                    dst.sendall(data[:room])
+                    self.bytes_down += room
+                self.stalled = True
+                log(f"stalled connection {self.number} after {self.bytes_down} bytes server->client (stall {number})")
+                return True
         if down and self.link.reset_every:
             with self.counter.lock:
                 room = self.link.reset_every - self.counter.value
@@ -257,13 +311,13 @@ class Connection:
             while True:
                 data = src.recv(CHUNK_BYTES)
                 if not data:
-                    dst.shutdown(socket.SHUT_WR)
-                    self.direction_done()
+                    self.source_ended(dst, down, clean=True)
                     return
                 if not self.send(dst, data, down):
                     return
         except OSError:
-            self.abort()
+            if not self.aborted:
+                self.source_ended(dst, down, clean=False)
 
     def read_loop(self, src, pipe, down):
         """Delay: queue (due time, bytes); never waits for the writer unless the window is full."""
@@ -290,12 +344,8 @@ class Connection:
                 wait = due - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-                if data is EOF:
-                    dst.shutdown(socket.SHUT_WR)
-                    self.direction_done()
-                    return
-                if data is RESET:
-                    self.abort()
+                if data is EOF or data is RESET:
+                    self.source_ended(dst, down, clean=data is EOF)
                     return
                 if not self.send(dst, data, down):
                     pipe.close()
@@ -385,12 +435,15 @@ def main():
     parser.add_argument("--reset-every-bytes", type=int, default=0, help="reset a connection after this many bytes server->client")
     parser.add_argument("--reset-count-across", action="store_true", help="count --reset-every-bytes over all connections")
     parser.add_argument("--max-resets", type=int, default=None, help="reset at most this many times")
+    parser.add_argument("--stall-after-bytes", type=int, default=0,
+                        help="let a connection go silent after this many bytes server->client")
+    parser.add_argument("--max-stalls", type=int, default=None, help="stall at most this many connections")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="exit after this long (status 3)")
     parser.add_argument("--ignore-stdin", action="store_true", help="do not exit when stdin reaches end of file")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each connection's open and close")
     args = parser.parse_args()
-    if args.delay_ms < 0 or args.reset_every_bytes < 0 or args.window_bytes < CHUNK_BYTES:
-        parser.error("--delay-ms and --reset-every-bytes must not be negative; --window-bytes at least 262144")
+    if args.delay_ms < 0 or args.reset_every_bytes < 0 or args.stall_after_bytes < 0 or args.window_bytes < CHUNK_BYTES:
+        parser.error("--delay-ms, --reset-every-bytes and --stall-after-bytes must not be negative; --window-bytes at least 262144")
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGINT, lambda *_: os._exit(0))
@@ -418,7 +471,8 @@ def main():
     sys.stdout.write(f"{port}\n")
     sys.stdout.flush()
     log(f"listening on 127.0.0.1:{port} -> {args.target[0]}:{args.target[1]}, delay {args.delay_ms:g} ms each way"
-        + (f", reset every {args.reset_every_bytes} bytes server->client" if args.reset_every_bytes else ""))
+        + (f", reset every {args.reset_every_bytes} bytes server->client" if args.reset_every_bytes else "")
+        + (f", stall after {args.stall_after_bytes} bytes server->client" if args.stall_after_bytes else ""))
 
     link = Link(args)
     while True:

@@ -2,7 +2,7 @@
 """Checks tests/link.py against a local TCP server (no PostgreSQL needed): bytes arrive unchanged
 in both directions (sha256), the delay is what was asked for and does not cap throughput, a reset comes
 after exactly --reset-every-bytes with ECONNRESET at the client while new connections still
-work, --reset-count-across and --max-resets, half-close, --port-file and exit on stdin EOF.
+work, --reset-count-across and --max-resets, --stall-after-bytes, half-close, --port-file and exit on stdin EOF.
 
 Usage: python3 tests/link_check.py   (about 5 s; exits 1 with the failed check on stderr)
 """
@@ -73,9 +73,10 @@ def stop_link(proc):
     return proc.stderr.read()
 
 
-def receive(port, n):
+def receive(port, n, timeout=None):
     """Asks for n bytes; returns (bytes received, the error that ended the stream or None, seconds)."""
     sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(timeout)
     started = time.perf_counter()
     sock.sendall(b"SEND %d\n" % n)
     got = hashlib.sha256()
@@ -166,6 +167,16 @@ def main():
         check(count == 4_000_000 and error is None, f"delay {delay} ms: a connection under the limit ends normally")
         log = stop_link(proc)
         check(log.count("link: reset connection") == 2, f"delay {delay} ms: two resets logged")
+
+    for delay in ("0", "10"):
+        proc, port = start_link(target, "--delay-ms", delay, "--stall-after-bytes", "3000000", "--max-stalls", "1")
+        count, error, seconds = receive(port, 8_000_000, timeout=1.0)
+        check(count == 3_000_000 and isinstance(error, TimeoutError),
+              f"delay {delay} ms: a stalled connection delivers exactly 3,000,000 bytes, then nothing ({count}, {error!r})")
+        count, error, _ = receive(port, 8_000_000, timeout=5.0)
+        check(count == 8_000_000 and error is None, f"delay {delay} ms: --max-stalls 1: the next connection is not stalled")
+        log = stop_link(proc)
+        check(log.count("link: stalled connection") == 1, f"delay {delay} ms: one stall logged")
 
     proc, port = start_link(target, "--reset-every-bytes", "5000000", "--reset-count-across", "--max-resets", "1")
     first = receive(port, 3_000_000)

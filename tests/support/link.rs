@@ -1,5 +1,6 @@
 //! `tests/link.py` from the tests: a user-space TCP proxy between the tap and a test server that
-//! delays each direction and can reset connections after a number of bytes (see its docstring).
+//! delays each direction and can reset connections, or let them go silent, after a number of
+//! bytes (see its docstring).
 //! The proxy exits when its stdin closes, so it ends with the test process however that ends.
 
 use std::io::{BufRead, BufReader, Read};
@@ -61,6 +62,11 @@ impl Link {
     /// How many connections the proxy has reset so far.
     pub fn resets(&self) -> usize {
         self.log().lines().filter(|l| l.starts_with("link: reset connection")).count()
+    }
+
+    /// How many connections the proxy has let go silent so far (`--stall-after-bytes`).
+    pub fn stalls(&self) -> usize {
+        self.log().lines().filter(|l| l.starts_with("link: stalled connection")).count()
     }
 }
 
