@@ -27,6 +27,12 @@ use crate::config::{Config, SslMode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::Client;
 
+/// Idle time before the first TCP keepalive probe.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between unanswered keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the connection counts as lost.
+const KEEPALIVE_RETRIES: u32 = 3;
 /// Settings every session runs with, sent as the startup packet's `options` so they cost no
 /// round trip. Read-only by default; output formats pinned so records do not depend on the
 /// role's or the server's settings (`search_path` too: regclass and regtype values, and
@@ -67,6 +73,13 @@ impl Connector {
             .user(&config.user)
             .application_name("tap-heroku")
             .options(SESSION_OPTIONS)
+            // A dead network path (a NAT that forgot the flow, a failover that left no host) is
+            // noticed within about a minute instead of the kernel's two hours, so the stream
+            // reconnects (`reconnect_attempts`).
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES)
             .connect_timeout(config.connect_timeout);
         if let Some(password) = &config.password {
             base.password(password);

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::support::link::Link;
 use crate::support::{
     TapOutput, TestDb, assert_records_match_schemas, catch_up_ids, fixture, id, root, select, server, stream_mut, sync, write_json,
 };
@@ -437,43 +438,6 @@ fn reconnects_after_a_terminated_backend_in_incremental_repeating_at_most_the_bo
     reconnect_after_terminated_backend("INCREMENTAL");
 }
 
-/// A `tests/link.py` proxy in front of the primary; it stops when dropped (its stdin closes).
-struct Link {
-    /// The proxy process.
-    child: Child,
-    /// Its listening port on 127.0.0.1.
-    port: u16,
-}
-
-impl Link {
-    /// Starts the proxy with `args` (`--delay-ms`, `--reset-every-bytes`, ...).
-    fn start(args: &[&str]) -> Link {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/link.py");
-        let target = format!("127.0.0.1:{}", server().port);
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--target", &target, "--max-seconds", "300"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting python3 tests/link.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("the link's stdout")).read_line(&mut line).expect("reading the link's port");
-        let port = line.trim().parse().unwrap_or_else(|e| panic!("the link printed {line:?} instead of its port: {e}"));
-        Link { child, port }
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn syncs_finish_through_a_link_that_resets_every_megabyte() {
     let rows = 100_000;
@@ -486,7 +450,7 @@ fn syncs_finish_through_a_link_that_resets_every_megabyte() {
     let (db, _, mut catalog) = fixture(&sql, json!({}));
     // Each connection is cut once 1 MB has come from the server: every stream (about 2.5 MB
     // on the wire each) loses its connection a few times mid-stream.
-    let link = Link::start(&["--reset-every-bytes", "1000000"]);
+    let link = Link::start(server().port, &["--reset-every-bytes", "1000000"]);
     let config = db.config_file(json!({"port": link.port, "itersize": 5000}));
     select(&mut catalog, "keyed", "FULL_TABLE", None);
     select(&mut catalog, "heap", "FULL_TABLE", None);
