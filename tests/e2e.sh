@@ -6,8 +6,9 @@
 #   b. tap-heroku | target-postgres (pipelinewise) loaded tables equal the source, FULL_TABLE and
 #                                                  INCREMENTAL run twice with the state in between
 #   c. tap-heroku | singer-check-tap               singer-tools accepts the output
-#   d. meltano run tap-heroku target-jsonl         examples/meltano: select rules, metadata
-#                                                  overrides, state between two runs
+#   d. meltano run tap-heroku target-jsonl         examples/meltano installed through pip_url:
+#                                                  config test, select rules, metadata overrides,
+#                                                  state between two runs
 #   e. the types fixture, every column             every RECORD valid against its SCHEMA under
 #      (out_of_range_dates clamp and expanded)     jsonschema draft 4 and 7 with format checks,
 #                                                  singer-python's validator, singer-check-tap
@@ -710,8 +711,10 @@ check_d() {
     psql_admin postgres -c "create role heroku_ro login password '$READER_PW'" >/dev/null
     new_source_db e2e_d heroku_ro
     # A copy of the example project: its .meltano/ (plugins, system database with the state)
-    # and output/ are made fresh in the work directory.
-    cp "$ROOT/examples/meltano/meltano.yml" "$d/"
+    # and output/ are made fresh in the work directory. Its pip_url, `../..`, is this checkout
+    # as seen from examples/meltano; from the copy it is $ROOT.
+    sed 's|^    pip_url: \.\./\.\.$|    pip_url: '"$ROOT"'|' "$ROOT/examples/meltano/meltano.yml" >"$d/meltano.yml"
+    grep -q "^    pip_url: $ROOT\$" "$d/meltano.yml" || fail "examples/meltano/meltano.yml has no 'pip_url: ../..' line for tap-heroku"
 
     # Its settings are those tap-heroku --about describes, with matching kinds and secrets.
     "$TAP" --about --format json >"$d/about.json"
@@ -750,11 +753,31 @@ EOF
     echo "meltano.yml settings match tap-heroku --about ($("$PYTHON" -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["settings"]["properties"]))' "$d/about.json") settings)"
 
     export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false MELTANO_DISABLE_TRACKING=true
-    (cd "$d" && "$V_MELTANO/meltano" install >install.log 2>&1) \
+    # meltano install pip-installs tap-heroku from the checkout (maturin builds it with
+    # system OpenSSL, reusing the release build above through CARGO_TARGET_DIR) into the
+    # plugin's own virtualenv, and Meltano runs that binary, not the one on PATH.
+    local t0=$SECONDS
+    (cd "$d" && CARGO_TARGET_DIR="$ROOT/target" "$V_MELTANO/meltano" install >install.log 2>&1) \
         || { cat "$d/install.log" >&2; fail "meltano install failed"; }
+    local installed=$d/.meltano/extractors/tap-heroku/venv/bin/tap-heroku
+    [[ -x $installed ]] || { cat "$d/install.log" >&2; fail "meltano install put no tap-heroku into the plugin's virtualenv"; }
+    [[ $("$installed" --version) == "$("$TAP" --version)" ]] || fail "the pip-installed tap-heroku is not this version"
+    echo "meltano install (tap-heroku through pip_url, target-jsonl) took $((SECONDS - t0))s"
 
     # Configured as a Heroku user would: the DATABASE_URL of a read-only credential.
+    # `meltano config test tap-heroku` runs an ordinary sync of the selected streams and passes
+    # at the first RECORD; with a wrong password it fails and shows the tap's hint.
+    export TAP_HEROKU_DATABASE_URL="postgres://heroku_ro:wrong-$READER_PW@127.0.0.1:$PORT/e2e_d"
+    if (cd "$d" && "$V_MELTANO/meltano" config test tap-heroku >test-bad.log 2>&1); then
+        cat "$d/test-bad.log" >&2; fail "meltano config test tap-heroku passed with a wrong password"
+    fi
+    grep -q "Plugin configuration is invalid" "$d/test-bad.log" || { cat "$d/test-bad.log" >&2; fail "no 'Plugin configuration is invalid'"; }
+    grep -q "Check user and password" "$d/test-bad.log" || { cat "$d/test-bad.log" >&2; fail "meltano config test does not show the tap's hint"; }
+    if grep -q -F "$READER_PW" "$d/test-bad.log"; then fail "the password appears in meltano config test's output"; fi
     export TAP_HEROKU_DATABASE_URL="postgres://heroku_ro:$READER_PW@127.0.0.1:$PORT/e2e_d"
+    (cd "$d" && "$V_MELTANO/meltano" config test tap-heroku >test.log 2>&1) || { cat "$d/test.log" >&2; fail "meltano config test tap-heroku failed"; }
+    grep -q "Plugin configuration is valid" "$d/test.log" || { cat "$d/test.log" >&2; fail "no 'Plugin configuration is valid'"; }
+    echo "meltano config test tap-heroku: invalid with a wrong password, valid with the right one"
     local run state_id=dev:tap-heroku-to-target-jsonl
     for run in 1 2; do
         (cd "$d" && "$V_MELTANO/meltano" run tap-heroku target-jsonl >"run$run.log" 2>&1) \
@@ -908,7 +931,7 @@ declare -A TITLE=(
     [a]="tap-heroku | target-jsonl: every row, values equal to the source"
     [b]="tap-heroku | target-postgres: FULL_TABLE and INCREMENTAL x2 with state, tables equal to the source"
     [c]="tap-heroku | singer-check-tap: output accepted"
-    [d]="meltano run tap-heroku target-jsonl: select rules, metadata overrides, state between runs"
+    [d]="meltano (tap-heroku from pip_url): config test, select rules, metadata overrides, state between runs"
     [e]="the types fixture: every RECORD valid against its SCHEMA (jsonschema draft 4/7, singer-python, singer-check-tap)"
 )
 passed=0 failed=0 results=()
