@@ -12,6 +12,7 @@
 #   e. the types fixture, every column             every RECORD valid against its SCHEMA under
 #      (out_of_range_dates clamp and expanded)     jsonschema draft 4 and 7 with format checks,
 #                                                  singer-python's validator, singer-check-tap
+#   f. examples/demo.sh                            the README's demo runs and shows both runs
 #
 # It builds the release binary, starts the Heroku-like servers of tests/server.sh (SSL only,
 # scram passwords) in a temporary directory, installs the Python tools into virtualenvs under
@@ -40,11 +41,11 @@ unset DATABASE_URL
 
 PYTHON=${TAP_HEROKU_E2E_PYTHON:-python3}
 VENV_ROOT=${TAP_HEROKU_E2E_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/tap-heroku-e2e-venv}
-ALL_CHECKS=(a b c d e)
+ALL_CHECKS=(a b c d e f)
 CHECKS=("$@")
 [[ ${#CHECKS[@]} -gt 0 ]] || CHECKS=("${ALL_CHECKS[@]}")
 for c in "${CHECKS[@]}"; do
-    [[ " ${ALL_CHECKS[*]} " == *" $c "* ]] || { echo "usage: tests/e2e.sh [a] [b] [c] [d] [e]" >&2; exit 64; }
+    [[ " ${ALL_CHECKS[*]} " == *" $c "* ]] || { echo "usage: tests/e2e.sh [a] [b] [c] [d] [e] [f]" >&2; exit 64; }
 done
 
 # --- pinned Python tools ---------------------------------------------------------------------
@@ -194,6 +195,10 @@ command -v flock >/dev/null || setup_die "flock not found (apt-get install util-
 
 SERVER_DIR=$(mktemp -d "${TAP_HEROKU_TEST_TMPDIR:-/tmp}/tap-heroku-e2e-pg.XXXXXX")
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tap-heroku-e2e.XXXXXX")
+# The demo's TMPDIR (check e), to see that it leaves nothing behind; its server runs as the
+# "postgres" OS user when we are root, so the directory must be open to it.
+DEMO_TMP=$(mktemp -d "${TMPDIR:-/tmp}/tap-heroku-e2e-demo.XXXXXX")
+chmod 755 "$DEMO_TMP"
 VENV_PID=
 
 teardown() {
@@ -204,7 +209,7 @@ teardown() {
         say "TAP_HEROKU_E2E_KEEP=1: servers left running (tests/server.sh stop $SERVER_DIR), work files in $WORK"
     else
         tests/server.sh stop "$SERVER_DIR" >/dev/null 2>&1 || true
-        rm -rf "$SERVER_DIR" "$WORK"
+        rm -rf "$SERVER_DIR" "$WORK" "$DEMO_TMP"
     fi
     exit "$rc"
 }
@@ -925,6 +930,33 @@ EOF
     grep -q '"d":"-0043-03-15T00:00:00+00:00"' "$d/expanded.out" || fail "expanded: the BC date is not exact"
 }
 
+# --- f. the demo ------------------------------------------------------------------------------
+
+check_f() {
+    local d=$WORK/demo t0=$SECONDS
+    TMPDIR=$DEMO_TMP TAP_HEROKU="$TAP" TARGET_JSONL="$V_SINGER/target-jsonl" "$ROOT/examples/demo.sh" "$d" >"$WORK/demo.log" 2>&1 \
+        || { cat "$WORK/demo.log" >&2; fail "examples/demo.sh failed"; }
+    echo "examples/demo.sh took $((SECONDS - t0))s"
+    if [[ -n $(ls -A "$DEMO_TMP") ]]; then fail "examples/demo.sh left files behind: $(ls "$DEMO_TMP")"; fi
+    grep -q "run 2: the same with --state state.json" "$WORK/demo.log" || fail "the demo did not show run 2"
+    "$PYTHON" - "$d" <<'EOF' || { cat "$WORK/demo.log" >&2; fail "the demo's output is not what the README says"; }
+import json, pathlib, sys
+d = pathlib.Path(sys.argv[1])
+def rows(run, stream):
+    return [json.loads(l) for l in (d / f"run-{run}" / f"{stream}.jsonl").read_text().splitlines()]
+counts = {(run, s): len(rows(run, s)) for run in (1, 2) for s in ("customers", "orders", "page_views", "customer_totals")}
+want = {(1, "customers"): 3, (1, "orders"): 4, (1, "page_views"): 2, (1, "customer_totals"): 3,
+        (2, "customers"): 4, (2, "orders"): 4, (2, "page_views"): 3, (2, "customer_totals"): 4}
+assert counts == want, counts
+# Run 2 sends the order at the bookmark again, then the changed and the new ones.
+assert [r["id"] for r in rows(2, "orders")] == [4, 3, 5, 6], rows(2, "orders")
+assert rows(2, "orders")[1]["status"] == "shipped"
+state = json.loads((d / "state.json").read_text())
+assert state["bookmarks"]["shop-public-orders"]["replication_key_value"] == "2024-06-05T09:30:00+00:00", state
+print("demo output: run 1", {s: n for (r, s), n in counts.items() if r == 1}, "run 2", {s: n for (r, s), n in counts.items() if r == 2})
+EOF
+}
+
 # --- run ----------------------------------------------------------------------------------------
 
 declare -A TITLE=(
@@ -933,6 +965,7 @@ declare -A TITLE=(
     [c]="tap-heroku | singer-check-tap: output accepted"
     [d]="meltano (tap-heroku from pip_url): config test, select rules, metadata overrides, state between runs"
     [e]="the types fixture: every RECORD valid against its SCHEMA (jsonschema draft 4/7, singer-python, singer-check-tap)"
+    [f]="examples/demo.sh: the demo runs, shows both runs and leaves nothing behind"
 )
 passed=0 failed=0 results=()
 for c in "${CHECKS[@]}"; do
