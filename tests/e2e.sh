@@ -762,7 +762,7 @@ EOF
     # system OpenSSL, reusing the release build above through CARGO_TARGET_DIR) into the
     # plugin's own virtualenv, and Meltano runs that binary, not the one on PATH.
     local t0=$SECONDS
-    (cd "$d" && CARGO_TARGET_DIR="$ROOT/target" "$V_MELTANO/meltano" install >install.log 2>&1) \
+    (cd "$d" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}" "$V_MELTANO/meltano" install >install.log 2>&1) \
         || { cat "$d/install.log" >&2; fail "meltano install failed"; }
     local installed=$d/.meltano/extractors/tap-heroku/venv/bin/tap-heroku
     [[ -x $installed ]] || { cat "$d/install.log" >&2; fail "meltano install put no tap-heroku into the plugin's virtualenv"; }
