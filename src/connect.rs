@@ -235,7 +235,11 @@ fn tls_connector(config: &Config, mode: SslMode) -> Result<SslConnector> {
                     .with_source(e)
                     .with_hint("Point sslrootcert at a PEM file holding the CA certificate of the server.")
             })?,
-            None => builder.set_default_verify_paths().map_err(tls_error)?,
+            None => {
+                builder.set_default_verify_paths().map_err(tls_error)?;
+                #[cfg(feature = "vendored-openssl")]
+                add_system_ca_locations(&mut builder);
+            }
         }
         builder.set_verify(SslVerifyMode::PEER);
     } else {
@@ -245,6 +249,25 @@ fn tls_connector(config: &Config, mode: SslMode) -> Result<SslConnector> {
         load_client_identity(&mut builder, cert, key, config.sslpassword.as_deref())?;
     }
     Ok(builder.build())
+}
+
+/// Adds the system's CA certificate file and directories to a vendored OpenSSL's trust store:
+/// it looks for them where it was built to (`/usr/local/ssl`), not where this system keeps them
+/// (`/etc/ssl/certs`, `/etc/pki/tls`, ...). `SSL_CERT_FILE` and `SSL_CERT_DIR` still come first.
+#[cfg(feature = "vendored-openssl")]
+fn add_system_ca_locations(builder: &mut SslConnectorBuilder) {
+    let found = openssl_probe::probe();
+    // load_verify_locations needs UTF-8 paths; the candidates are ASCII, the variables may not be.
+    let file = found.cert_file.filter(|p| p.to_str().is_some());
+    for (file, dir) in file
+        .iter()
+        .map(|f| (Some(f.as_path()), None))
+        .chain(found.cert_dir.iter().filter(|d| d.to_str().is_some()).map(|d| (None, Some(d.as_path()))))
+    {
+        if let Err(e) = builder.load_verify_locations(file, dir) {
+            log::debug!("could not load CA certificates from {:?}: {e}", file.or(dir));
+        }
+    }
 }
 
 /// Longest `sslpassword` OpenSSL's passphrase callback can take (its `PEM_BUFSIZE` buffer).

@@ -6,11 +6,13 @@
 #   b. tap-heroku | target-postgres (pipelinewise) loaded tables equal the source, FULL_TABLE and
 #                                                  INCREMENTAL run twice with the state in between
 #   c. tap-heroku | singer-check-tap               singer-tools accepts the output
-#   d. meltano run tap-heroku target-jsonl         examples/meltano: select rules, metadata
-#                                                  overrides, state between two runs
+#   d. meltano run tap-heroku target-jsonl         examples/meltano installed through pip_url:
+#                                                  config test, select rules, metadata overrides,
+#                                                  state between two runs
 #   e. the types fixture, every column             every RECORD valid against its SCHEMA under
 #      (out_of_range_dates clamp and expanded)     jsonschema draft 4 and 7 with format checks,
 #                                                  singer-python's validator, singer-check-tap
+#   f. examples/demo.sh                            the README's demo runs and shows both runs
 #
 # It builds the release binary, starts the Heroku-like servers of tests/server.sh (SSL only,
 # scram passwords) in a temporary directory, installs the Python tools into virtualenvs under
@@ -39,11 +41,11 @@ unset DATABASE_URL
 
 PYTHON=${TAP_HEROKU_E2E_PYTHON:-python3}
 VENV_ROOT=${TAP_HEROKU_E2E_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/tap-heroku-e2e-venv}
-ALL_CHECKS=(a b c d e)
+ALL_CHECKS=(a b c d e f)
 CHECKS=("$@")
 [[ ${#CHECKS[@]} -gt 0 ]] || CHECKS=("${ALL_CHECKS[@]}")
 for c in "${CHECKS[@]}"; do
-    [[ " ${ALL_CHECKS[*]} " == *" $c "* ]] || { echo "usage: tests/e2e.sh [a] [b] [c] [d] [e]" >&2; exit 64; }
+    [[ " ${ALL_CHECKS[*]} " == *" $c "* ]] || { echo "usage: tests/e2e.sh [a] [b] [c] [d] [e] [f]" >&2; exit 64; }
 done
 
 # --- pinned Python tools ---------------------------------------------------------------------
@@ -193,6 +195,10 @@ command -v flock >/dev/null || setup_die "flock not found (apt-get install util-
 
 SERVER_DIR=$(mktemp -d "${TAP_HEROKU_TEST_TMPDIR:-/tmp}/tap-heroku-e2e-pg.XXXXXX")
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tap-heroku-e2e.XXXXXX")
+# The demo's TMPDIR (check e), to see that it leaves nothing behind; its server runs as the
+# "postgres" OS user when we are root, so the directory must be open to it.
+DEMO_TMP=$(mktemp -d "${TMPDIR:-/tmp}/tap-heroku-e2e-demo.XXXXXX")
+chmod 755 "$DEMO_TMP"
 VENV_PID=
 
 teardown() {
@@ -203,7 +209,7 @@ teardown() {
         say "TAP_HEROKU_E2E_KEEP=1: servers left running (tests/server.sh stop $SERVER_DIR), work files in $WORK"
     else
         tests/server.sh stop "$SERVER_DIR" >/dev/null 2>&1 || true
-        rm -rf "$SERVER_DIR" "$WORK"
+        rm -rf "$SERVER_DIR" "$WORK" "$DEMO_TMP"
     fi
     exit "$rc"
 }
@@ -710,8 +716,10 @@ check_d() {
     psql_admin postgres -c "create role heroku_ro login password '$READER_PW'" >/dev/null
     new_source_db e2e_d heroku_ro
     # A copy of the example project: its .meltano/ (plugins, system database with the state)
-    # and output/ are made fresh in the work directory.
-    cp "$ROOT/examples/meltano/meltano.yml" "$d/"
+    # and output/ are made fresh in the work directory. Its pip_url, `../..`, is this checkout
+    # as seen from examples/meltano; from the copy it is $ROOT.
+    sed 's|^    pip_url: \.\./\.\.$|    pip_url: '"$ROOT"'|' "$ROOT/examples/meltano/meltano.yml" >"$d/meltano.yml"
+    grep -q "^    pip_url: $ROOT\$" "$d/meltano.yml" || fail "examples/meltano/meltano.yml has no 'pip_url: ../..' line for tap-heroku"
 
     # Its settings are those tap-heroku --about describes, with matching kinds and secrets.
     "$TAP" --about --format json >"$d/about.json"
@@ -750,11 +758,33 @@ EOF
     echo "meltano.yml settings match tap-heroku --about ($("$PYTHON" -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["settings"]["properties"]))' "$d/about.json") settings)"
 
     export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false MELTANO_DISABLE_TRACKING=true
-    (cd "$d" && "$V_MELTANO/meltano" install >install.log 2>&1) \
+    # meltano install pip-installs tap-heroku from the checkout (maturin builds it with
+    # system OpenSSL, reusing the release build above through CARGO_TARGET_DIR) into the
+    # plugin's own virtualenv, and Meltano runs that binary, not the one on PATH.
+    local t0=$SECONDS
+    (cd "$d" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}" "$V_MELTANO/meltano" install >install.log 2>&1) \
         || { cat "$d/install.log" >&2; fail "meltano install failed"; }
+    local installed=$d/.meltano/extractors/tap-heroku/venv/bin/tap-heroku
+    [[ -x $installed ]] || { cat "$d/install.log" >&2; fail "meltano install put no tap-heroku into the plugin's virtualenv"; }
+    # maturin packs the very binary cargo build --release made (no strip, same target directory),
+    # so a stale wheel from a cache would show here.
+    cmp -s "$installed" "$TAP" || fail "the tap-heroku meltano installed is not the one built from this checkout"
+    echo "meltano install (tap-heroku through pip_url, target-jsonl) took $((SECONDS - t0))s"
 
     # Configured as a Heroku user would: the DATABASE_URL of a read-only credential.
+    # `meltano config test tap-heroku` runs an ordinary sync of the selected streams and passes
+    # at the first RECORD; with a wrong password it fails and shows the tap's hint.
+    export TAP_HEROKU_DATABASE_URL="postgres://heroku_ro:wrong-$READER_PW@127.0.0.1:$PORT/e2e_d"
+    if (cd "$d" && "$V_MELTANO/meltano" config test tap-heroku >test-bad.log 2>&1); then
+        cat "$d/test-bad.log" >&2; fail "meltano config test tap-heroku passed with a wrong password"
+    fi
+    grep -q "Plugin configuration is invalid" "$d/test-bad.log" || { cat "$d/test-bad.log" >&2; fail "no 'Plugin configuration is invalid'"; }
+    grep -q "Check user and password" "$d/test-bad.log" || { cat "$d/test-bad.log" >&2; fail "meltano config test does not show the tap's hint"; }
+    if grep -q -F "$READER_PW" "$d/test-bad.log"; then fail "the password appears in meltano config test's output"; fi
     export TAP_HEROKU_DATABASE_URL="postgres://heroku_ro:$READER_PW@127.0.0.1:$PORT/e2e_d"
+    (cd "$d" && "$V_MELTANO/meltano" config test tap-heroku >test.log 2>&1) || { cat "$d/test.log" >&2; fail "meltano config test tap-heroku failed"; }
+    grep -q "Plugin configuration is valid" "$d/test.log" || { cat "$d/test.log" >&2; fail "no 'Plugin configuration is valid'"; }
+    echo "meltano config test tap-heroku: invalid with a wrong password, valid with the right one"
     local run state_id=dev:tap-heroku-to-target-jsonl
     for run in 1 2; do
         (cd "$d" && "$V_MELTANO/meltano" run tap-heroku target-jsonl >"run$run.log" 2>&1) \
@@ -902,14 +932,42 @@ EOF
     grep -q '"d":"-0043-03-15T00:00:00+00:00"' "$d/expanded.out" || fail "expanded: the BC date is not exact"
 }
 
+# --- f. the demo ------------------------------------------------------------------------------
+
+check_f() {
+    local d=$WORK/demo t0=$SECONDS
+    TMPDIR=$DEMO_TMP TAP_HEROKU="$TAP" TARGET_JSONL="$V_SINGER/target-jsonl" "$ROOT/examples/demo.sh" "$d" >"$WORK/demo.log" 2>&1 \
+        || { cat "$WORK/demo.log" >&2; fail "examples/demo.sh failed"; }
+    echo "examples/demo.sh took $((SECONDS - t0))s"
+    if [[ -n $(ls -A "$DEMO_TMP") ]]; then fail "examples/demo.sh left files behind: $(ls "$DEMO_TMP")"; fi
+    grep -q "run 2: the same with --state state.json" "$WORK/demo.log" || fail "the demo did not show run 2"
+    "$PYTHON" - "$d" <<'EOF' || { cat "$WORK/demo.log" >&2; fail "the demo's output is not what the README says"; }
+import json, pathlib, sys
+d = pathlib.Path(sys.argv[1])
+def rows(run, stream):
+    return [json.loads(l) for l in (d / f"run-{run}" / f"{stream}.jsonl").read_text().splitlines()]
+counts = {(run, s): len(rows(run, s)) for run in (1, 2) for s in ("customers", "orders", "page_views", "customer_totals")}
+want = {(1, "customers"): 3, (1, "orders"): 4, (1, "page_views"): 2, (1, "customer_totals"): 3,
+        (2, "customers"): 4, (2, "orders"): 4, (2, "page_views"): 3, (2, "customer_totals"): 4}
+assert counts == want, counts
+# Run 2 sends the order at the bookmark again, then the changed and the new ones.
+assert [r["id"] for r in rows(2, "orders")] == [4, 3, 5, 6], rows(2, "orders")
+assert rows(2, "orders")[1]["status"] == "shipped"
+state = json.loads((d / "state.json").read_text())
+assert state["bookmarks"]["shop-public-orders"]["replication_key_value"] == "2024-06-05T09:30:00+00:00", state
+print("demo output: run 1", {s: n for (r, s), n in counts.items() if r == 1}, "run 2", {s: n for (r, s), n in counts.items() if r == 2})
+EOF
+}
+
 # --- run ----------------------------------------------------------------------------------------
 
 declare -A TITLE=(
     [a]="tap-heroku | target-jsonl: every row, values equal to the source"
     [b]="tap-heroku | target-postgres: FULL_TABLE and INCREMENTAL x2 with state, tables equal to the source"
     [c]="tap-heroku | singer-check-tap: output accepted"
-    [d]="meltano run tap-heroku target-jsonl: select rules, metadata overrides, state between runs"
+    [d]="meltano (tap-heroku from pip_url): config test, select rules, metadata overrides, state between runs"
     [e]="the types fixture: every RECORD valid against its SCHEMA (jsonschema draft 4/7, singer-python, singer-check-tap)"
+    [f]="examples/demo.sh: the demo runs, shows both runs and leaves nothing behind"
 )
 passed=0 failed=0 results=()
 for c in "${CHECKS[@]}"; do

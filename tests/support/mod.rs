@@ -11,6 +11,7 @@
 
 pub mod link;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -118,7 +119,12 @@ fn start_servers() -> Result<Server, String> {
         let _ = Command::new("bash").arg(script).arg("stop").arg(dir).stdout(Stdio::null()).stderr(Stdio::null()).status();
         let _ = std::fs::remove_dir_all(dir);
     };
-    eprintln!("tests: starting throw-away PostgreSQL servers in {} (tests/server.sh)", dir.display());
+    // Straight to stderr: the harness captures `eprintln!` of a passing test, and these lines
+    // must be seen (where the servers are; with KEEP, how to stop them).
+    let say = |line: String| {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    };
+    say(format!("tests: starting throw-away PostgreSQL servers in {} (tests/server.sh)", dir.display()));
     let out = Command::new("bash").arg(script).arg("start").arg(&dir).stdin(Stdio::null()).process_group(0).output();
     let out = match out {
         Ok(out) if out.status.success() => out,
@@ -137,10 +143,10 @@ fn start_servers() -> Result<Server, String> {
     drop(out);
     let server = read_env_file(&dir.join("env")).and_then(|vars| server_from_vars(&vars));
     if std::env::var("TAP_HEROKU_TEST_KEEP").as_deref() == Ok("1") {
-        eprintln!(
+        say(format!(
             "tests: TAP_HEROKU_TEST_KEEP=1: leaving the servers running; stop with: tests/server.sh stop {0} && rm -rf {0}",
             dir.display()
-        );
+        ));
         return server;
     }
     let watchdog = Command::new("bash")
