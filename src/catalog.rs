@@ -193,8 +193,8 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
         let method = match root.get("replication-method") {
             Some(Value::String(s)) if !s.is_empty() => ReplicationMethod::parse(s).ok_or_else(|| {
                 bad(
-                    format!("replication-method {s:?} is not FULL_TABLE or INCREMENTAL"),
-                    "Set \"replication-method\" to \"FULL_TABLE\" or \"INCREMENTAL\" in the stream's [] metadata.",
+                    format!("replication-method {s:?} is not FULL_TABLE, INCREMENTAL or XMIN"),
+                    "Set \"replication-method\" to \"FULL_TABLE\", \"INCREMENTAL\" or \"XMIN\" in the stream's [] metadata.",
                 )
             })?,
             None | Some(Value::Null) | Some(Value::String(_)) => config.default_replication_method.ok_or_else(|| {
@@ -211,7 +211,10 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
             }
         };
         if method == ReplicationMethod::LogBased {
-            return Err(bad("LOG_BASED replication is not supported yet".into(), "Use \"FULL_TABLE\" or \"INCREMENTAL\" for this stream."));
+            return Err(bad(
+                "LOG_BASED replication is not supported yet".into(),
+                "Use \"XMIN\" (every insert and update, no slot needed), \"INCREMENTAL\" or \"FULL_TABLE\" for this stream.",
+            ));
         }
         let catalog_columns = entry.columns();
         let unsupported = |name: &str| {

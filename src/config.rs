@@ -68,6 +68,9 @@ pub enum ReplicationMethod {
     FullTable,
     /// Key-based: `WHERE key >= bookmark ORDER BY key`.
     Incremental,
+    /// Change capture by transaction id: rows whose `xmin` is newer than the last run's
+    /// snapshot ([`crate::sync`]'s xmin method).
+    Xmin,
     /// Logical replication (not implemented yet).
     LogBased,
 }
@@ -78,6 +81,7 @@ impl ReplicationMethod {
         Some(match text {
             "FULL_TABLE" => ReplicationMethod::FullTable,
             "INCREMENTAL" => ReplicationMethod::Incremental,
+            "XMIN" => ReplicationMethod::Xmin,
             "LOG_BASED" => ReplicationMethod::LogBased,
             _ => return None,
         })
@@ -88,6 +92,7 @@ impl ReplicationMethod {
         match self {
             ReplicationMethod::FullTable => "FULL_TABLE",
             ReplicationMethod::Incremental => "INCREMENTAL",
+            ReplicationMethod::Xmin => "XMIN",
             ReplicationMethod::LogBased => "LOG_BASED",
         }
     }
@@ -282,7 +287,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "default_replication_method",
         kind: "string",
-        description: "FULL_TABLE or INCREMENTAL, for selected streams whose metadata names no replication-method.",
+        description: "FULL_TABLE, INCREMENTAL or XMIN, for selected streams whose metadata names no replication-method.",
         default: None,
         secret: false,
     },
@@ -485,8 +490,8 @@ impl Config {
         };
         let default_replication_method = match opt_string(map, "default_replication_method")? {
             Some(text) if !text.is_empty() => Some(ReplicationMethod::parse(&text.to_ascii_uppercase()).ok_or_else(|| {
-                Error::new(ErrorKind::Config, "default_replication_method is not FULL_TABLE, INCREMENTAL or LOG_BASED")
-                    .with_hint("Set default_replication_method to \"FULL_TABLE\" or \"INCREMENTAL\".")
+                Error::new(ErrorKind::Config, "default_replication_method is not FULL_TABLE, INCREMENTAL, XMIN or LOG_BASED")
+                    .with_hint("Set default_replication_method to \"FULL_TABLE\", \"INCREMENTAL\" or \"XMIN\".")
             })?),
             _ => None,
         };

@@ -80,6 +80,24 @@ pub fn full_table_blocks(items: &[String], schema: &str, table: &str) -> String 
     format!("select {} from {} where ctid >= cast($1::text as tid)", items.join(", "), qualified_name(schema, table))
 }
 
+/// The filter of XMIN's later runs: rows whose `xmin` is not older than the 32-bit xid `$n`
+/// (`age()` compares ids on the wraparound circle; a negative age is a frozen id from more than
+/// 2^31 transactions ago, never new).
+fn xmin_since(param: usize) -> String {
+    format!("age(xmin) between 0 and age(cast(${param}::text as xid))")
+}
+
+/// XMIN in storage order: [`full_table_blocks`] with the rows changed since `$2` only.
+pub fn xmin_blocks(items: &[String], schema: &str, table: &str) -> String {
+    format!("{} and {}", full_table_blocks(items, schema, table), xmin_since(2))
+}
+
+/// XMIN without storage order (partitioned tables, inheritance parents, servers before 14):
+/// `select <items> from <table> where <xmin not older than $1>`.
+pub fn xmin_query(items: &[String], schema: &str, table: &str) -> String {
+    format!("select {} from {} where {}", items.join(", "), qualified_name(schema, table), xmin_since(1))
+}
+
 /// The catch-up of a resumed block-range read: rows before block `$1` (tid text) whose xmin is
 /// not older than `$2` (a 32-bit xid), i.e. inserted or updated since that snapshot. `age()`
 /// compares the ids on the wraparound circle; a negative age is a frozen id from more than
@@ -133,6 +151,19 @@ mod tests {
         assert_eq!(
             full_table(&items, "s", "t", &keys[..1], KeyStart::AtOrAfter),
             "select \"id\", \"name\" from \"s\".\"t\" where (\"a\") >= (cast($1::text as integer)) order by \"a\""
+        );
+    }
+
+    #[test]
+    fn xmin_queries() {
+        let items = vec!["ctid".to_string(), "\"id\"".to_string()];
+        assert_eq!(
+            xmin_blocks(&items, "public", "t"),
+            "select ctid, \"id\" from \"public\".\"t\" where ctid >= cast($1::text as tid) and age(xmin) between 0 and age(cast($2::text as xid))"
+        );
+        assert_eq!(
+            xmin_query(&items[1..], "s", "t"),
+            "select \"id\" from \"s\".\"t\" where age(xmin) between 0 and age(cast($1::text as xid))"
         );
     }
 

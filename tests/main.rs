@@ -11,3 +11,4 @@ mod network;
 mod resume_races;
 mod sync;
 mod types;
+mod xmin;

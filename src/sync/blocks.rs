@@ -33,7 +33,7 @@ use crate::query;
 pub const END_BLOCK: u64 = u32::MAX as u64;
 /// How many transaction ids may pass before a resume point is too old to compare 32-bit xmins
 /// with (half of the 2^31 that `age()` can tell apart).
-const MAX_RESUME_XID_AGE: u64 = 1 << 30;
+pub const MAX_RESUME_XID_AGE: u64 = 1 << 30;
 
 /// Where a block-range read stands: rows visible to the snapshot whose xmin horizon is
 /// `snapshot_xmin` in blocks before `next_block` have been sent; the table's storage is
@@ -132,11 +132,25 @@ pub struct BlockRead {
     pub catch_up_sql: String,
     /// Where an interrupted read stopped, already checked by [`resumable`].
     pub resume: Option<Resume>,
+    /// XMIN's later runs: only rows whose `xmin` is not older than this (epoch-qualified) xid.
+    pub since: Option<u64>,
 }
 
 impl BlockRead {
     /// A read of `items` of `schema`.`table` from the start, or from `resume`.
     pub fn new(oid: u32, (schema, table): (&str, &str), lockable: bool, items: &[String], resume: Option<Resume>) -> BlockRead {
+        BlockRead::since(oid, (schema, table), lockable, items, resume, None)
+    }
+
+    /// [`BlockRead::new`] reading only the rows whose `xmin` is not older than `since` (XMIN).
+    pub fn since(
+        oid: u32,
+        (schema, table): (&str, &str),
+        lockable: bool,
+        items: &[String],
+        resume: Option<Resume>,
+        since: Option<u64>,
+    ) -> BlockRead {
         let mut with_ctid = Vec::with_capacity(items.len() + 1);
         with_ctid.push("ctid".to_string());
         with_ctid.extend_from_slice(items);
@@ -144,11 +158,28 @@ impl BlockRead {
             oid,
             table: query::qualified_name(schema, table),
             lockable,
-            select_sql: query::full_table_blocks(&with_ctid, schema, table),
+            select_sql: match since {
+                None => query::full_table_blocks(&with_ctid, schema, table),
+                Some(_) => query::xmin_blocks(&with_ctid, schema, table),
+            },
             catch_up_sql: query::full_table_catch_up(&with_ctid, schema, table),
             resume,
+            since,
         }
     }
+
+    /// The parameters of the main statement read from `from`. (The catch-up needs no `since`:
+    /// its own rule, rows newer than the interrupted snapshot, is the stricter one.)
+    pub fn select_params(&self, from: Tid) -> Vec<String> {
+        let mut params = vec![from.to_text()];
+        params.extend(self.since.map(xid32));
+        params
+    }
+}
+
+/// The 32-bit xid text of an epoch-qualified one, as `age()` compares them.
+pub fn xid32(xid: u64) -> String {
+    (xid % (1 << 32)).to_string()
 }
 
 /// What the start of a read found: the storage and snapshot it reads, and whether it first
@@ -231,7 +262,7 @@ pub async fn begin(client: &tokio_postgres::Client, read: &BlockRead) -> std::re
 /// The parameters of the catch-up statement: the resume point and the interrupted snapshot's
 /// xmin as a 32-bit xid (`age()` compares ids on the wraparound circle).
 pub fn catch_up_params(resume: &Resume) -> [String; 2] {
-    [resume.from.to_text(), (resume.snapshot_xmin % (1 << 32)).to_string()]
+    [resume.from.to_text(), xid32(resume.snapshot_xmin)]
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod incremental;
 mod pipeline;
 mod plan;
 mod sink;
+mod xmin;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -149,7 +150,9 @@ fn sync_stream<W: Write>(cx: &mut Context<'_>, plan: &mut StreamPlan, state: &mu
     writer.write_schema(&plan.selected.stream, &plan.schema, &plan.selected.key_properties, &bookmark_properties)?;
     let outcome = match plan.selected.method {
         ReplicationMethod::FullTable => full_table::sync(cx, plan, state, writer),
-        _ => incremental::sync(cx, plan, state, writer),
+        ReplicationMethod::Xmin => xmin::sync(cx, plan, state, writer),
+        ReplicationMethod::Incremental => incremental::sync(cx, plan, state, writer),
+        ReplicationMethod::LogBased => Err(Error::new(ErrorKind::Internal, "a LOG_BASED stream was planned")),
     }?;
     for column in &plan.columns {
         let (min, max) = encode::sentinels(&column.encoder);

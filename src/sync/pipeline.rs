@@ -502,7 +502,7 @@ fn read(
                         }
                     }
                     let from = start.resume.map_or(Tid::block_start(0), |r| r.from);
-                    if stream(c, &read.select_sql, &[from.to_text()], target).await? && target.send(Fetched::StatementEnd) {
+                    if stream(c, &read.select_sql, &read.select_params(from), target).await? && target.send(Fetched::StatementEnd) {
                         c.batch_execute("commit").await?;
                     }
                     return Ok(true);

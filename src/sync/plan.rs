@@ -180,15 +180,7 @@ pub fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut 
                     ),
                 }
             }
-            if let Some(resume) = bookmark.get("block_resume").filter(|v| !v.is_null())
-                && super::blocks::BlockMark::from_value(resume).is_none()
-            {
-                return Err(Error::new(
-                    ErrorKind::State,
-                    "the state's bookmark block_resume is not an object of next_block, relfilenode and snapshot_xmin",
-                )
-                .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning)."));
-            }
+            check_block_resume(&bookmark)?;
             if let Some(Value::Object(last)) = bookmark.get("last_pk_fetched") {
                 for (i, cast_type) in &order_keys {
                     let column = &columns[*i];
@@ -196,6 +188,30 @@ pub fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut 
                     check_bookmark_value(&mut session.client, last.get(&column.name), &column.encoder, &key, "last_pk_fetched")?;
                 }
             }
+        }
+        ReplicationMethod::Xmin => {
+            if relation.relkind == b'v' {
+                return Err(Error::new(ErrorKind::Catalog, "is a view, and XMIN needs the xmin of stored rows, which a view has not")
+                    .with_hint("Use FULL_TABLE (or INCREMENTAL with a replication key) for views."));
+            }
+            if !facts.table_select {
+                return Err(Error::new(
+                    ErrorKind::Auth,
+                    format!("XMIN reads the xmin system column of {table}, which needs SELECT on the whole table, not on some columns"),
+                )
+                .with_hint(format!("Grant it: GRANT SELECT ON {table} TO <role>; or use FULL_TABLE or INCREMENTAL.")));
+            }
+            if bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != "XMIN") {
+                log::info!("stream {}: replication method changed; starting from the beginning", selected.tap_stream_id);
+                bookmark = Map::new();
+            }
+            match facts.block_reads_refused(relation.relkind) {
+                None => block_reads = Some((relation.oid, relation.relkind == b'r')),
+                Some(reason) => {
+                    log::info!("stream {}: {reason}; each XMIN run reads it whole, without a resume point", selected.tap_stream_id)
+                }
+            }
+            check_block_resume(&bookmark)?;
         }
         ReplicationMethod::Incremental => {
             let key = selected.replication_key.as_deref().expect("INCREMENTAL streams have a key");
@@ -256,6 +272,18 @@ pub fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut 
         row_estimate: relation.row_count,
         search_path,
     })
+}
+
+/// Refuses, before any output, a `block_resume` that is not a block mark.
+fn check_block_resume(bookmark: &Map<String, Value>) -> Result<()> {
+    match bookmark.get("block_resume").filter(|v| !v.is_null()) {
+        Some(resume) if super::blocks::BlockMark::from_value(resume).is_none() => Err(Error::new(
+            ErrorKind::State,
+            "the state's bookmark block_resume is not an object of next_block, relfilenode and snapshot_xmin",
+        )
+        .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning).")),
+        _ => Ok(()),
+    }
 }
 
 /// What FULL_TABLE needs to know of a table beyond its columns, read in one query.

@@ -1,0 +1,188 @@
+//! XMIN: change capture without replication slots. Every row version carries the id of the
+//! transaction that wrote it (`xmin`); a run sends the rows whose `xmin` is not older than the
+//! snapshot of the last complete run, so every row inserted or updated since arrives, with
+//! nothing installed on the server and only SELECT granted.
+//!
+//! **First run** (and after a wraparound, below): every row, as FULL_TABLE reads it in storage
+//! order, with ACTIVATE_VERSION before and after. **Later runs**: one pass over the table with
+//! `age(xmin) between 0 and age(<horizon>)`, the server filtering, so an unchanged table costs a
+//! scan and no rows on the wire; the version stays and no ACTIVATE_VERSION is sent (it would
+//! tell the target to drop the rows this run did not send). The bookmark's `xmin_horizon` is the
+//! epoch-qualified xmin of the snapshot that finished the last pass: every transaction below it
+//! had ended, so every committed row version with an older `xmin` was visible to that pass, and
+//! every newer one is read by the next. Rows written by transactions still running then, by
+//! their subtransactions, or committed after, all have an `xmin` at or above it. The rule can
+//! send a row twice (versions committed between the horizon and that snapshot's xmax), never
+//! miss an insert or update. Freezing (`VACUUM FREEZE`, PostgreSQL 16's page freezing) sets
+//! flag bits and keeps the raw `xmin`, which is what the `xmin` column shows, so frozen rows
+//! keep their place on either side of the horizon. Rewrites (`VACUUM FULL`, `CLUSTER`) keep each
+//! row's `xmin`; `TRUNCATE` and reloads write new ones. Deletes leave no row to see: they reach
+//! the target only through FULL_TABLE's ACTIVATE_VERSION (or LOG_BASED).
+//!
+//! A pass is resumable like a storage-order FULL_TABLE ([`super::blocks`], `block_resume`).
+//! Tables that cannot be read by blocks (partitioned tables, inheritance parents, servers before
+//! 14) are read in one statement per run, starting over when interrupted. A horizon more than
+//! 2^30 transactions old cannot be compared with 32-bit xmins: that run reads every row with a
+//! new version, and says so.
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+
+use super::blocks::{self, BlockMark, BlockRead};
+use super::pipeline::{self, Context, Event, Reached, Source};
+use super::plan::StreamPlan;
+use super::sink::RowSink;
+use super::{Outcome, now_version};
+use crate::connect::classify;
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::MessageWriter;
+use crate::query;
+use crate::state::State;
+
+/// Syncs one XMIN stream.
+pub(super) fn sync<W: Write>(
+    cx: &mut Context<'_>,
+    plan: &mut StreamPlan,
+    state: &mut State,
+    writer: &mut MessageWriter<W>,
+) -> Result<Outcome> {
+    let id = plan.selected.tap_stream_id.clone();
+    let stream = plan.selected.stream.clone();
+    let mut bookmark = plan.bookmark.clone();
+    let previous_version = bookmark.get("version").and_then(Value::as_i64);
+    let (next_xid, horizon_now) = transaction_ids(cx)?;
+    let mut horizon = bookmark.get("xmin_horizon").and_then(Value::as_u64).filter(|_| previous_version.is_some());
+    if let Some(h) = horizon
+        && next_xid.checked_sub(h).is_none_or(|age| age >= blocks::MAX_RESUME_XID_AGE)
+    {
+        log::warn!(
+            "stream {id}: the last XMIN run is more than 2^30 transactions ago (or ahead of the server), too old to compare 32-bit xmins with; every row is read again with a new version"
+        );
+        horizon = None;
+    }
+    let mut block_resume = match (plan.block_reads, bookmark.get("block_resume").and_then(BlockMark::from_value)) {
+        (Some((oid, _)), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
+        _ => None,
+    };
+    if let Some((oid, mark)) = block_resume
+        && !blocks::resumable(&mut cx.session.client, oid, &mark)?
+    {
+        log::info!(
+            "stream {id}: the table was rewritten or too many transactions passed since the interrupted run; this pass reads it from the start"
+        );
+        block_resume = None;
+    }
+    // A pass over every row is a new version (unless it resumes one), activated at its end.
+    let full = horizon.is_none();
+    let mut version = match previous_version {
+        Some(v) if !full || block_resume.is_some() => v,
+        _ => now_version(),
+    };
+    match horizon {
+        Some(h) => log::info!("stream {id}: reading rows written since transaction {h}"),
+        None => log::info!("stream {id}: reading every row (first XMIN run)"),
+    }
+    if block_resume.is_none() {
+        bookmark.remove("block_resume");
+    }
+    bookmark.insert("last_replication_method".into(), json!("XMIN"));
+    bookmark.insert("version".into(), json!(version));
+    state.set_bookmark(&id, bookmark.clone());
+    writer.write_state(&state.to_value())?;
+    if previous_version.is_none() {
+        writer.write_activate_version(&stream, version)?;
+    }
+
+    let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
+    let (schema_name, table_name) = (plan.selected.schema_name.clone(), plan.selected.table_name.clone());
+    let search_path = plan.search_path.clone();
+    // The horizon the next run starts from: the snapshot xmin of the read that finishes this
+    // pass (from its block marks), or, without blocks, one taken before the read began.
+    let mut next_horizon = horizon_now;
+    let outcome = if let Some((oid, lockable)) = plan.block_reads {
+        let new_read = |resume| BlockRead::since(oid, (&schema_name, &table_name), lockable, &items, resume, horizon);
+        let source = Source::Blocks(new_read(block_resume.map(|(_, mark)| mark.into())));
+        let mut sink = RowSink::new(plan, version, Vec::new()).skip_columns(1);
+        pipeline::run(
+            cx,
+            (source, &search_path),
+            (&mut plan.columns, &mut sink),
+            writer,
+            |reached| match reached {
+                Reached::Blocks(resume) => Some(Source::Blocks(new_read(Some(resume)))),
+                Reached::Rows(_) => None,
+            },
+            |sink, writer, event| {
+                match event {
+                    Event::Batch(Some(mark)) => {
+                        next_horizon = mark.snapshot_xmin;
+                        bookmark.insert("block_resume".into(), mark.to_value());
+                    }
+                    Event::Batch(None) => {}
+                    Event::StartOver => {
+                        bookmark.remove("block_resume");
+                        if full {
+                            version = now_version();
+                            bookmark.insert("version".into(), json!(version));
+                            sink.set_version(version);
+                        }
+                    }
+                }
+                state.set_bookmark(&id, bookmark.clone());
+                writer.write_state(&state.to_value())
+            },
+        )?
+    } else {
+        let source = || match horizon {
+            Some(h) => Source::Query {
+                sql: query::xmin_query(&items, &schema_name, &table_name),
+                params: vec![blocks::xid32(h)],
+                lock: plan.lock.clone(),
+            },
+            None => Source::Query {
+                sql: query::full_table(&items, &schema_name, &table_name, &[], query::KeyStart::First),
+                params: Vec::new(),
+                lock: plan.lock.clone(),
+            },
+        };
+        let mut sink = RowSink::new(plan, version, Vec::new());
+        pipeline::run(
+            cx,
+            (source(), &search_path),
+            (&mut plan.columns, &mut sink),
+            writer,
+            // No resume point: the pass is read again (its rows sent again).
+            |_| Some(source()),
+            |_, writer, _| {
+                state.set_bookmark(&id, bookmark.clone());
+                writer.write_state(&state.to_value())
+            },
+        )?
+    };
+    if outcome == Outcome::Complete {
+        bookmark.remove("block_resume");
+        bookmark.insert("xmin_horizon".into(), json!(next_horizon));
+        state.set_bookmark(&id, bookmark);
+        if full {
+            writer.write_activate_version(&stream, version)?;
+        }
+        state.set_currently_syncing(None);
+        writer.write_state(&state.to_value())?;
+    }
+    Ok(outcome)
+}
+
+/// The next transaction id and the xmin of a snapshot taken now, both epoch-qualified.
+fn transaction_ids(cx: &mut Context<'_>) -> Result<(u64, u64)> {
+    let row = cx
+        .session
+        .client
+        .query_opt("select txid_snapshot_xmax(s), txid_snapshot_xmin(s) from txid_current_snapshot() s", &[])
+        .map_err(|e| classify(e, "reading the current transaction id", cx.config.sslmode))?
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "reading the current transaction id: no row"))?;
+    let internal = |e| Error::new(ErrorKind::Internal, "reading the current transaction id").with_source(e);
+    let next: i64 = row.try_get(0).map_err(internal)?;
+    let xmin: i64 = row.try_get(1).map_err(internal)?;
+    Ok((next as u64, xmin as u64))
+}
