@@ -96,6 +96,10 @@ insert into narrow
   select i, timestamptz '2020-01-01 00:00:00+00' + i * interval '1.5 seconds', 'name ' || i, (i % 100000) * 1.25, i % 3 = 0
   from generate_series(1, {narrow_rows}) i;
 create index narrow_updated_at on narrow (updated_at);
+create table narrow_xmin_idle as select * from narrow;
+alter table narrow_xmin_idle add primary key (id);
+create table narrow_xmin_changed as select * from narrow;
+alter table narrow_xmin_changed add primary key (id);
 create table narrow_prefix as select * from narrow where id <= {prefix_rows};
 alter table narrow_prefix add primary key (id);
 create table wide (
@@ -386,7 +390,20 @@ def measure_all(args, rtts, narrow_sizes, wide_sizes, uuid_sizes, tmp):
             if table == "narrow":
                 relations.append((name, "INCREMENTAL", "updated_at"))
     relations.append(("narrow_prefix", "FULL_TABLE", None))
-    cats = catalogs(tmp, write(os.path.join(tmp, "config_direct.json"), direct), relations)
+    relations.append(("narrow_xmin_idle", "XMIN", None))
+    relations.append(("narrow_xmin_changed", "XMIN", None))
+    direct_config = write(os.path.join(tmp, "config_direct.json"), direct)
+    cats = catalogs(tmp, direct_config, relations)
+    # XMIN: a first run over each copy of narrow makes the state the measured runs start from;
+    # then 1 % of one copy's rows are updated. Every measured run starts from the same state, so
+    # the idle copy's runs find nothing and the other's find those rows.
+    xmin_states = {}
+    for name in ("narrow_xmin_idle", "narrow_xmin_changed"):
+        out = subprocess.run([TAP, "--config", direct_config, "--catalog", cats[(name, "XMIN")], "--log-level", "warn"],
+                             check=True, capture_output=True, text=True).stdout
+        state = [json.loads(line) for line in out.splitlines() if '"STATE"' in line][-1]["value"]
+        xmin_states[name] = write(os.path.join(tmp, f"state_{name}.json"), state)
+    admin_sql("update narrow_xmin_changed set name = name || ' changed' where id % 100 = 0")
 
     run = Run(args.reps, args.timeout)
     discovery = {}
@@ -412,6 +429,10 @@ def measure_all(args, rtts, narrow_sizes, wide_sizes, uuid_sizes, tmp):
                     # around the heap).
                     run.measure(rtt, link, table, "tap-heroku FULL_TABLE, primary_key order",
                                 [TAP, "--config", pk_config, "--catalog", cats[(name, "FULL_TABLE")], "--log-level", "warn"], rows)
+            for name, what in [("narrow_xmin_idle", "tap-heroku XMIN, nothing changed"), ("narrow_xmin_changed", "tap-heroku XMIN, 1 % changed")]:
+                run.measure(rtt, link, "narrow", what,
+                            [TAP, "--config", config, "--catalog", cats[(name, "XMIN")], "--state", xmin_states[name], "--log-level", "warn"],
+                            max(narrow_sizes))
             run.measure(rtt, link, "narrow_prefix", "tap-heroku FULL_TABLE",
                         [TAP, "--config", config, "--catalog", cats[("narrow_prefix", "FULL_TABLE")], "--log-level", "warn"], args.prefix_rows)
             if not args.skip_discovery:

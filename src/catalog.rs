@@ -436,7 +436,10 @@ mod tests {
     fn invalid_selections_fail_with_the_stream_named() {
         let cases = [
             (json!({"selected": true, "schema-name": "public"}), "has no replication-method"),
-            (json!({"selected": true, "schema-name": "public", "replication-method": "SOMETIMES"}), "is not FULL_TABLE or INCREMENTAL"),
+            (
+                json!({"selected": true, "schema-name": "public", "replication-method": "SOMETIMES"}),
+                "is not FULL_TABLE, INCREMENTAL or XMIN",
+            ),
             (json!({"selected": true, "schema-name": "public", "replication-method": "INCREMENTAL"}), "has no replication-key"),
             (
                 json!({"selected": true, "schema-name": "public", "replication-method": "INCREMENTAL", "replication-key": "nope"}),

@@ -4,7 +4,7 @@
 //! queries (types, relations, columns, primary keys) reads pg_type, pg_class, pg_attribute,
 //! pg_index and pg_namespace; tables, partitioned tables, partitions, views and materialized
 //! views that the role can SELECT are turned into catalog entries, sorted by `tap_stream_id`.
-//! `sync` reuses [`load_types`] and [`load_relations`] to check a stream against the live table.
+//! `sync` reuses [`load_catalog`] to check its streams against the live tables.
 
 use std::collections::HashMap;
 
@@ -50,6 +50,12 @@ pub struct Relation {
     pub relkind: u8,
     /// `reltuples` (an estimate; -1 when never analyzed).
     pub row_count: i64,
+    /// `relhassubclass`: the table has (or had) inheritance children or partitions.
+    pub has_children: bool,
+    /// The role may SELECT the whole table (not only some columns).
+    pub table_select: bool,
+    /// `server_version_num`.
+    pub server_version: i32,
     /// Columns the role can SELECT, by `attnum`.
     pub columns: Vec<Column>,
     /// Names of the columns the role may not SELECT (neither table nor column privilege), so
@@ -70,13 +76,8 @@ impl Relation {
 pub enum Scope<'a> {
     /// Every relation, or those in these schemas.
     Schemas(Option<&'a [String]>),
-    /// Exactly one relation.
-    Table {
-        /// Schema name.
-        schema: &'a str,
-        /// Relation name.
-        name: &'a str,
-    },
+    /// Exactly these relations: (schema, name) pairs.
+    Tables(&'a [(String, String)]),
 }
 
 /// Runs `--discover`: every database the role may connect to, narrowed by `filter_dbs`.
@@ -135,18 +136,17 @@ pub fn list_databases(client: &mut Client, config: &Config) -> Result<Vec<String
 
 /// The catalog entries of one database.
 fn discover_database(client: &mut Client, db: &str, config: &Config) -> Result<Vec<CatalogStream>> {
-    let types = load_types(client)?;
-    let relations = load_relations(client, Scope::Schemas(config.filter_schemas.as_deref()))?;
+    let (types, relations) = load_catalog(client, Scope::Schemas(config.filter_schemas.as_deref()))?;
     Ok(relations.iter().filter(|r| !r.columns.is_empty()).map(|r| catalog_entry(db, r, &types, config)).collect())
 }
 
-/// Loads all of pg_type (one query).
-pub fn load_types(client: &mut Client) -> Result<TypeMap> {
-    let rows = client
-        .query("select oid, typname::text, typtype, typcategory, typelem, typbasetype, typtypmod from pg_type", &[])
-        .map_err(|e| classify(e, "reading pg_type", crate::config::SslMode::Require))?;
+/// All of pg_type.
+const TYPES_SQL: &str = "select oid, typname::text, typtype, typcategory, typelem, typbasetype, typtypmod from pg_type";
+
+/// The [`TypeMap`] of pg_type's rows ([`TYPES_SQL`]).
+fn types_from_rows(rows: &[tokio_postgres::Row]) -> Result<TypeMap> {
     let mut types = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let byte = |i: usize| -> Result<u8> { Ok(get::<i8>(row, i, "pg_type")? as u8) };
         types.push(TypeInfo {
             oid: get::<u32>(row, 0, "pg_type")?,
@@ -161,25 +161,25 @@ pub fn load_types(client: &mut Client) -> Result<TypeMap> {
     Ok(TypeMap::new(types))
 }
 
-/// Loads relations, their readable columns (and the names of the others) and primary keys (three
-/// queries whatever the number of tables), sorted by schema and name.
-pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relation>> {
-    let (schemas, exact): (Option<Vec<String>>, Option<(String, String)>) = match scope {
-        Scope::Schemas(s) => (s.map(<[String]>::to_vec), None),
-        Scope::Table { schema, name } => (None, Some((schema.to_string(), name.to_string()))),
-    };
-    let (exact_schema, exact_name) = match &exact {
-        Some((s, n)) => (Some(s.clone()), Some(n.clone())),
-        None => (None, None),
+/// Loads pg_type and the relations of `scope` with their readable columns (and the names of the
+/// others), primary keys and what a sync needs to know of them: four queries whatever the number
+/// of tables, sent together in one round trip. Relations are sorted by schema and name.
+pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<(TypeMap, Vec<Relation>)> {
+    let (schemas, exact_schemas, exact_names): (Option<Vec<String>>, Option<Vec<String>>, Option<Vec<String>>) = match scope {
+        Scope::Schemas(s) => (s.map(<[String]>::to_vec), None, None),
+        Scope::Tables(pairs) => {
+            (None, Some(pairs.iter().map(|(s, _)| s.clone()).collect()), Some(pairs.iter().map(|(_, n)| n.clone()).collect()))
+        }
     };
     let relation_filter = format!(
         "c.relkind in ('r', 'p', 'v', 'm') and {SYSTEM_SCHEMA_FILTER} \
          and ($1::text[] is null or n.nspname = any($1)) \
-         and ($2::text is null or (n.nspname = $2 and c.relname = $3)) \
+         and ($2::text[] is null or (n.nspname, c.relname) in (select * from unnest($2::text[], $3::text[]))) \
          and has_schema_privilege(n.oid, 'USAGE')"
     );
     let rel_sql = format!(
-        "select c.oid, n.nspname::text, c.relname::text, c.relkind, c.reltuples::float8 \
+        "select c.oid, n.nspname::text, c.relname::text, c.relkind, c.reltuples::float8, \
+           c.relhassubclass, has_table_privilege(c.oid, 'select'), current_setting('server_version_num')::int \
          from pg_class c join pg_namespace n on n.oid = c.relnamespace \
          where {relation_filter} order by n.nspname, c.relname"
     );
@@ -202,16 +202,17 @@ pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relat
          where i.indisprimary and {relation_filter} \
          order by i.indrelid, k.ord"
     );
-    let params: [Param<'_>; 3] = [(&schemas, Type::TEXT_ARRAY), (&exact_schema, Type::TEXT), (&exact_name, Type::TEXT)];
-    // One round trip for the three catalog reads.
+    let params: [Param<'_>; 3] = [(&schemas, Type::TEXT_ARRAY), (&exact_schemas, Type::TEXT_ARRAY), (&exact_names, Type::TEXT_ARRAY)];
+    // One round trip for the four catalog reads.
     let mut answers = client
-        .query_pipelined(&[(&rel_sql, &params), (&col_sql, &params), (&key_sql, &params)])
-        .map_err(|e| classify(e, "reading pg_class, pg_attribute and pg_index", crate::config::SslMode::Require))?
+        .query_pipelined(&[(TYPES_SQL, &[]), (&rel_sql, &params), (&col_sql, &params), (&key_sql, &params)])
+        .map_err(|e| classify(e, "reading pg_type, pg_class, pg_attribute and pg_index", crate::config::SslMode::Require))?
         .into_iter();
-    let (rel_rows, col_rows, key_rows) = match (answers.next(), answers.next(), answers.next()) {
-        (Some(r), Some(c), Some(k)) => (r, c, k),
-        _ => return Err(Error::new(ErrorKind::Internal, "reading pg_class, pg_attribute and pg_index: an answer is missing")),
+    let (type_rows, rel_rows, col_rows, key_rows) = match (answers.next(), answers.next(), answers.next(), answers.next()) {
+        (Some(t), Some(r), Some(c), Some(k)) => (t, r, c, k),
+        _ => return Err(Error::new(ErrorKind::Internal, "reading the catalog: an answer is missing")),
     };
+    let types = types_from_rows(&type_rows)?;
 
     let mut relations = Vec::with_capacity(rel_rows.len());
     let mut index_of: HashMap<u32, usize> = HashMap::with_capacity(rel_rows.len());
@@ -224,6 +225,9 @@ pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relat
             name: get(row, 2, "pg_class")?,
             relkind: get::<i8>(row, 3, "pg_class")? as u8,
             row_count: get::<f64>(row, 4, "pg_class")? as i64,
+            has_children: get(row, 5, "pg_class")?,
+            table_select: get(row, 6, "pg_class")?,
+            server_version: get(row, 7, "pg_class")?,
             columns: Vec::new(),
             unreadable: Vec::new(),
             primary_key: Vec::new(),
@@ -248,7 +252,7 @@ pub fn load_relations(client: &mut Client, scope: Scope<'_>) -> Result<Vec<Relat
             relations[i].primary_key.push(get(row, 1, "pg_index")?);
         }
     }
-    Ok(relations)
+    Ok((types, relations))
 }
 
 /// Reads column `i` of a catalog row; a type mismatch is a bug, not bad input.

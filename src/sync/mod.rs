@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::catalog::{Catalog, select_streams};
 use crate::config::{Config, ReplicationMethod};
 use crate::connect::Connector;
-use crate::discover;
+use crate::discover::{self, Relation, Scope};
 use crate::encode::{self, NOTE_INFINITY_CLAMPED, NOTE_YEAR_CLAMPED, NOTE_YEAR_OUT_OF_RANGE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::MessageWriter;
@@ -68,20 +68,32 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
         );
     }
     let connector = Connector::new(config)?;
+    // One session per database, and its types and the live state of all its selected tables,
+    // read in one round trip before any stream is planned.
     let mut sessions: HashMap<String, Session> = HashMap::new();
+    let mut relations: HashMap<(String, String, String), Relation> = HashMap::new();
+    for stream in &selected {
+        if sessions.contains_key(&stream.database) {
+            continue;
+        }
+        let tables: Vec<(String, String)> =
+            selected.iter().filter(|s| s.database == stream.database).map(|s| (s.schema_name.clone(), s.table_name.clone())).collect();
+        let mut client = connector.connect(&stream.database)?;
+        let (types, live) = discover::load_catalog(&mut client, Scope::Tables(&tables))?;
+        for relation in live {
+            relations.insert((stream.database.clone(), relation.schema.clone(), relation.name.clone()), relation);
+        }
+        sessions.insert(stream.database.clone(), Session { client, types });
+    }
     let mut plans = Vec::with_capacity(selected.len());
     let mut skipped: Vec<Error> = Vec::new();
     for stream in selected {
-        let session = match sessions.entry(stream.database.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let mut client = connector.connect(&stream.database)?;
-                let types = discover::load_types(&mut client)?;
-                e.insert(Session { client, types })
-            }
+        let Some(session) = sessions.get_mut(&stream.database) else {
+            return Err(Error::new(ErrorKind::Internal, format!("stream {} has no session", stream.tap_stream_id)));
         };
         let id = stream.tap_stream_id.clone();
-        match plan_stream(session, stream, &mut state, config) {
+        let relation = relations.get(&(stream.database.clone(), stream.schema_name.clone(), stream.table_name.clone()));
+        match plan_stream(session, (stream, relation), &mut state, config) {
             Ok(plan) => plans.push(plan),
             Err(e) if matches!(e.kind(), ErrorKind::Query | ErrorKind::Auth) => {
                 let e = e.within(format!("stream {id}"));

@@ -15,7 +15,7 @@ use super::Session;
 use crate::catalog::SelectedStream;
 use crate::config::{Config, FullTableOrder, ReplicationMethod};
 use crate::connect::classify;
-use crate::discover::{self, Column, Scope};
+use crate::discover::{self, Column, Relation};
 use crate::encode::write_json_str;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::Client;
@@ -73,11 +73,16 @@ pub struct StreamPlan {
 }
 
 /// Checks one stream against the live table and decides its columns, query and SCHEMA.
-pub fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut State, config: &Config) -> Result<StreamPlan> {
-    let relations =
-        discover::load_relations(&mut session.client, Scope::Table { schema: &selected.schema_name, name: &selected.table_name })?;
+/// `relation` is the live table as [`discover::load_catalog`] read it for every stream of the
+/// database at once, `None` when it is gone.
+pub fn plan_stream(
+    session: &mut Session,
+    (selected, relation): (SelectedStream, Option<&Relation>),
+    state: &mut State,
+    config: &Config,
+) -> Result<StreamPlan> {
     let table = query::qualified_name(&selected.schema_name, &selected.table_name);
-    let relation = relations.into_iter().next().ok_or_else(|| {
+    let relation = relation.ok_or_else(|| {
         Error::new(ErrorKind::Query, format!("table {table} no longer exists or the role cannot see it"))
             .with_hint("Run --discover again and update the catalog, or grant the role USAGE on the schema.")
     })?;
@@ -146,7 +151,7 @@ pub fn plan_stream(session: &mut Session, selected: SelectedStream, state: &mut 
     let mut replication_key = None;
     let mut block_reads = None;
     let mut order_keys_repeat = false;
-    let facts = probe_table(&mut session.client, &relation)?;
+    let facts = TableFacts::of(relation);
     // A rewrite (TRUNCATE + reload, VACUUM FULL, CLUSTER, a rewriting ALTER TABLE) that commits
     // while the read waits for the table would be read with a snapshot older than the new rows:
     // the read locks the table before its first statement takes the snapshot. LOCK TABLE takes
@@ -297,6 +302,11 @@ struct TableFacts {
 }
 
 impl TableFacts {
+    /// The facts `load_catalog` read with the relation.
+    fn of(relation: &Relation) -> TableFacts {
+        TableFacts { server_version: relation.server_version, has_children: relation.has_children, table_select: relation.table_select }
+    }
+
     /// Why the relation cannot be read in block ranges, or `None` when it can: it needs storage
     /// of its own (a table or materialized view, not a partitioned table), no inheritance
     /// children (whose blocks `ctid` ranges would mix in), table-wide SELECT (`ctid` and `xmin`
@@ -314,24 +324,6 @@ impl TableFacts {
             None
         }
     }
-}
-
-/// Reads [`TableFacts`] of a table or materialized view.
-fn probe_table(client: &mut Client, relation: &discover::Relation) -> Result<TableFacts> {
-    let row = client
-        .query_opt(
-            "select current_setting('server_version_num')::int, c.relhassubclass, has_table_privilege(c.oid, 'select') \
-             from pg_class c where c.oid = $1",
-            &[(&relation.oid, Type::OID)],
-        )
-        .map_err(|e| classify(e, "reading pg_class", crate::config::SslMode::Require))?
-        .ok_or_else(|| Error::new(ErrorKind::Query, "the table no longer exists"))?;
-    let internal = |e| Error::new(ErrorKind::Internal, "reading pg_class").with_source(e);
-    Ok(TableFacts {
-        server_version: row.try_get(0).map_err(internal)?,
-        has_children: row.try_get(1).map_err(internal)?,
-        table_select: row.try_get(2).map_err(internal)?,
-    })
 }
 
 /// Whether values of this encoder can serve as a bookmark that the server reads back.
