@@ -165,12 +165,12 @@ fn types_from_rows(rows: &[tokio_postgres::Row]) -> Result<TypeMap> {
 /// others), primary keys and what a sync needs to know of them: four queries whatever the number
 /// of tables, sent together in one round trip. Relations are sorted by schema and name.
 pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<(TypeMap, Vec<Relation>)> {
-    let (schemas, exact_schemas, exact_names): (Option<Vec<String>>, Option<Vec<String>>, Option<Vec<String>>) = match scope {
-        Scope::Schemas(s) => (s.map(<[String]>::to_vec), None, None),
-        Scope::Tables(pairs) => {
-            (None, Some(pairs.iter().map(|(s, _)| s.clone()).collect()), Some(pairs.iter().map(|(_, n)| n.clone()).collect()))
-        }
+    let (schemas, tables): (Option<Vec<String>>, Option<&[(String, String)]>) = match scope {
+        Scope::Schemas(s) => (s.map(<[String]>::to_vec), None),
+        Scope::Tables(pairs) => (None, Some(pairs)),
     };
+    let exact_schemas: Option<Vec<String>> = tables.map(|t| t.iter().map(|(s, _)| s.clone()).collect());
+    let exact_names: Option<Vec<String>> = tables.map(|t| t.iter().map(|(_, n)| n.clone()).collect());
     let relation_filter = format!(
         "c.relkind in ('r', 'p', 'v', 'm') and {SYSTEM_SCHEMA_FILTER} \
          and ($1::text[] is null or n.nspname = any($1)) \
