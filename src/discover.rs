@@ -165,9 +165,13 @@ fn types_from_rows(rows: &[tokio_postgres::Row]) -> Result<TypeMap> {
 /// others), primary keys and what a sync needs to know of them: four queries whatever the number
 /// of tables, sent together in one round trip. Relations are sorted by schema and name.
 pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<(TypeMap, Vec<Relation>)> {
-    let (schemas, tables): (Option<Vec<String>>, Option<&[(String, String)]>) = match scope {
-        Scope::Schemas(s) => (s.map(<[String]>::to_vec), None),
-        Scope::Tables(pairs) => (None, Some(pairs)),
+    let schemas: Option<Vec<String>> = match scope {
+        Scope::Schemas(s) => s.map(<[String]>::to_vec),
+        Scope::Tables(_) => None,
+    };
+    let tables = match scope {
+        Scope::Tables(pairs) => Some(pairs),
+        Scope::Schemas(_) => None,
     };
     let exact_schemas: Option<Vec<String>> = tables.map(|t| t.iter().map(|(s, _)| s.clone()).collect());
     let exact_names: Option<Vec<String>> = tables.map(|t| t.iter().map(|(_, n)| n.clone()).collect());
