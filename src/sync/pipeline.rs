@@ -20,6 +20,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
+use futures_util::future::{try_join, try_join3};
 use tokio_postgres::types::Type;
 
 use super::blocks::{self, BlockMark, BlockRead, Resume, Start, Tid};
@@ -475,18 +476,27 @@ fn read(
         for _ in 0..STORAGE_CHANGED_ATTEMPTS {
             match source {
                 Source::Query { sql, params, lock } => {
-                    match lock {
-                        Some(lock) => c.batch_execute(&format!("{begin}; {lock}")).await?,
-                        None => c.batch_execute(&begin).await?,
-                    }
-                    if stream(c, sql, params, target).await? && target.send(Fetched::StatementEnd) {
+                    let opening = match lock {
+                        Some(lock) => format!("{begin}; {lock}"),
+                        None => begin.clone(),
+                    };
+                    // Sent together, answered in order: the lock is taken before the statement's
+                    // parse takes the snapshot, in one round trip.
+                    let types = vec![Type::TEXT; params.len()];
+                    let (_, statement) = try_join(c.batch_execute(&opening), c.prepare_typed(sql, &types)).await?;
+                    if stream(c, &statement, params, target).await? && target.send(Fetched::StatementEnd) {
                         c.batch_execute("commit").await?;
                     }
                     return Ok(true);
                 }
                 Source::Blocks(read) => {
-                    c.batch_execute(&format!("{begin}; {}", blocks::opening_sql(read))).await?;
-                    let Some(start) = blocks::begin(c, read).await? else {
+                    // The opening statements, the storage check and the main statement's prepare
+                    // in one round trip, answered in that order.
+                    let opening = format!("{begin}; {}", blocks::opening_sql(read));
+                    let types = vec![Type::TEXT; read.select_params(Tid::block_start(0)).len()];
+                    let (_, start, main) =
+                        try_join3(c.batch_execute(&opening), blocks::begin(c, read), c.prepare_typed(&read.select_sql, &types)).await?;
+                    let Some(start) = start else {
                         // The table was rewritten after the snapshot: a new transaction sees it.
                         log::info!("the table was rewritten while the read began; starting the read again");
                         c.batch_execute("rollback").await?;
@@ -497,12 +507,13 @@ fn read(
                     }
                     if let Some(resume) = &start.resume {
                         let params = blocks::catch_up_params(resume);
-                        if !stream(c, &read.catch_up_sql, &params, target).await? || !target.send(Fetched::StatementEnd) {
+                        let catch_up = c.prepare_typed(&read.catch_up_sql, &[Type::TEXT, Type::TEXT]).await?;
+                        if !stream(c, &catch_up, &params, target).await? || !target.send(Fetched::StatementEnd) {
                             return Ok(true);
                         }
                     }
                     let from = start.resume.map_or(Tid::block_start(0), |r| r.from);
-                    if stream(c, &read.select_sql, &read.select_params(from), target).await? && target.send(Fetched::StatementEnd) {
+                    if stream(c, &main, &read.select_params(from), target).await? && target.send(Fetched::StatementEnd) {
                         c.batch_execute("commit").await?;
                     }
                     return Ok(true);
@@ -524,17 +535,16 @@ fn read(
 }
 
 /// Runs one statement and sends its rows on in chunks of [`CHUNK_ROWS`] as they arrive: one
-/// request, no round trip per chunk. The statement is prepared first (one round trip) so that
-/// the types of its result columns are known before rows arrive. Returns `false` when the
-/// encoder stopped listening.
+/// request, no round trip per chunk. The statement was prepared before (so that the types of
+/// its result columns are known before rows arrive). Returns `false` when the encoder stopped
+/// listening.
 async fn stream(
     client: &tokio_postgres::Client,
-    sql: &str,
+    statement: &tokio_postgres::Statement,
     params: &[String],
     target: &Target,
 ) -> std::result::Result<bool, tokio_postgres::Error> {
-    let statement = client.prepare_typed(sql, &vec![Type::TEXT; params.len()]).await?;
-    let rows = client.query_raw(&statement, params).await?;
+    let rows = client.query_raw(statement, params).await?;
     let mut rows = pin!(rows);
     let mut chunk = Vec::with_capacity(CHUNK_ROWS);
     while let Some(row) = rows.try_next().await? {
