@@ -226,3 +226,27 @@ fn xmin_under_concurrent_writers_and_interruptions_ends_with_every_row_final() {
         assert!(wrong.is_empty(), "[{label}] rows whose last record is not their final value: {wrong:?}");
     }
 }
+
+/// Tables that cannot be read by blocks (here a partitioned table: no blocks of its own) are
+/// read in one statement per run, with the same rule: exactly the rows written since.
+#[test]
+fn xmin_on_a_partitioned_table_sends_the_rows_written_since() {
+    let (db, config, mut catalog) = fixture(
+        "create table parted (id int not null, v text not null) partition by range (id); \
+         create table parted_low partition of parted for values from (0) to (1000); \
+         create table parted_high partition of parted for values from (1000) to (2000); \
+         insert into parted select g, 'v' || g from generate_series(1, 1999) g",
+        json!({}),
+    );
+    select(&mut catalog, "parted", "XMIN", None);
+    let (first, state) = run(&config, &catalog, None);
+    assert_eq!(rows(&first, "parted").len(), 1999);
+    let (idle, state) = run(&config, &catalog, Some(&state));
+    assert!(rows(&idle, "parted").is_empty(), "nothing changed, nothing sent");
+    db.exec("update parted set v = 'changed' where id in (5, 1500); insert into parted values (999, 'new')");
+    db.exec("vacuum (freeze) parted_low");
+    let (changed, _) = run(&config, &catalog, Some(&state));
+    let mut got = rows(&changed, "parted");
+    got.sort();
+    assert_eq!(got, [(5, "changed".to_string()), (999, "new".to_string()), (1500, "changed".to_string())]);
+}
