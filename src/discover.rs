@@ -136,7 +136,7 @@ pub fn list_databases(client: &mut Client, config: &Config) -> Result<Vec<String
 
 /// The catalog entries of one database.
 fn discover_database(client: &mut Client, db: &str, config: &Config) -> Result<Vec<CatalogStream>> {
-    let (types, relations) = load_catalog(client, Scope::Schemas(config.filter_schemas.as_deref()))?;
+    let LiveCatalog { types, relations, .. } = load_catalog(client, Scope::Schemas(config.filter_schemas.as_deref()))?;
     Ok(relations.iter().filter(|r| !r.columns.is_empty()).map(|r| catalog_entry(db, r, &types, config)).collect())
 }
 
@@ -161,10 +161,29 @@ fn types_from_rows(rows: &[tokio_postgres::Row]) -> Result<TypeMap> {
     Ok(TypeMap::new(types))
 }
 
+/// What [`load_catalog`] reads: pg_type, the relations, and the schemas (other than
+/// pg_catalog and public) holding the default btree operators of a type, by type oid (e.g.
+/// citext's in `heroku_ext`), so that key comparisons use the type's own operators.
+pub struct LiveCatalog {
+    /// pg_type.
+    pub types: TypeMap,
+    /// The relations of the scope.
+    pub relations: Vec<Relation>,
+    /// Type oid -> schemas of its default btree comparison operators, outside pg_catalog/public.
+    pub operator_schemas: HashMap<u32, Vec<String>>,
+}
+
+/// The schemas of default btree operators outside pg_catalog and public, per type.
+const OPERATOR_SCHEMAS_SQL: &str = "select distinct c.opcintype, n.nspname::text from pg_opclass c \
+     join pg_am am on am.oid = c.opcmethod and am.amname = 'btree' \
+     join pg_amop ao on ao.amopfamily = c.opcfamily and ao.amoplefttype = c.opcintype and ao.amoprighttype = c.opcintype \
+     join pg_operator o on o.oid = ao.amopopr join pg_namespace n on n.oid = o.oprnamespace \
+     where c.opcdefault and n.nspname not in ('pg_catalog', 'public') order by 1, 2";
+
 /// Loads pg_type and the relations of `scope` with their readable columns (and the names of the
-/// others), primary keys and what a sync needs to know of them: four queries whatever the number
+/// others), primary keys and what a sync needs to know of them: five queries whatever the number
 /// of tables, sent together in one round trip. Relations are sorted by schema and name.
-pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<(TypeMap, Vec<Relation>)> {
+pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<LiveCatalog> {
     let schemas: Option<Vec<String>> = match scope {
         Scope::Schemas(s) => s.map(<[String]>::to_vec),
         Scope::Tables(_) => None,
@@ -207,15 +226,20 @@ pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<(TypeMap, V
          order by i.indrelid, k.ord"
     );
     let params: [Param<'_>; 3] = [(&schemas, Type::TEXT_ARRAY), (&exact_schemas, Type::TEXT_ARRAY), (&exact_names, Type::TEXT_ARRAY)];
-    // One round trip for the four catalog reads.
+    // One round trip for the five catalog reads.
     let mut answers = client
-        .query_pipelined(&[(TYPES_SQL, &[]), (&rel_sql, &params), (&col_sql, &params), (&key_sql, &params)])
+        .query_pipelined(&[(TYPES_SQL, &[]), (&rel_sql, &params), (&col_sql, &params), (&key_sql, &params), (OPERATOR_SCHEMAS_SQL, &[])])
         .map_err(|e| classify(e, "reading pg_type, pg_class, pg_attribute and pg_index", crate::config::SslMode::Require))?
         .into_iter();
-    let (type_rows, rel_rows, col_rows, key_rows) = match (answers.next(), answers.next(), answers.next(), answers.next()) {
-        (Some(t), Some(r), Some(c), Some(k)) => (t, r, c, k),
-        _ => return Err(Error::new(ErrorKind::Internal, "reading the catalog: an answer is missing")),
-    };
+    let (type_rows, rel_rows, col_rows, key_rows, operator_rows) =
+        match (answers.next(), answers.next(), answers.next(), answers.next(), answers.next()) {
+            (Some(t), Some(r), Some(c), Some(k), Some(o)) => (t, r, c, k, o),
+            _ => return Err(Error::new(ErrorKind::Internal, "reading the catalog: an answer is missing")),
+        };
+    let mut operator_schemas: HashMap<u32, Vec<String>> = HashMap::new();
+    for row in &operator_rows {
+        operator_schemas.entry(get(row, 0, "pg_opclass")?).or_default().push(get(row, 1, "pg_opclass")?);
+    }
     let types = types_from_rows(&type_rows)?;
 
     let mut relations = Vec::with_capacity(rel_rows.len());
@@ -256,7 +280,7 @@ pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<(TypeMap, V
             relations[i].primary_key.push(get(row, 1, "pg_index")?);
         }
     }
-    Ok((types, relations))
+    Ok(LiveCatalog { types, relations, operator_schemas })
 }
 
 /// Reads column `i` of a catalog row; a type mismatch is a bug, not bad input.

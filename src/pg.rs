@@ -104,16 +104,6 @@ impl Client {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
-    /// Parses and plans `sql` without running it, then closes the statement: checks that a
-    /// query is valid for the server.
-    ///
-    /// # Errors
-    /// The server refused the statement, or the connection.
-    pub fn prepare_typed(&mut self, sql: &str, types: &[Type]) -> std::result::Result<(), Error> {
-        let future = self.client.prepare_typed(sql, types);
-        flatten(drive(&self.runtime, &mut self.connection, future)).map(drop)
-    }
-
     /// What [`crate::connect::Connector::cancel`] needs to cancel this session's running query.
     pub fn cancel_token(&self) -> tokio_postgres::CancelToken {
         self.client.cancel_token()

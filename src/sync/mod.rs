@@ -41,6 +41,8 @@ pub struct Session {
     pub client: Client,
     /// pg_type of that database.
     pub types: TypeMap,
+    /// Schemas of the default btree operators of types outside pg_catalog and public.
+    pub operator_schemas: HashMap<u32, Vec<String>>,
 }
 
 /// Why a stream's sync ended.
@@ -79,11 +81,11 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
         let tables: Vec<(String, String)> =
             selected.iter().filter(|s| s.database == stream.database).map(|s| (s.schema_name.clone(), s.table_name.clone())).collect();
         let mut client = connector.connect(&stream.database)?;
-        let (types, live) = discover::load_catalog(&mut client, Scope::Tables(&tables))?;
-        for relation in live {
+        let live = discover::load_catalog(&mut client, Scope::Tables(&tables))?;
+        for relation in live.relations {
             relations.insert((stream.database.clone(), relation.schema.clone(), relation.name.clone()), relation);
         }
-        sessions.insert(stream.database.clone(), Session { client, types });
+        sessions.insert(stream.database.clone(), Session { client, types: live.types, operator_schemas: live.operator_schemas });
     }
     let mut plans = Vec::with_capacity(selected.len());
     let mut skipped: Vec<Error> = Vec::new();

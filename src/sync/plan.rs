@@ -237,15 +237,14 @@ pub fn plan_stream(
                     "Choose a replication key of a scalar type (timestamp, date, integer, numeric, text, uuid, ...), or use FULL_TABLE.",
                 ));
             }
-            check_orderable(&mut session.client, &selected, &key_column)?;
-            check_bookmark_value(
+            let has_index = check_replication_key(
                 &mut session.client,
-                bookmark.get("replication_key_value"),
-                &columns[i].encoder,
+                (&selected, relation.oid),
                 &key_column,
-                "replication_key_value",
+                &columns[i].encoder,
+                bookmark.get("replication_key_value"),
             )?;
-            if !selected.is_view && !has_leading_index(&mut session.client, relation.oid, key)? {
+            if !selected.is_view && !has_index {
                 log::warn!(
                     "stream {}: replication key {key} has no index; each sync scans the whole table. Create one: create index on {} ({})",
                     selected.tap_stream_id,
@@ -263,7 +262,7 @@ pub fn plan_stream(
         .chain(replication_key.as_ref().map(|(i, _)| *i))
         .filter_map(|i| live.get(columns[i].name.as_str()).map(|c| session.types.base_type(c.typid)))
         .collect();
-    let search_path = key_search_path(&mut session.client, &key_types)?;
+    let search_path = key_search_path(&session.operator_schemas, &key_types);
     Ok(StreamPlan {
         selected,
         columns,
@@ -331,62 +330,72 @@ fn bookmarkable(encoder: &Encoder) -> bool {
     !matches!(encoder, Encoder::Array(_) | Encoder::Hstore | Encoder::Json | Encoder::JsonDocument)
 }
 
-/// Refuses, before any output, a replication key the server cannot compare and order (json,
-/// xml, point, ...), by preparing the query's comparison and ordering.
-fn check_orderable(client: &mut Client, selected: &SelectedStream, key: &KeyColumn<'_>) -> Result<()> {
+/// An INCREMENTAL key's checks, before any output, in one round trip: the server can compare and
+/// order it (the query's comparison and ordering are prepared: json, xml, point, ... fail), the
+/// state's bookmark is a value of its type ([`check_bookmark_value`]'s rule), and whether some
+/// index of the table starts with it (the answer).
+fn check_replication_key(
+    client: &mut Client,
+    (selected, relid): (&SelectedStream, u32),
+    key: &KeyColumn<'_>,
+    encoder: &Encoder,
+    bookmark: Option<&Value>,
+) -> Result<bool> {
     let column = query::quote_ident(key.name);
-    let sql = format!(
+    let ordered_sql = format!(
         "select 1 from {} where {column} >= cast($1::text as {}) order by {column}",
         query::qualified_name(&selected.schema_name, &selected.table_name),
         key.cast_type
     );
-    match client.prepare_typed(&sql, &[Type::TEXT]) {
-        Ok(_) => Ok(()),
+    let param = bookmark_text(bookmark, encoder, key, "replication_key_value")?;
+    let cast_sql = format!("select cast($1::text as {}) is not null", key.cast_type);
+    let index_sql = "select exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0] \
+                     where i.indrelid = $1 and a.attname = $2)";
+    let (ordered, cast, index) = client
+        .run(|c| async move {
+            let cast = async {
+                match &param {
+                    Some(p) => c.query_typed(&cast_sql, &[(p, Type::TEXT)]).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let index_params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] = [(&relid, Type::OID), (&key.name, Type::TEXT)];
+            let index = c.query_typed(index_sql, &index_params);
+            Ok::<_, std::convert::Infallible>(futures_util::future::join3(c.prepare_typed(&ordered_sql, &[Type::TEXT]), cast, index).await)
+        })
+        .map_err(|e| classify(e, "checking the replication key", crate::config::SslMode::Require))?
+        .unwrap_or_else(|never| match never {});
+    match ordered {
+        Ok(_) => {}
         Err(e) if e.as_db_error().is_some() => {
-            Err(Error::new(ErrorKind::Catalog, format!("replication-key {column} cannot be compared or ordered")).with_source(e).with_hint(
-                "Choose a replication key of an ordered type (timestamp, date, integer, numeric, text, uuid, ...), or use FULL_TABLE.",
-            ))
+            return Err(Error::new(ErrorKind::Catalog, format!("replication-key {column} cannot be compared or ordered"))
+                .with_source(e)
+                .with_hint(
+                    "Choose a replication key of an ordered type (timestamp, date, integer, numeric, text, uuid, ...), or use FULL_TABLE.",
+                ));
         }
-        Err(e) => Err(classify(e, "checking the replication key", crate::config::SslMode::Require)),
+        Err(e) => return Err(classify(e, "checking the replication key", crate::config::SslMode::Require)),
+    }
+    cast_answer(cast.map(|_| ()), key, "replication_key_value")?;
+    let rows = index.map_err(|e| classify(e, "reading pg_index", crate::config::SslMode::Require))?;
+    match rows.first() {
+        Some(row) => row.try_get(0).map_err(|e| Error::new(ErrorKind::Internal, "reading pg_index").with_source(e)),
+        None => Ok(false),
     }
 }
 
 /// `public` plus, quoted, every schema (other than pg_catalog and public) that holds the default
 /// btree comparison operators of the key types.
-fn key_search_path(client: &mut Client, key_types: &[u32]) -> Result<String> {
+fn key_search_path(operator_schemas: &HashMap<u32, Vec<String>>, key_types: &[u32]) -> String {
+    let mut schemas: Vec<&String> = key_types.iter().filter_map(|t| operator_schemas.get(t)).flatten().collect();
+    schemas.sort();
+    schemas.dedup();
     let mut path = String::from("public");
-    if key_types.is_empty() {
-        return Ok(path);
-    }
-    let rows = client
-        .query(
-            "select distinct n.nspname::text from pg_opclass c \
-             join pg_am am on am.oid = c.opcmethod and am.amname = 'btree' \
-             join pg_amop ao on ao.amopfamily = c.opcfamily and ao.amoplefttype = c.opcintype and ao.amoprighttype = c.opcintype \
-             join pg_operator o on o.oid = ao.amopopr join pg_namespace n on n.oid = o.oprnamespace \
-             where c.opcdefault and c.opcintype = any($1) and n.nspname not in ('pg_catalog', 'public') order by 1",
-            &[(&key_types, Type::OID_ARRAY)],
-        )
-        .map_err(|e| classify(e, "reading pg_opclass", crate::config::SslMode::Require))?;
-    for row in &rows {
-        let schema: String = row.try_get(0).map_err(|e| Error::new(ErrorKind::Internal, "reading pg_opclass").with_source(e))?;
+    for schema in schemas {
         path.push_str(", ");
-        path.push_str(&query::quote_ident(&schema));
+        path.push_str(&query::quote_ident(schema));
     }
-    Ok(path)
-}
-
-/// True when some index of the table starts with `column`.
-fn has_leading_index(client: &mut Client, relid: u32, column: &str) -> Result<bool> {
-    let row = client
-        .query_opt(
-            "select exists (select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0] \
-             where i.indrelid = $1 and a.attname = $2)",
-            &[(&relid, Type::OID), (&column, Type::TEXT)],
-        )
-        .map_err(|e| classify(e, "reading pg_index", crate::config::SslMode::Require))?;
-    let Some(row) = row else { return Ok(false) };
-    row.try_get(0).map_err(|e| Error::new(ErrorKind::Internal, "reading pg_index").with_source(e))
+    path
 }
 
 /// The JSON kinds a column's values take, to check a bookmark before it is sent to the server.
@@ -401,26 +410,39 @@ fn accepts_bookmark(encoder: &Encoder, value: &Value) -> bool {
     }
 }
 
+/// The refusal of a bookmark that does not fit its key column.
+fn bookmark_refused(key: &KeyColumn<'_>, field: &str) -> Error {
+    Error::new(ErrorKind::State, format!("the state's bookmark {field} does not fit the type of column {}", query::quote_ident(key.name)))
+        .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning), or fix the value to one the column can hold.")
+}
+
+/// The text a bookmark is bound as, or `None` without a bookmark; refuses a JSON kind the
+/// column's values never take.
+fn bookmark_text(value: Option<&Value>, encoder: &Encoder, key: &KeyColumn<'_>, field: &str) -> Result<Option<String>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) if accepts_bookmark(encoder, v) => Ok(Some(bookmark_param(v, encoder))),
+        Some(_) => Err(bookmark_refused(key, field)),
+    }
+}
+
+/// The server's answer to `select cast($1::text as <type>)`: a data exception (class 22: invalid
+/// syntax, out of range, bad datetime format) means the bookmark does not fit the column.
+fn cast_answer(answer: std::result::Result<(), tokio_postgres::Error>, key: &KeyColumn<'_>, field: &str) -> Result<()> {
+    match answer {
+        Ok(()) => Ok(()),
+        Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => Err(bookmark_refused(key, field).with_source(e)),
+        Err(e) => Err(classify(e, "checking the state's bookmark", crate::config::SslMode::Require)),
+    }
+}
+
 /// Refuses, before anything is written, a bookmark value that cannot be a value of the key
 /// column: a JSON type the column's values never take, or text the server cannot cast to the
 /// column's type (the cast the sync query will make).
 fn check_bookmark_value(client: &mut Client, value: Option<&Value>, encoder: &Encoder, key: &KeyColumn<'_>, field: &str) -> Result<()> {
-    let refuse = || {
-        Error::new(ErrorKind::State, format!("the state's bookmark {field} does not fit the type of column {}", query::quote_ident(key.name)))
-            .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning), or fix the value to one the column can hold.")
-    };
-    let value = match value {
-        None | Some(Value::Null) => return Ok(()),
-        Some(v) if accepts_bookmark(encoder, v) => v,
-        Some(_) => return Err(refuse()),
-    };
-    let param = bookmark_param(value, encoder);
-    match client.query(&format!("select cast($1::text as {}) is not null", key.cast_type), &[(&param, Type::TEXT)]) {
-        Ok(_) => Ok(()),
-        // Class 22 is "data exception": invalid syntax, out of range, bad datetime format.
-        Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => Err(refuse().with_source(e)),
-        Err(e) => Err(classify(e, "checking the state's bookmark", crate::config::SslMode::Require)),
-    }
+    let Some(param) = bookmark_text(value, encoder, key, field)? else { return Ok(()) };
+    let answer = client.query(&format!("select cast($1::text as {}) is not null", key.cast_type), &[(&param, Type::TEXT)]);
+    cast_answer(answer.map(|_| ()), key, field)
 }
 
 /// The text a bookmark value is bound as; the server casts it to the key's type, so it must be
