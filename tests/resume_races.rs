@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use postgres::Client;
 use serde_json::{Value, json};
 
-use crate::support::{self, TapOutput, TestDb, assert_records_match_schemas, fixture, id, select, stream_mut, write_json};
+use crate::support::{self, Rng, TapOutput, TestDb, assert_records_match_schemas, fixture, id, select, stream_mut, write_json};
 
 /// A hung tap is killed after this long, so a bug fails the test instead of hanging it.
 const WATCHDOG: Duration = Duration::from_secs(120);
@@ -565,46 +565,6 @@ fn default_order_resume_of_an_inheritance_parent_with_repeated_keys_loses_nothin
 
 /// Schedules run by default (times `TAP_HEROKU_FUZZ_SCALE`): about a minute on a 2-core machine.
 const SCHEDULES: usize = 40;
-
-/// xorshift64* PRNG (as in src/fuzz_tests.rs): tiny, deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed` (any value; zero is remapped).
-    fn new(seed: u64) -> Rng {
-        Rng((seed ^ 0x9E37_79B9_7F4A_7C15).max(1))
-    }
-
-    /// The next 64 random bits.
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n` (`n` > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn between(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// True with probability `1/n`.
-    fn one_in(&mut self, n: usize) -> bool {
-        self.below(n) == 0
-    }
-
-    /// One of `items`.
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
 
 /// The base seed: `TAP_HEROKU_FUZZ_SEED` (docs/testing.md) or a fixed one.
 fn base_seed() -> u64 {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::support::{TapOutput, TestDb, assert_records_match_schemas, fixture, id, select, sync};
+use crate::support::{Rng, TapOutput, TestDb, assert_records_match_schemas, fixture, id, select, sync};
 
 /// Rows of `stream`'s RECORDs as (id, v) in message order.
 fn rows(messages: &[Value], stream: &str) -> Vec<(i64, String)> {
@@ -175,19 +175,6 @@ fn xmin_horizon_too_old_or_ahead_reads_everything_with_a_warning_and_views_are_r
     assert!(out.stderr.contains(&id(&db, "public", "items_v")), "{}", out.stderr);
 }
 
-/// A small deterministic generator (xorshift), seeded from TAP_HEROKU_FUZZ_SEED.
-struct Rng(u64);
-
-impl Rng {
-    /// The next number below `n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Writers insert, update and delete while XMIN syncs run and are interrupted (max_run_seconds
 /// 0, a cut after a STATE, a terminated backend that the run reconnects from); after a final
 /// complete run, the last record of every row of the table carries its final value.
@@ -196,7 +183,7 @@ fn xmin_under_concurrent_writers_and_interruptions_ends_with_every_row_final() {
     let seed: u64 = std::env::var("TAP_HEROKU_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let schedules = 6 * std::env::var("TAP_HEROKU_FUZZ_SCALE").ok().and_then(|s| s.parse::<usize>().ok()).unwrap_or(1);
     for schedule in 0..schedules {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (schedule as u64 + 1));
+        let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (schedule as u64 + 1));
         let label = format!("seed {seed}, schedule {schedule}");
         let (db, _, mut catalog) = fixture(
             "create table w (id int primary key, v text not null) with (fillfactor = 70, autovacuum_enabled = off); \
@@ -247,7 +234,7 @@ fn xmin_under_concurrent_writers_and_interruptions_ends_with_every_row_final() {
             if mode == 1 {
                 // Cut after a random STATE, as if the process died there.
                 let states: Vec<usize> = messages.iter().enumerate().filter(|(_, m)| m["type"] == "STATE").map(|(i, _)| i).collect();
-                let at = states[rng.below(states.len() as u64) as usize];
+                let at = states[rng.below(states.len())];
                 messages.truncate(at + 1);
             }
             for (id, v) in rows(&messages, "w") {
