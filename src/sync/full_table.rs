@@ -16,7 +16,7 @@ use std::io::Write;
 
 use serde_json::{Map, Value, json};
 
-use super::blocks::{self, BlockMark, BlockRead};
+use super::blocks::{self, BlockMark, BlockRead, Resume};
 use super::pipeline::{self, Context, Event, Reached, Source};
 use super::plan::{StreamPlan, bookmark_param};
 use super::sink::RowSink;
@@ -101,34 +101,22 @@ pub(super) fn sync<W: Write>(
     let search_path = plan.search_path.clone();
     let outcome = if let Some((oid, lockable)) = block_reads {
         let new_read = |resume| BlockRead::new(oid, (&schema_name, &table_name), lockable, &items, resume);
-        let source = Source::Blocks(new_read(block_resume.map(|(_, mark)| mark.into())));
-        let mut sink = RowSink::new(plan, version, Vec::new()).skip_columns(1);
-        pipeline::run(
+        let resume = block_resume.map(|(_, mark)| mark.into());
+        read_in_storage_order(
             cx,
-            (source, &search_path),
-            (&mut plan.columns, &mut sink),
+            (plan, &search_path),
             writer,
-            |reached| match reached {
-                Reached::Blocks(resume) => Some(Source::Blocks(new_read(Some(resume)))),
-                Reached::Rows(_) => None,
-            },
-            |sink, writer, event| {
-                match event {
-                    Event::Batch(Some(mark)) => {
-                        bookmark.insert("block_resume".into(), mark.to_value());
-                    }
-                    Event::Batch(None) => {}
-                    Event::StartOver => {
-                        // Rewritten since the resume point: the rows sent before may be gone, so
-                        // this read is a new version, which ACTIVATE_VERSION ends.
-                        version = now_version();
-                        bookmark.remove("block_resume");
-                        bookmark.insert("version".into(), json!(version));
-                        sink.set_version(version);
-                    }
+            (state, &id, &mut bookmark),
+            (new_read, resume),
+            version,
+            |event, sink, bookmark| {
+                if let Event::StartOver = event {
+                    // Rewritten since the resume point: the rows sent before may be gone, so this
+                    // read is a new version, which ACTIVATE_VERSION ends.
+                    version = now_version();
+                    bookmark.insert("version".into(), json!(version));
+                    sink.set_version(version);
                 }
-                state.set_bookmark(&id, bookmark.clone());
-                writer.write_state(&state.to_value())
             },
         )?
     } else {
@@ -195,4 +183,46 @@ pub(super) fn sync<W: Write>(
         writer.write_state(&state.to_value())?;
     }
     Ok(outcome)
+}
+
+/// Reads `plan`'s table in storage order on the pipeline, the first read from `resume` and any
+/// read after a lost connection from where it got to (`new_read` makes each), writing a STATE
+/// after every batch with the batch's mark as the bookmark's `block_resume` (dropped when the
+/// read starts over on a rewritten table). `on_event` sees each event first, with the sink and
+/// the bookmark, for what the method adds (a new version, XMIN's horizon). Shared by FULL_TABLE
+/// and XMIN.
+pub(super) fn read_in_storage_order<W: Write>(
+    cx: &mut Context<'_>,
+    (plan, search_path): (&mut StreamPlan, &str),
+    writer: &mut MessageWriter<W>,
+    (state, id, bookmark): (&mut State, &str, &mut Map<String, Value>),
+    (new_read, resume): (impl Fn(Option<Resume>) -> BlockRead, Option<Resume>),
+    version: i64,
+    mut on_event: impl FnMut(&Event, &mut RowSink, &mut Map<String, Value>),
+) -> Result<Outcome> {
+    let mut sink = RowSink::new(plan, version, Vec::new()).skip_columns(1);
+    pipeline::run(
+        cx,
+        (Source::Blocks(new_read(resume)), search_path),
+        (&mut plan.columns, &mut sink),
+        writer,
+        |reached| match reached {
+            Reached::Blocks(resume) => Some(Source::Blocks(new_read(Some(resume)))),
+            Reached::Rows(_) => None,
+        },
+        |sink, writer, event| {
+            on_event(&event, sink, bookmark);
+            match event {
+                Event::Batch(Some(mark)) => {
+                    bookmark.insert("block_resume".into(), mark.to_value());
+                }
+                Event::StartOver => {
+                    bookmark.remove("block_resume");
+                }
+                Event::Batch(None) => {}
+            }
+            state.set_bookmark(id, bookmark.clone());
+            writer.write_state(&state.to_value())
+        },
+    )
 }

@@ -30,7 +30,8 @@ use std::io::Write;
 use serde_json::{Value, json};
 
 use super::blocks::{self, BlockMark, BlockRead};
-use super::pipeline::{self, Context, Event, Reached, Source};
+use super::full_table::read_in_storage_order;
+use super::pipeline::{self, Context, Event, Source};
 use super::plan::StreamPlan;
 use super::sink::RowSink;
 use super::{Outcome, now_version};
@@ -102,35 +103,25 @@ pub(super) fn sync<W: Write>(
     let mut next_horizon = horizon_now;
     let outcome = if let Some((oid, lockable)) = plan.block_reads {
         let new_read = |resume| BlockRead::since(oid, (&schema_name, &table_name), lockable, &items, resume, horizon);
-        let source = Source::Blocks(new_read(block_resume.map(|(_, mark)| mark.into())));
-        let mut sink = RowSink::new(plan, version, Vec::new()).skip_columns(1);
-        pipeline::run(
+        let resume = block_resume.map(|(_, mark)| mark.into());
+        read_in_storage_order(
             cx,
-            (source, &search_path),
-            (&mut plan.columns, &mut sink),
+            (plan, &search_path),
             writer,
-            |reached| match reached {
-                Reached::Blocks(resume) => Some(Source::Blocks(new_read(Some(resume)))),
-                Reached::Rows(_) => None,
-            },
-            |sink, writer, event| {
+            (state, &id, &mut bookmark),
+            (new_read, resume),
+            version,
+            |event, sink, bookmark| {
                 match event {
-                    Event::Batch(Some(mark)) => {
-                        next_horizon = mark.snapshot_xmin;
-                        bookmark.insert("block_resume".into(), mark.to_value());
+                    Event::Batch(Some(mark)) => next_horizon = mark.snapshot_xmin,
+                    // A pass over every row read again is a new version; a pass over changes is not.
+                    Event::StartOver if full => {
+                        version = now_version();
+                        bookmark.insert("version".into(), json!(version));
+                        sink.set_version(version);
                     }
-                    Event::Batch(None) => {}
-                    Event::StartOver => {
-                        bookmark.remove("block_resume");
-                        if full {
-                            version = now_version();
-                            bookmark.insert("version".into(), json!(version));
-                            sink.set_version(version);
-                        }
-                    }
+                    _ => {}
                 }
-                state.set_bookmark(&id, bookmark.clone());
-                writer.write_state(&state.to_value())
             },
         )?
     } else {
