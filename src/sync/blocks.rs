@@ -124,8 +124,9 @@ pub struct BlockRead {
     pub oid: u32,
     /// The table's qualified, quoted name.
     pub table: String,
-    /// A table (`LOCK TABLE` works), not a materialized view.
-    pub lockable: bool,
+    /// The plan's `lock table ... in access share mode`; `None` for a materialized view, which
+    /// LOCK TABLE does not take.
+    pub lock: Option<String>,
     /// `select ctid, <items> from <table> where ctid >= $1` (see [`query::full_table_blocks`]).
     pub select_sql: String,
     /// `select ctid, <items> from <table> where ctid < $1 and <xmin newer than $2>`.
@@ -138,15 +139,15 @@ pub struct BlockRead {
 
 impl BlockRead {
     /// A read of `items` of `schema`.`table` from the start, or from `resume`.
-    pub fn new(oid: u32, (schema, table): (&str, &str), lockable: bool, items: &[String], resume: Option<Resume>) -> BlockRead {
-        BlockRead::since(oid, (schema, table), lockable, items, resume, None)
+    pub fn new(oid: u32, (schema, table): (&str, &str), lock: Option<String>, items: &[String], resume: Option<Resume>) -> BlockRead {
+        BlockRead::since(oid, (schema, table), lock, items, resume, None)
     }
 
     /// [`BlockRead::new`] reading only the rows whose `xmin` is not older than `since` (XMIN).
     pub fn since(
         oid: u32,
         (schema, table): (&str, &str),
-        lockable: bool,
+        lock: Option<String>,
         items: &[String],
         resume: Option<Resume>,
         since: Option<u64>,
@@ -157,7 +158,7 @@ impl BlockRead {
         BlockRead {
             oid,
             table: query::qualified_name(schema, table),
-            lockable,
+            lock,
             select_sql: match since {
                 None => query::full_table_blocks(&with_ctid, schema, table),
                 Some(_) => query::xmin_blocks(&with_ctid, schema, table),
@@ -225,11 +226,7 @@ pub fn resumable(client: &mut Client, oid: u32, mark: &BlockMark) -> Result<bool
 /// it runs, and is no lock for this.) Synchronized and parallel scans are off so that rows come
 /// in storage order whatever plan the server picks.
 pub fn opening_sql(read: &BlockRead) -> String {
-    let lock = if read.lockable {
-        format!("lock table {} in access share mode", read.table)
-    } else {
-        format!("select from {} limit 0", read.table)
-    };
+    let lock = read.lock.clone().unwrap_or_else(|| format!("select from {} limit 0", read.table));
     format!("set local synchronize_seqscans = off; set local max_parallel_workers_per_gather = 0; {lock}")
 }
 

@@ -51,7 +51,7 @@ pub(super) fn sync<W: Write>(
     };
     let block_reads = plan.block_reads.filter(|_| resume_from.is_none());
     let mut block_resume = match (block_reads, bookmark.get("block_resume").and_then(BlockMark::from_value)) {
-        (Some((oid, _)), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
+        (Some(oid), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
         _ => None,
     };
     if let Some((oid, mark)) = block_resume
@@ -99,8 +99,9 @@ pub(super) fn sync<W: Write>(
     let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
     let (schema_name, table_name) = (plan.selected.schema_name.clone(), plan.selected.table_name.clone());
     let search_path = plan.search_path.clone();
-    let outcome = if let Some((oid, lockable)) = block_reads {
-        let new_read = |resume| BlockRead::new(oid, (&schema_name, &table_name), lockable, &items, resume);
+    let outcome = if let Some(oid) = block_reads {
+        let lock = plan.lock.clone();
+        let new_read = |resume| BlockRead::new(oid, (&schema_name, &table_name), lock.clone(), &items, resume);
         let resume = block_resume.map(|(_, mark)| mark.into());
         read_in_storage_order(
             cx,

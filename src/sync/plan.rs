@@ -58,10 +58,10 @@ pub struct StreamPlan {
     pub lock: Option<String>,
     /// INCREMENTAL key: (index into `columns`, cast type).
     pub replication_key: Option<(usize, String)>,
-    /// FULL_TABLE in block ranges ([`physical`]): the table's oid, when the config asks for it,
-    /// the relation has storage (a table or materialized view) and the server has TID range
-    /// scans (PostgreSQL 14+); and whether it is a table (`LOCK TABLE` takes tables only).
-    pub block_reads: Option<(u32, bool)>,
+    /// Storage order ([`super::blocks`]): the table's oid, when the method and the config ask for
+    /// it, the relation has storage (a table or materialized view), the role table-wide SELECT
+    /// and the server TID range scans (PostgreSQL 14+).
+    pub block_reads: Option<u32>,
     /// The bookmark this run starts from (already adopted from a pipelinewise-style id).
     pub bookmark: Map<String, Value>,
     /// estimated rows (reltuples), for progress.
@@ -177,7 +177,7 @@ pub fn plan_stream(
             order_keys_repeat = facts.has_children && relation.relkind == b'r';
             if config.full_table_order == FullTableOrder::Physical && relation.relkind != b'v' {
                 match facts.block_reads_refused(relation.relkind) {
-                    None => block_reads = Some((relation.oid, relation.relkind == b'r')),
+                    None => block_reads = Some(relation.oid),
                     Some(reason) => log::info!(
                         "stream {}: {reason}; it is read {}",
                         selected.tap_stream_id,
@@ -211,7 +211,7 @@ pub fn plan_stream(
                 bookmark = Map::new();
             }
             match facts.block_reads_refused(relation.relkind) {
-                None => block_reads = Some((relation.oid, relation.relkind == b'r')),
+                None => block_reads = Some(relation.oid),
                 Some(reason) => {
                     log::info!("stream {}: {reason}; each XMIN run reads it whole, without a resume point", selected.tap_stream_id)
                 }

@@ -63,7 +63,7 @@ pub(super) fn sync<W: Write>(
         horizon = None;
     }
     let mut block_resume = match (plan.block_reads, bookmark.get("block_resume").and_then(BlockMark::from_value)) {
-        (Some((oid, _)), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
+        (Some(oid), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
         _ => None,
     };
     if let Some((oid, mark)) = block_resume
@@ -101,8 +101,9 @@ pub(super) fn sync<W: Write>(
     // The horizon the next run starts from: the snapshot xmin of the read that finishes this
     // pass (from its block marks), or, without blocks, one taken before the read began.
     let mut next_horizon = horizon_now;
-    let outcome = if let Some((oid, lockable)) = plan.block_reads {
-        let new_read = |resume| BlockRead::since(oid, (&schema_name, &table_name), lockable, &items, resume, horizon);
+    let outcome = if let Some(oid) = plan.block_reads {
+        let lock = plan.lock.clone();
+        let new_read = |resume| BlockRead::since(oid, (&schema_name, &table_name), lock.clone(), &items, resume, horizon);
         let resume = block_resume.map(|(_, mark)| mark.into());
         read_in_storage_order(
             cx,
