@@ -171,7 +171,13 @@ pub struct LiveCatalog {
     pub relations: Vec<Relation>,
     /// Type oid -> schemas of its default btree comparison operators, outside pg_catalog/public.
     pub operator_schemas: HashMap<u32, Vec<String>>,
+    /// The next transaction id and the xmin of a snapshot taken with the catalog read, both
+    /// epoch-qualified (XMIN's starting points, read here to save a round trip per stream).
+    pub transaction_ids: (u64, u64),
 }
+
+/// The next transaction id and the current snapshot's xmin (see [`LiveCatalog::transaction_ids`]).
+const TRANSACTION_IDS_SQL: &str = "select txid_snapshot_xmax(s), txid_snapshot_xmin(s) from txid_current_snapshot() s";
 
 /// The schemas of default btree operators outside pg_catalog and public, per type.
 const OPERATOR_SCHEMAS_SQL: &str = "select distinct c.opcintype, n.nspname::text from pg_opclass c \
@@ -226,16 +232,27 @@ pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<LiveCatalog
          order by i.indrelid, k.ord"
     );
     let params: [Param<'_>; 3] = [(&schemas, Type::TEXT_ARRAY), (&exact_schemas, Type::TEXT_ARRAY), (&exact_names, Type::TEXT_ARRAY)];
-    // One round trip for the five catalog reads.
+    // One round trip for the six catalog reads.
     let mut answers = client
-        .query_pipelined(&[(TYPES_SQL, &[]), (&rel_sql, &params), (&col_sql, &params), (&key_sql, &params), (OPERATOR_SCHEMAS_SQL, &[])])
+        .query_pipelined(&[
+            (TYPES_SQL, &[]),
+            (&rel_sql, &params),
+            (&col_sql, &params),
+            (&key_sql, &params),
+            (OPERATOR_SCHEMAS_SQL, &[]),
+            (TRANSACTION_IDS_SQL, &[]),
+        ])
         .map_err(|e| classify(e, "reading pg_type, pg_class, pg_attribute and pg_index", crate::config::SslMode::Require))?
         .into_iter();
-    let (type_rows, rel_rows, col_rows, key_rows, operator_rows) =
-        match (answers.next(), answers.next(), answers.next(), answers.next(), answers.next()) {
-            (Some(t), Some(r), Some(c), Some(k), Some(o)) => (t, r, c, k, o),
+    let (type_rows, rel_rows, col_rows, key_rows, operator_rows, xid_rows) =
+        match (answers.next(), answers.next(), answers.next(), answers.next(), answers.next(), answers.next()) {
+            (Some(t), Some(r), Some(c), Some(k), Some(o), Some(x)) => (t, r, c, k, o, x),
             _ => return Err(Error::new(ErrorKind::Internal, "reading the catalog: an answer is missing")),
         };
+    let transaction_ids = match xid_rows.first() {
+        Some(row) => (get::<i64>(row, 0, "txid_current_snapshot")? as u64, get::<i64>(row, 1, "txid_current_snapshot")? as u64),
+        None => return Err(Error::new(ErrorKind::Internal, "reading the current transaction ids: no row")),
+    };
     let mut operator_schemas: HashMap<u32, Vec<String>> = HashMap::new();
     for row in &operator_rows {
         operator_schemas.entry(get(row, 0, "pg_opclass")?).or_default().push(get(row, 1, "pg_opclass")?);
@@ -280,7 +297,7 @@ pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<LiveCatalog
             relations[i].primary_key.push(get(row, 1, "pg_index")?);
         }
     }
-    Ok(LiveCatalog { types, relations, operator_schemas })
+    Ok(LiveCatalog { types, relations, operator_schemas, transaction_ids })
 }
 
 /// Reads column `i` of a catalog row; a type mismatch is a bug, not bad input.

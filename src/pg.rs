@@ -35,6 +35,9 @@ pub struct Client {
     connection: ConnectionStream,
     /// Sends requests; `tokio-postgres` pipelines those whose futures are polled together.
     client: tokio_postgres::Client,
+    /// A read-only transaction was left open by [`Client::commit_later`]: its `commit` goes out
+    /// with the next request, in the same round trip.
+    commit_pending: bool,
 }
 
 impl Client {
@@ -52,7 +55,7 @@ impl Client {
     {
         let (client, mut connection) = runtime.block_on(config.connect(tls))?;
         let stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        Ok(Client { runtime, connection: Box::pin(stream), client })
+        Ok(Client { runtime, connection: Box::pin(stream), client, commit_pending: false })
     }
 
     /// Runs `work` on the request handle to completion, driving the connection meanwhile: the
@@ -66,9 +69,22 @@ impl Client {
         F: FnOnce(&'a tokio_postgres::Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, E>> + 'a,
     {
-        let Client { runtime, connection, client } = self;
+        let commit = self.take_commit();
+        let Client { runtime, connection, client, .. } = self;
         let future = work(client);
-        drive(runtime, connection, future)
+        flatten(drive(runtime, connection, after_commit(client, commit, future)))
+    }
+
+    /// Ends the current read-only transaction with the next request instead of now: the commit
+    /// of a finished read costs no round trip of its own. Only for transactions that wrote
+    /// nothing (a session dropped before its next request rolls the transaction back).
+    pub fn commit_later(&mut self) {
+        self.commit_pending = true;
+    }
+
+    /// Whether a `commit` must precede the next request; clears the mark.
+    fn take_commit(&mut self) -> bool {
+        std::mem::take(&mut self.commit_pending)
     }
 
     /// Runs one query (the unnamed statement, one round trip) and collects its rows: for
@@ -78,8 +94,9 @@ impl Client {
     /// The query failed or the connection was lost.
     pub fn query(&mut self, sql: &str, params: &[Param<'_>]) -> std::result::Result<Vec<Row>, Error> {
         let params: Vec<_> = params.iter().map(|(value, ty)| (*value, ty.clone())).collect();
+        let commit = self.take_commit();
         let future = self.client.query_typed(sql, &params);
-        flatten(drive(&self.runtime, &mut self.connection, future))
+        flatten(flatten(drive(&self.runtime, &mut self.connection, after_commit(&self.client, commit, future))))
     }
 
     /// Runs several independent queries as one pipeline: all are sent before the first answer
@@ -90,10 +107,11 @@ impl Client {
     pub fn query_pipelined(&mut self, queries: &[(&str, &[Param<'_>])]) -> std::result::Result<Vec<Vec<Row>>, Error> {
         let params: Vec<Vec<_>> =
             queries.iter().map(|(_, params)| params.iter().map(|(value, ty)| (*value, ty.clone())).collect()).collect();
+        let commit = self.take_commit();
         let client = &self.client;
         let futures = queries.iter().zip(&params).map(|((sql, _), params)| client.query_typed(sql, params));
         let future = futures_util::future::try_join_all(futures);
-        flatten(drive(&self.runtime, &mut self.connection, future))
+        flatten(flatten(drive(&self.runtime, &mut self.connection, after_commit(client, commit, future))))
     }
 
     /// [`Client::query`] for at most one row: the first, or `None`.
@@ -108,6 +126,16 @@ impl Client {
     pub fn cancel_token(&self) -> tokio_postgres::CancelToken {
         self.client.cancel_token()
     }
+}
+
+/// `work`, preceded by a `commit` when `commit`: both are sent together (the commit first, so
+/// the work runs outside the finished transaction), one round trip for the two.
+async fn after_commit<T>(client: &tokio_postgres::Client, commit: bool, work: impl Future<Output = T>) -> std::result::Result<T, Error> {
+    if !commit {
+        return Ok(work.await);
+    }
+    let (committed, out) = futures_util::future::join(client.batch_execute("commit"), work).await;
+    committed.map(|()| out)
 }
 
 /// Joins the connection's and the work's failure into one.

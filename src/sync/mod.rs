@@ -43,6 +43,9 @@ pub struct Session {
     pub types: TypeMap,
     /// Schemas of the default btree operators of types outside pg_catalog and public.
     pub operator_schemas: HashMap<u32, Vec<String>>,
+    /// The next transaction id and a snapshot's xmin when the session's catalog was read
+    /// ([`discover::LiveCatalog::transaction_ids`]).
+    pub transaction_ids: (u64, u64),
 }
 
 /// Why a stream's sync ended.
@@ -85,7 +88,10 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
         for relation in live.relations {
             relations.insert((stream.database.clone(), relation.schema.clone(), relation.name.clone()), relation);
         }
-        sessions.insert(stream.database.clone(), Session { client, types: live.types, operator_schemas: live.operator_schemas });
+        sessions.insert(
+            stream.database.clone(),
+            Session { client, types: live.types, operator_schemas: live.operator_schemas, transaction_ids: live.transaction_ids },
+        );
     }
     let mut plans = Vec::with_capacity(selected.len());
     let mut skipped: Vec<Error> = Vec::new();

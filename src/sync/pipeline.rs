@@ -4,8 +4,9 @@
 //! read resumes inside the run from the last row written.
 //!
 //! Round trips: each statement is sent once and its rows arrive as the server produces them
-//! (one `Execute` without a row limit), so a stream costs a handful of round trips whatever its
-//! size: opening the transaction, preparing, the statement itself, commit. The server is kept
+//! (one `Execute` without a row limit), so a stream costs one round trip whatever its size: the
+//! opening of the transaction, its checks and the statement go out together and are answered
+//! in order, and the commit goes out with the session's next request. The server is kept
 //! from running ahead by TCP flow control: the reader stops reading the socket while
 //! [`CHANNEL_CHUNKS`] chunks of [`CHUNK_ROWS`] rows wait for the encoder, which bounds memory.
 //! Batches are counted here, not fetched: `itersize` rows of a query, or the first block
@@ -15,7 +16,9 @@
 //! on the server; the session is not used again in this run.
 
 use std::io::Write;
-use std::pin::pin;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::task::Poll;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -457,6 +460,25 @@ impl Target {
     }
 }
 
+/// Polls `request` once, which sends it, and leaves it to be awaited later: a request queued
+/// behind the ones in flight, answered when the server gets to it.
+async fn send_now<F: Future>(request: Pin<&mut F>) {
+    let mut request = Some(request);
+    std::future::poll_fn(|cx| {
+        if let Some(request) = request.take() {
+            let _ = request.poll(cx);
+        }
+        Poll::Ready(())
+    })
+    .await;
+}
+
+/// Text parameters as `query_typed_raw` takes them (every parameter is sent as text and cast in
+/// the statement).
+fn text_params(params: &[String]) -> impl ExactSizeIterator<Item = (&String, Type)> {
+    params.iter().map(|p| (p, Type::TEXT))
+}
+
 /// The reader thread: the stream's transaction and its source, as one piece of work on the
 /// session's runtime. Returns early (the transaction left open: the session is not used again)
 /// when the encoder has stopped listening.
@@ -481,47 +503,84 @@ fn read(
                         None => begin.clone(),
                     };
                     // Sent together, answered in order: the lock is taken before the statement's
-                    // parse takes the snapshot, in one round trip.
-                    let types = vec![Type::TEXT; params.len()];
-                    let (_, statement) = try_join(c.batch_execute(&opening), c.prepare_typed(sql, &types)).await?;
-                    if stream(c, &statement, params, target).await? && target.send(Fetched::StatementEnd) {
-                        c.batch_execute("commit").await?;
-                    }
-                    return Ok(true);
+                    // parse takes the snapshot, and the statement's rows follow, in one round trip.
+                    let (_, rows) = try_join(c.batch_execute(&opening), c.query_typed_raw(sql, text_params(params))).await?;
+                    return Ok(stream(rows, target).await? && target.send(Fetched::StatementEnd));
                 }
                 Source::Blocks(read) => {
-                    // The opening statements, the storage check and the main statement's prepare
-                    // in one round trip, answered in that order.
+                    // The opening statements, the storage check and the statement that reads
+                    // on from where the read is expected to resume (checked by `begin`) in one
+                    // round trip, answered in that order.
                     let opening = format!("{begin}; {}", blocks::opening_sql(read));
-                    let types = vec![Type::TEXT; read.select_params(Tid::block_start(0)).len()];
-                    let (_, start, main) =
-                        try_join3(c.batch_execute(&opening), blocks::begin(c, read), c.prepare_typed(&read.select_sql, &types)).await?;
-                    let Some(start) = start else {
-                        // The table was rewritten after the snapshot: a new transaction sees it.
-                        log::info!("the table was rewritten while the read began; starting the read again");
-                        c.batch_execute("rollback").await?;
-                        continue;
-                    };
-                    if !target.send(Fetched::Started(start)) {
-                        return Ok(true);
-                    }
-                    if let Some(resume) = &start.resume {
-                        let params = blocks::catch_up_params(resume);
-                        let catch_up = c.prepare_typed(&read.catch_up_sql, &[Type::TEXT, Type::TEXT]).await?;
-                        if !stream(c, &catch_up, &params, target).await? || !target.send(Fetched::StatementEnd) {
+                    let expected_from = read.resume.map_or(Tid::block_start(0), |r| r.from);
+                    let main_params = read.select_params(expected_from);
+                    let main = c.query_typed_raw(&read.select_sql, text_params(&main_params));
+                    // Boxed so that it can be dropped (its answers discarded) before another
+                    // request is awaited: an undrained answer would hold up the ones behind it.
+                    let mut main = Box::pin(main);
+                    let (_, start) = if let Some(resume) = &read.resume {
+                        // The catch-up comes first; the main statement is sent behind it (polled
+                        // once so that its request goes out) and awaited after its rows.
+                        let catch_up_params = blocks::catch_up_params(resume);
+                        let mut catch_up = pin!(c.query_typed_raw(&read.catch_up_sql, text_params(&catch_up_params)));
+                        let (opened, start, catch_up) = try_join3(c.batch_execute(&opening), blocks::begin(c, read), async {
+                            send_now(catch_up.as_mut()).await;
+                            send_now(main.as_mut()).await;
+                            catch_up.await
+                        })
+                        .await?;
+                        let Some(start) = start else {
+                            log::info!("the table was rewritten while the read began; starting the read again");
+                            drop((catch_up, main));
+                            c.batch_execute("rollback").await?;
+                            continue;
+                        };
+                        if !target.send(Fetched::Started(start)) {
                             return Ok(true);
                         }
-                    }
+                        if start.resume.is_some() {
+                            if !stream(catch_up, target).await? || !target.send(Fetched::StatementEnd) {
+                                return Ok(true);
+                            }
+                        } else {
+                            drop(catch_up);
+                        }
+                        (opened, start)
+                    } else {
+                        let (opened, start, ()) = try_join3(c.batch_execute(&opening), blocks::begin(c, read), async {
+                            send_now(main.as_mut()).await;
+                            Ok(())
+                        })
+                        .await?;
+                        let Some(start) = start else {
+                            log::info!("the table was rewritten while the read began; starting the read again");
+                            drop(main);
+                            c.batch_execute("rollback").await?;
+                            continue;
+                        };
+                        if !target.send(Fetched::Started(start)) {
+                            return Ok(true);
+                        }
+                        (opened, start)
+                    };
                     let from = start.resume.map_or(Tid::block_start(0), |r| r.from);
-                    if stream(c, &main, &read.select_params(from), target).await? && target.send(Fetched::StatementEnd) {
-                        c.batch_execute("commit").await?;
-                    }
-                    return Ok(true);
+                    let rows = if from == expected_from {
+                        main.await?
+                    } else {
+                        // The resume point the read expected was dropped by the check (the
+                        // table's storage changed): read from the start instead.
+                        drop(main);
+                        c.query_typed_raw(&read.select_sql, text_params(&read.select_params(from))).await?
+                    };
+                    return Ok(stream(rows, target).await? && target.send(Fetched::StatementEnd));
                 }
             }
         }
         Ok(false)
     });
+    // A finished read's transaction wrote nothing: its commit goes out with the session's next
+    // request (or the session ends, which rolls it back), not in a round trip of its own.
+    client.commit_later();
     match work {
         Ok(Ok(true)) => Ok(()),
         Ok(Ok(false)) => Err(ReadFailure {
@@ -534,17 +593,9 @@ fn read(
     }
 }
 
-/// Runs one statement and sends its rows on in chunks of [`CHUNK_ROWS`] as they arrive: one
-/// request, no round trip per chunk. The statement was prepared before (so that the types of
-/// its result columns are known before rows arrive). Returns `false` when the encoder stopped
-/// listening.
-async fn stream(
-    client: &tokio_postgres::Client,
-    statement: &tokio_postgres::Statement,
-    params: &[String],
-    target: &Target,
-) -> std::result::Result<bool, tokio_postgres::Error> {
-    let rows = client.query_raw(statement, params).await?;
+/// Sends a statement's rows on in chunks of [`CHUNK_ROWS`] as they arrive: one request, no
+/// round trip per chunk. Returns `false` when the encoder stopped listening.
+async fn stream(rows: tokio_postgres::RowStream, target: &Target) -> std::result::Result<bool, tokio_postgres::Error> {
     let mut rows = pin!(rows);
     let mut chunk = Vec::with_capacity(CHUNK_ROWS);
     while let Some(row) = rows.try_next().await? {

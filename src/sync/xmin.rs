@@ -52,7 +52,13 @@ pub(super) fn sync<W: Write>(
     let stream = plan.selected.stream.clone();
     let mut bookmark = plan.bookmark.clone();
     let previous_version = bookmark.get("version").and_then(Value::as_i64);
-    let (next_xid, horizon_now) = transaction_ids(cx)?;
+    // A storage-order read takes the next horizon from its own snapshot, so the ids read with
+    // the catalog serve (the wraparound check tolerates their age); a single statement's pass
+    // starts from a snapshot taken now.
+    let (next_xid, horizon_now) = match plan.block_reads {
+        Some(_) => cx.session.transaction_ids,
+        None => transaction_ids(cx)?,
+    };
     let mut horizon = bookmark.get("xmin_horizon").and_then(Value::as_u64).filter(|_| previous_version.is_some());
     if let Some(h) = horizon
         && next_xid.checked_sub(h).is_none_or(|age| age >= blocks::MAX_RESUME_XID_AGE)
