@@ -154,10 +154,13 @@ pub fn run<W: Write>(
         if sink.row_count > rows_at_reconnect {
             attempt = 0;
         }
+        // `Some(None)`: the same source again (a storage-order read lost before it began read
+        // nothing, and starts as it would have).
         let next = if failure.transient && attempt < cx.config.reconnect_attempts {
-            match reached {
-                Some(resume_point) => resume(Reached::Blocks(resume_point)),
-                None => resume(Reached::Rows(sink)),
+            match (reached, &source) {
+                (Some(resume_point), _) => resume(Reached::Blocks(resume_point)).map(Some),
+                (None, Source::Blocks(_)) => Some(None),
+                (None, Source::Query { .. }) => resume(Reached::Rows(sink)).map(Some),
             }
         } else {
             None
@@ -175,7 +178,9 @@ pub fn run<W: Write>(
         attempt += 1;
         reconnect(cx, attempt, &failure.error)?;
         rows_at_reconnect = sink.row_count;
-        source = next;
+        if let Some(next) = next {
+            source = next;
+        }
     }
 }
 
