@@ -1,5 +1,6 @@
 //! The Singer catalog: its serde model (streams, breadcrumb metadata, JSON Schema), reading it
-//! back, and the selection rules that turn it into the list of streams and columns to sync.
+//! back, the replication methods a stream may name, and the selection rules that turn it into the
+//! list of streams and columns to sync.
 //!
 //! Pure: no client, no stdout. Catalogs written by singer-io's tap-postgres, by Meltano (which
 //! rewrites `selected`) and by our own `--discover` all read the same way. What the database
@@ -10,8 +11,45 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::{Config, ReplicationMethod};
+use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result, ResultExt};
+
+/// The replication methods a stream may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationMethod {
+    /// Whole table every run (`SELECT cols FROM t`).
+    FullTable,
+    /// Key-based: `WHERE key >= bookmark ORDER BY key`.
+    Incremental,
+    /// Change capture by transaction id: rows whose `xmin` is newer than the last run's
+    /// snapshot ([`crate::sync`]'s xmin method).
+    Xmin,
+    /// Logical replication (not implemented yet).
+    LogBased,
+}
+
+impl ReplicationMethod {
+    /// Parses Singer's spelling (upper case, as catalogs and configs write it).
+    pub fn parse(text: &str) -> Option<ReplicationMethod> {
+        Some(match text {
+            "FULL_TABLE" => ReplicationMethod::FullTable,
+            "INCREMENTAL" => ReplicationMethod::Incremental,
+            "XMIN" => ReplicationMethod::Xmin,
+            "LOG_BASED" => ReplicationMethod::LogBased,
+            _ => return None,
+        })
+    }
+
+    /// Singer's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicationMethod::FullTable => "FULL_TABLE",
+            ReplicationMethod::Incremental => "INCREMENTAL",
+            ReplicationMethod::Xmin => "XMIN",
+            ReplicationMethod::LogBased => "LOG_BASED",
+        }
+    }
+}
 
 /// A whole catalog: `{"streams": [...]}`.
 #[derive(Debug, Serialize)]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::catalog::ReplicationMethod;
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::typemap::OutOfRangeDates;
 
@@ -57,43 +58,6 @@ impl SslMode {
             SslMode::Require => "require",
             SslMode::VerifyCa => "verify-ca",
             SslMode::VerifyFull => "verify-full",
-        }
-    }
-}
-
-/// The replication methods a stream may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplicationMethod {
-    /// Whole table every run (`SELECT cols FROM t`).
-    FullTable,
-    /// Key-based: `WHERE key >= bookmark ORDER BY key`.
-    Incremental,
-    /// Change capture by transaction id: rows whose `xmin` is newer than the last run's
-    /// snapshot ([`crate::sync`]'s xmin method).
-    Xmin,
-    /// Logical replication (not implemented yet).
-    LogBased,
-}
-
-impl ReplicationMethod {
-    /// Parses Singer's spelling (upper case, as catalogs and configs write it).
-    pub fn parse(text: &str) -> Option<ReplicationMethod> {
-        Some(match text {
-            "FULL_TABLE" => ReplicationMethod::FullTable,
-            "INCREMENTAL" => ReplicationMethod::Incremental,
-            "XMIN" => ReplicationMethod::Xmin,
-            "LOG_BASED" => ReplicationMethod::LogBased,
-            _ => return None,
-        })
-    }
-
-    /// Singer's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReplicationMethod::FullTable => "FULL_TABLE",
-            ReplicationMethod::Incremental => "INCREMENTAL",
-            ReplicationMethod::Xmin => "XMIN",
-            ReplicationMethod::LogBased => "LOG_BASED",
         }
     }
 }

@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::catalog::{Catalog, select_streams};
-use crate::config::{Config, ReplicationMethod};
+use crate::catalog::{Catalog, ReplicationMethod, select_streams};
+use crate::config::Config;
 use crate::connect::Connector;
 use crate::discover::{self, Relation, Scope};
 use crate::encode::{self, NOTE_INFINITY_CLAMPED, NOTE_YEAR_CLAMPED, NOTE_YEAR_OUT_OF_RANGE};

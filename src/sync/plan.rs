@@ -12,8 +12,8 @@ use serde_json::{Map, Value, json};
 use tokio_postgres::types::Type;
 
 use super::Session;
-use crate::catalog::SelectedStream;
-use crate::config::{Config, FullTableOrder, ReplicationMethod};
+use crate::catalog::{ReplicationMethod, SelectedStream};
+use crate::config::{Config, FullTableOrder};
 use crate::connect::classify;
 use crate::discover::{self, Column, Relation};
 use crate::encode::write_json_str;
