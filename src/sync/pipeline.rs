@@ -28,7 +28,7 @@ use super::plan::ColumnPlan;
 use super::sink::{Raw, RowSink};
 use super::{Outcome, Session};
 use crate::config::Config;
-use crate::connect::{Connector, classify, is_transient};
+use crate::connect::{Connector, classify_query, is_transient};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::MessageWriter;
 use crate::signals;
@@ -217,7 +217,6 @@ fn run_once<W: Write>(
         Source::Query { sql, .. } => log::debug!("query: {sql}"),
         Source::Blocks(read) => log::debug!("query in storage order: {}", read.select_sql),
     }
-    let sslmode = cx.config.sslmode;
     let itersize = u64::from(cx.config.itersize);
     let cancel_token = cx.session.client.cancel_token();
     let connector = cx.connector;
@@ -230,7 +229,7 @@ fn run_once<W: Write>(
         let (recycler, recycled) = sync_channel::<Vec<tokio_postgres::Row>>(CHANNEL_CHUNKS + 1);
         let reader = std::thread::Builder::new().name("reader".into()).spawn_scoped(scope, move || {
             let target = Target { sender, recycled };
-            read(client, source, search_path, &target, sslmode)
+            read(client, source, search_path, &target)
         });
         let reader = match reader {
             Ok(reader) => reader,
@@ -460,16 +459,17 @@ impl Target {
 /// The reader thread: the stream's transaction and its source, as one piece of work on the
 /// session's runtime. Returns early (the transaction left open: the session is not used again)
 /// when the encoder has stopped listening.
-fn read(
-    client: &mut crate::pg::Client,
-    source: &Source,
-    search_path: &str,
-    target: &Target,
-    sslmode: crate::config::SslMode,
-) -> std::result::Result<(), ReadFailure> {
+fn read(client: &mut crate::pg::Client, source: &Source, search_path: &str, target: &Target) -> std::result::Result<(), ReadFailure> {
     let failure = |e: tokio_postgres::Error| {
         let transient = is_transient(&e);
-        ReadFailure { error: classify(e, "reading rows", sslmode), transient }
+        let closed = e.is_closed();
+        let mut error = classify_query(e, "reading rows");
+        if closed {
+            error = error.with_hint(
+                "The connection to the server was lost during the sync; run again with the last STATE to continue where this run stopped.",
+            );
+        }
+        ReadFailure { error, transient }
     };
     let begin = format!("begin isolation level repeatable read read only; set local search_path = {search_path}");
     let work = client.run(|c| async move {

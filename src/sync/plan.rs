@@ -14,7 +14,7 @@ use tokio_postgres::types::Type;
 use super::Session;
 use crate::catalog::{ReplicationMethod, SelectedStream};
 use crate::config::{Config, FullTableOrder};
-use crate::connect::classify;
+use crate::connect::classify_query;
 use crate::discover::{self, Column, Relation};
 use crate::encode::write_json_str;
 use crate::error::{Error, ErrorKind, Result};
@@ -363,7 +363,7 @@ fn check_replication_key(
             let index = c.query_typed(index_sql, &index_params);
             Ok::<_, std::convert::Infallible>(futures_util::future::join3(c.prepare_typed(&ordered_sql, &[Type::TEXT]), cast, index).await)
         })
-        .map_err(|e| classify(e, "checking the replication key", crate::config::SslMode::Require))?
+        .map_err(|e| classify_query(e, "checking the replication key"))?
         .unwrap_or_else(|never| match never {});
     match ordered {
         Ok(_) => {}
@@ -374,10 +374,10 @@ fn check_replication_key(
                     "Choose a replication key of an ordered type (timestamp, date, integer, numeric, text, uuid, ...), or use FULL_TABLE.",
                 ));
         }
-        Err(e) => return Err(classify(e, "checking the replication key", crate::config::SslMode::Require)),
+        Err(e) => return Err(classify_query(e, "checking the replication key")),
     }
     cast_answer(cast.map(|_| ()), key, "replication_key_value")?;
-    let rows = index.map_err(|e| classify(e, "reading pg_index", crate::config::SslMode::Require))?;
+    let rows = index.map_err(|e| classify_query(e, "reading pg_index"))?;
     match rows.first() {
         Some(row) => row.try_get(0).map_err(|e| Error::new(ErrorKind::Internal, "reading pg_index").with_source(e)),
         None => Ok(false),
@@ -432,7 +432,7 @@ fn cast_answer(answer: std::result::Result<(), tokio_postgres::Error>, key: &Key
     match answer {
         Ok(()) => Ok(()),
         Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => Err(bookmark_refused(key, field).with_source(e)),
-        Err(e) => Err(classify(e, "checking the state's bookmark", crate::config::SslMode::Require)),
+        Err(e) => Err(classify_query(e, "checking the state's bookmark")),
     }
 }
 

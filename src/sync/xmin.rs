@@ -35,7 +35,7 @@ use super::pipeline::{self, Context, Event, Source};
 use super::plan::StreamPlan;
 use super::sink::RowSink;
 use super::{Outcome, now_version};
-use crate::connect::classify;
+use crate::connect::classify_query;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::MessageWriter;
 use crate::query;
@@ -171,7 +171,7 @@ fn transaction_ids(cx: &mut Context<'_>) -> Result<(u64, u64)> {
         .session
         .client
         .query_opt("select txid_snapshot_xmax(s), txid_snapshot_xmin(s) from txid_current_snapshot() s", &[])
-        .map_err(|e| classify(e, "reading the current transaction id", cx.config.sslmode))?
+        .map_err(|e| classify_query(e, "reading the current transaction id"))?
         .ok_or_else(|| Error::new(ErrorKind::Internal, "reading the current transaction id: no row"))?;
     let internal = |e| Error::new(ErrorKind::Internal, "reading the current transaction id").with_source(e);
     let next: i64 = row.try_get(0).map_err(internal)?;
