@@ -17,8 +17,9 @@ use std::io::Write;
 use serde_json::{Map, Value, json};
 
 use super::blocks::{self, BlockMark, BlockRead, Resume};
+use super::bookmarks::bookmark_param;
 use super::pipeline::{self, Context, Event, Reached, Source};
-use super::plan::{StreamPlan, bookmark_param};
+use super::plan::StreamPlan;
 use super::sink::RowSink;
 use super::{Outcome, now_version};
 use crate::error::Result;

@@ -9,11 +9,14 @@
 //! in a read-only REPEATABLE READ transaction, rows encoded by the [`sink`] straight into the
 //! output buffer, a STATE after each batch.
 
+mod batches;
 mod blocks;
+mod bookmarks;
 mod full_table;
 mod incremental;
 mod pipeline;
 mod plan;
+mod reader;
 mod sink;
 mod xmin;
 
