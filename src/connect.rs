@@ -4,7 +4,9 @@
 //! session settings that make output independent of the server's and the role's TimeZone,
 //! DateStyle and IntervalStyle.
 //!
-//! Also owns [`classify`], the one place a `tokio_postgres::Error` becomes an [`Error`] with a hint.
+//! Also owns the classification of errors, the one place a `tokio_postgres::Error` becomes an
+//! [`Error`] with a hint: [`classify_connection`] for opening a session (it needs the session's
+//! TLS facts), [`classify_query`] for a statement on an open one.
 //! Never prints the password or `sslpassword`: errors name `user@host:port/dbname` and file paths only.
 //!
 //! Known gaps against libpq: no OpenSSL engine keys (`sslkey=engine:id`), no encrypted DER keys
@@ -37,7 +39,7 @@ const KEEPALIVE_RETRIES: u32 = 3;
 /// round trip. Read-only by default; output formats pinned so records do not depend on the
 /// role's or the server's settings (`search_path` too: regclass and regtype values, and
 /// `format_type` names, are qualified relative to it); all are allowed on a hot standby.
-/// PgBouncer refuses a startup `options` parameter: [`classify`] then points at the direct URL.
+/// PgBouncer refuses a startup `options` parameter: [`classify_connection`] then points at the direct URL.
 const SESSION_OPTIONS: &str = "-c default_transaction_read_only=on -c search_path=public -c timezone=UTC \
      -c datestyle=ISO,MDY -c intervalstyle=iso_8601 -c extra_float_digits=3 -c bytea_output=hex -c client_min_messages=warning";
 

@@ -5,9 +5,10 @@
 //! state problems stop the run here with nothing written; a stream whose table or column
 //! vanished or became unreadable is skipped with an error line and the run exits non-zero after
 //! the other streams synced. **Sync**: each stream runs with its replication method
-//! ([`full_table`], [`incremental`]) on the shared data path ([`pipeline`]): a statement streamed
-//! in a read-only REPEATABLE READ transaction, rows encoded by the [`sink`] straight into the
-//! output buffer, a STATE after each batch.
+//! ([`full_table`], [`xmin`], [`incremental`]) on the shared data path ([`pipeline`]): a
+//! statement streamed in a read-only REPEATABLE READ transaction by the [`reader`] thread, rows
+//! encoded by the [`sink`] straight into the output buffer, a STATE after each batch
+//! ([`batches`]). Bookmark values are checked against their key columns in [`bookmarks`].
 
 mod batches;
 mod blocks;

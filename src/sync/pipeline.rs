@@ -1,15 +1,17 @@
 //! The data path of one stream: a reader thread streams the stream's statement from the server
 //! while this thread encodes the rows into RECORD lines, cuts batches (a STATE after each) and
 //! stops on time, signals and failures; a connection lost mid-stream is opened again and the
-//! read resumes inside the run from the last row written.
+//! read resumes inside the run from the last row written. This file holds the reconnect loop and
+//! one transaction's pair of threads; the reader thread is [`super::reader`], the encoder's side
+//! [`super::batches`].
 //!
 //! Round trips: each statement is sent once and its rows arrive as the server produces them
 //! (one `Execute` without a row limit), so a stream costs a handful of round trips whatever its
 //! size: opening the transaction, preparing, the statement itself, commit. The server is kept
 //! from running ahead by TCP flow control: the reader stops reading the socket while
-//! [`CHANNEL_CHUNKS`] chunks of [`CHUNK_ROWS`] rows wait for the encoder, which bounds memory.
+//! [`CHANNEL_CHUNKS`] chunks of [`reader::CHUNK_ROWS`] rows wait for the encoder, which bounds memory.
 //! Batches are counted here, not fetched: `itersize` rows of a query, or the first block
-//! boundary after `itersize` rows of a storage-order read ([`blocks`]).
+//! boundary after `itersize` rows of a storage-order read ([`super::blocks`]).
 //!
 //! Stopping early (time, a signal, an encoding or output failure) cancels the running statement
 //! on the server; the session is not used again in this run.
@@ -61,7 +63,7 @@ pub enum Source {
         /// waited for and then seen, instead of read with a snapshot older than its rows.
         lock: Option<String>,
     },
-    /// A table in storage order ([`blocks`]); a batch ends at a block boundary.
+    /// A table in storage order ([`super::blocks`]); a batch ends at a block boundary.
     Blocks(BlockRead),
 }
 

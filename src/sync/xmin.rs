@@ -27,7 +27,7 @@
 
 use std::io::Write;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::blocks::{self, BlockMark, BlockRead};
 use super::full_table::read_in_storage_order;
@@ -126,31 +126,7 @@ pub(super) fn sync<W: Write>(
             },
         )?
     } else {
-        let source = || match horizon {
-            Some(h) => Source::Query {
-                sql: query::xmin_query(&items, &schema_name, &table_name),
-                params: vec![blocks::xid32(h)],
-                lock: plan.lock.clone(),
-            },
-            None => Source::Query {
-                sql: query::full_table(&items, &schema_name, &table_name, &[], query::KeyStart::First),
-                params: Vec::new(),
-                lock: plan.lock.clone(),
-            },
-        };
-        let mut sink = RowSink::new(plan, version, Vec::new());
-        pipeline::run(
-            cx,
-            (source(), &search_path),
-            (&mut plan.columns, &mut sink),
-            writer,
-            // No resume point: the pass is read again (its rows sent again).
-            |_| Some(source()),
-            |_, writer, _| {
-                state.set_bookmark(&id, bookmark.clone());
-                writer.write_state(&state.to_value())
-            },
-        )?
+        read_by_query(cx, plan, writer, (state, &id, &bookmark), horizon, version)?
     };
     if outcome == Outcome::Complete {
         bookmark.remove("block_resume");
@@ -163,6 +139,47 @@ pub(super) fn sync<W: Write>(
         writer.write_state(&state.to_value())?;
     }
     Ok(outcome)
+}
+
+/// Reads the pass as one query on the pipeline (a relation without blocks of its own): the rows
+/// written since `horizon`, or every row; no resume point, so a lost connection reads the pass
+/// again (its rows sent again).
+fn read_by_query<W: Write>(
+    cx: &mut Context<'_>,
+    plan: &mut StreamPlan,
+    writer: &mut MessageWriter<W>,
+    (state, id, bookmark): (&mut State, &str, &Map<String, Value>),
+    horizon: Option<u64>,
+    version: i64,
+) -> Result<Outcome> {
+    let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
+    let (schema_name, table_name) = (plan.selected.schema_name.clone(), plan.selected.table_name.clone());
+    let search_path = plan.search_path.clone();
+    let source = || match horizon {
+        Some(h) => Source::Query {
+            sql: query::xmin_query(&items, &schema_name, &table_name),
+            params: vec![blocks::xid32(h)],
+            lock: plan.lock.clone(),
+        },
+        None => Source::Query {
+            sql: query::full_table(&items, &schema_name, &table_name, &[], query::KeyStart::First),
+            params: Vec::new(),
+            lock: plan.lock.clone(),
+        },
+    };
+    let mut sink = RowSink::new(plan, version, Vec::new());
+    pipeline::run(
+        cx,
+        (source(), &search_path),
+        (&mut plan.columns, &mut sink),
+        writer,
+        // No resume point: the pass is read again (its rows sent again).
+        |_| Some(source()),
+        |_, writer, _| {
+            state.set_bookmark(id, bookmark.clone());
+            writer.write_state(&state.to_value())
+        },
+    )
 }
 
 /// The next transaction id and the xmin of a snapshot taken now, both epoch-qualified.
