@@ -122,23 +122,20 @@ fn non_empty(s: String) -> Option<String> {
     if s.is_empty() { None } else { Some(s) }
 }
 
-/// Decodes `%XX` escapes (and nothing else); `None` when an escape is malformed or the result is not UTF-8.
+/// Decodes `%XX` escapes (and nothing else); `None` when an escape is malformed or the result is
+/// not UTF-8. `percent-encoding` passes a malformed escape through as text, so those are refused
+/// first, as libpq refuses them ("invalid percent-encoded token").
 fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let escapes_well_formed = bytes
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'%')
+        .all(|(i, _)| bytes.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)));
+    if !escapes_well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(text).decode_utf8().ok().map(|decoded| decoded.into_owned())
 }
 
 #[cfg(test)]
@@ -178,6 +175,7 @@ mod tests {
             "postgres://u:hunter2%zz@h/d",
             "postgres://u:hunter2%@h/d",
             "postgres://u:hunter2%ff@h/d",
+            "postgres://u:hunter2%+f@h/d",
             "postgres://alice:12?hunter2@db.example.com/d1",
         ] {
             let err = ConnUrl::parse(text).unwrap_err();
