@@ -21,7 +21,7 @@ pub fn about_json() -> Value {
         p.insert("type".into(), json!([s.kind, "null"]));
         p.insert("description".into(), json!(s.description));
         if let Some(default) = s.default {
-            p.insert("default".into(), serde_json::from_str(default).expect("setting default is JSON"));
+            p.insert("default".into(), default.to_json());
         }
         if s.secret {
             p.insert("secret".into(), json!(true));
@@ -46,7 +46,14 @@ pub fn about_markdown() -> String {
     out.push_str("| Setting | Type | Default | Description |\n|---|---|---|---|\n");
     for s in SETTINGS {
         let secret = if s.secret { " (secret)" } else { "" };
-        out.push_str(&format!("| {} | {}{} | {} | {} |\n", s.name, s.kind, secret, s.default.unwrap_or(""), s.description));
+        out.push_str(&format!(
+            "| {} | {}{} | {} | {} |\n",
+            s.name,
+            s.kind,
+            secret,
+            s.default.map(|d| d.to_json().to_string()).unwrap_or_default(),
+            s.description
+        ));
     }
     out
 }

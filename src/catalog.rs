@@ -1,5 +1,6 @@
 //! The Singer catalog: its serde model (streams, breadcrumb metadata, JSON Schema), reading it
-//! back, and the selection rules that turn it into the list of streams and columns to sync.
+//! back, the replication methods a stream may name, and the selection rules that turn it into the
+//! list of streams and columns to sync.
 //!
 //! Pure: no client, no stdout. Catalogs written by singer-io's tap-postgres, by Meltano (which
 //! rewrites `selected`) and by our own `--discover` all read the same way. What the database
@@ -10,8 +11,45 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::{Config, ReplicationMethod};
+use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result, ResultExt};
+
+/// The replication methods a stream may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationMethod {
+    /// Whole table every run (`SELECT cols FROM t`).
+    FullTable,
+    /// Key-based: `WHERE key >= bookmark ORDER BY key`.
+    Incremental,
+    /// Change capture by transaction id: rows whose `xmin` is newer than the last run's
+    /// snapshot ([`crate::sync`]'s xmin method).
+    Xmin,
+    /// Logical replication (not implemented yet).
+    LogBased,
+}
+
+impl ReplicationMethod {
+    /// Parses Singer's spelling (upper case, as catalogs and configs write it).
+    pub fn parse(text: &str) -> Option<ReplicationMethod> {
+        Some(match text {
+            "FULL_TABLE" => ReplicationMethod::FullTable,
+            "INCREMENTAL" => ReplicationMethod::Incremental,
+            "XMIN" => ReplicationMethod::Xmin,
+            "LOG_BASED" => ReplicationMethod::LogBased,
+            _ => return None,
+        })
+    }
+
+    /// Singer's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicationMethod::FullTable => "FULL_TABLE",
+            ReplicationMethod::Incremental => "INCREMENTAL",
+            ReplicationMethod::Xmin => "XMIN",
+            ReplicationMethod::LogBased => "LOG_BASED",
+        }
+    }
+}
 
 /// A whole catalog: `{"streams": [...]}`.
 #[derive(Debug, Serialize)]
@@ -190,26 +228,7 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
             return Err(bad("has no table_name".into(), "Run --discover again and select the stream in the new catalog."));
         }
         let is_view = truthy(root.get("is-view")).unwrap_or(false);
-        let method = match root.get("replication-method") {
-            Some(Value::String(s)) if !s.is_empty() => ReplicationMethod::parse(s).ok_or_else(|| {
-                bad(
-                    format!("replication-method {s:?} is not FULL_TABLE, INCREMENTAL or XMIN"),
-                    "Set \"replication-method\" to \"FULL_TABLE\", \"INCREMENTAL\" or \"XMIN\" in the stream's [] metadata.",
-                )
-            })?,
-            None | Some(Value::Null) | Some(Value::String(_)) => config.default_replication_method.ok_or_else(|| {
-                bad(
-                    "has no replication-method".into(),
-                    "Set \"replication-method\" in the stream's [] metadata, or default_replication_method in the config.",
-                )
-            })?,
-            Some(_) => {
-                return Err(bad(
-                    "replication-method is not a string".into(),
-                    "Set \"replication-method\" to \"FULL_TABLE\" or \"INCREMENTAL\".",
-                ));
-            }
-        };
+        let method = replication_method(root, config, &bad)?;
         if method == ReplicationMethod::LogBased {
             return Err(bad(
                 "LOG_BASED replication is not supported yet".into(),
@@ -234,33 +253,7 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
             }
             keep
         });
-        let replication_key = match method {
-            ReplicationMethod::Incremental => {
-                let key = root.get("replication-key").and_then(Value::as_str).filter(|k| !k.is_empty()).ok_or_else(|| {
-                    bad(
-                        "is INCREMENTAL but has no replication-key".into(),
-                        "Set \"replication-key\" to a column name in the stream's [] metadata, or use FULL_TABLE.",
-                    )
-                })?;
-                match catalog_columns.iter().find(|(n, _)| *n == key) {
-                    None => {
-                        return Err(bad(
-                            format!("replication-key {key} is not a column of the stream"),
-                            "Set \"replication-key\" to one of the stream's columns.",
-                        ));
-                    }
-                    Some((_, Some(m))) if m.get("inclusion").and_then(Value::as_str) == Some("unsupported") => {
-                        return Err(bad(
-                            format!("replication-key {key} has a type tap-heroku cannot encode"),
-                            "Choose a replication key of a supported type (timestamp, integer, text, ...).",
-                        ));
-                    }
-                    _ => {}
-                }
-                Some(key.to_string())
-            }
-            _ => None,
-        };
+        let replication_key = replication_key(method, root, &catalog_columns, &bad)?;
         for key in &key_properties {
             if !catalog_columns.iter().any(|(n, _)| n == key) {
                 return Err(bad(
@@ -269,27 +262,7 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
                 ));
             }
         }
-        let mut columns = Vec::new();
-        let mut sql_datatypes = HashMap::new();
-        for (name, meta) in &catalog_columns {
-            let forced = key_properties.iter().any(|k| k == name) || replication_key.as_deref() == Some(*name);
-            let meta_get = |k: &str| meta.and_then(|m| m.get(k));
-            let inclusion = meta_get("inclusion").and_then(Value::as_str);
-            let wanted = match inclusion {
-                Some("unsupported") => false,
-                Some("automatic") => true,
-                _ => match truthy(meta_get("selected")) {
-                    Some(v) => v,
-                    None => truthy(meta_get("selected-by-default")).unwrap_or(true),
-                },
-            };
-            if wanted || (forced && inclusion != Some("unsupported")) {
-                columns.push(name.to_string());
-                if let Some(t) = meta_get("sql-datatype").and_then(Value::as_str) {
-                    sql_datatypes.insert(name.to_string(), t.to_string());
-                }
-            }
-        }
+        let (columns, sql_datatypes) = selected_columns(&catalog_columns, &key_properties, replication_key.as_deref());
         // A `stream` that differs from the table name was chosen on purpose (renamed by the
         // user, or discovered with schema names) and wins.
         let stream = if entry.stream != entry.table_name || !config.include_schemas_in_destination_stream_name {
@@ -328,6 +301,95 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
         selected.insert(0, s);
     }
     Ok(selected)
+}
+
+/// The stream's replication method: its `replication-method` metadata, or the config's
+/// `default_replication_method` when it names none.
+fn replication_method(root: &Map<String, Value>, config: &Config, bad: &impl Fn(String, &str) -> Error) -> Result<ReplicationMethod> {
+    match root.get("replication-method") {
+        Some(Value::String(s)) if !s.is_empty() => ReplicationMethod::parse(s).ok_or_else(|| {
+            bad(
+                format!("replication-method {s:?} is not FULL_TABLE, INCREMENTAL or XMIN"),
+                "Set \"replication-method\" to \"FULL_TABLE\", \"INCREMENTAL\" or \"XMIN\" in the stream's [] metadata.",
+            )
+        }),
+        None | Some(Value::Null) | Some(Value::String(_)) => config.default_replication_method.ok_or_else(|| {
+            bad(
+                "has no replication-method".into(),
+                "Set \"replication-method\" in the stream's [] metadata, or default_replication_method in the config.",
+            )
+        }),
+        Some(_) => {
+            Err(bad("replication-method is not a string".into(), "Set \"replication-method\" to \"FULL_TABLE\" or \"INCREMENTAL\"."))
+        }
+    }
+}
+
+/// An INCREMENTAL stream's replication key: named in its metadata, one of its columns, of a
+/// type that can be encoded; `None` for other methods.
+fn replication_key(
+    method: ReplicationMethod,
+    root: &Map<String, Value>,
+    catalog_columns: &[(&str, Option<&Map<String, Value>>)],
+    bad: &impl Fn(String, &str) -> Error,
+) -> Result<Option<String>> {
+    match method {
+        ReplicationMethod::Incremental => {
+            let key = root.get("replication-key").and_then(Value::as_str).filter(|k| !k.is_empty()).ok_or_else(|| {
+                bad(
+                    "is INCREMENTAL but has no replication-key".into(),
+                    "Set \"replication-key\" to a column name in the stream's [] metadata, or use FULL_TABLE.",
+                )
+            })?;
+            match catalog_columns.iter().find(|(n, _)| *n == key) {
+                None => {
+                    return Err(bad(
+                        format!("replication-key {key} is not a column of the stream"),
+                        "Set \"replication-key\" to one of the stream's columns.",
+                    ));
+                }
+                Some((_, Some(m))) if m.get("inclusion").and_then(Value::as_str) == Some("unsupported") => {
+                    return Err(bad(
+                        format!("replication-key {key} has a type tap-heroku cannot encode"),
+                        "Choose a replication key of a supported type (timestamp, integer, text, ...).",
+                    ));
+                }
+                _ => {}
+            }
+            Ok(Some(key.to_string()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The columns to sync (selected, or automatic, or a key) with their discovered `sql-datatype`.
+fn selected_columns(
+    catalog_columns: &[(&str, Option<&Map<String, Value>>)],
+    key_properties: &[String],
+    replication_key: Option<&str>,
+) -> (Vec<String>, HashMap<String, String>) {
+    let mut columns = Vec::new();
+    let mut sql_datatypes = HashMap::new();
+    for (name, meta) in catalog_columns {
+        let forced = key_properties.iter().any(|k| k == name) || replication_key == Some(*name);
+        let meta_get = |k: &str| meta.and_then(|m| m.get(k));
+        let inclusion = meta_get("inclusion").and_then(Value::as_str);
+        let wanted = match inclusion {
+            Some("unsupported") => false,
+            Some("automatic") => true,
+            _ => match truthy(meta_get("selected")) {
+                Some(v) => v,
+                None => truthy(meta_get("selected-by-default")).unwrap_or(true),
+            },
+        };
+        if wanted || (forced && inclusion != Some("unsupported")) {
+            columns.push(name.to_string());
+            if let Some(t) = meta_get("sql-datatype").and_then(Value::as_str) {
+                sql_datatypes.insert(name.to_string(), t.to_string());
+            }
+        }
+    }
+    (columns, sql_datatypes)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::pg::Client;
 
 use crate::catalog::{Catalog, select_streams};
 use crate::config::Config;
-use crate::connect::{Connector, classify};
+use crate::connect::{Connector, classify_query};
 use crate::discover;
 use crate::error::{Error, ErrorKind, Result};
 use crate::query;
@@ -69,7 +69,7 @@ pub fn run(config: &Config, catalog: Option<&Catalog>) -> Result<()> {
             Ok(rows) if rows.is_empty() => log::info!("test: stream {id}: readable, the table is empty"),
             Ok(_) => log::info!("test: stream {id}: read one row of {} columns", stream.columns.len()),
             Err(e) => {
-                let err = classify(e, &format!("testing stream {id}"), config.sslmode);
+                let err = classify_query(e, &format!("testing stream {id}"));
                 log::error!("{}", err.chain());
                 if let Some(hint) = err.hint() {
                     log::error!("{hint}");

@@ -3,7 +3,9 @@
 //!
 //! Accepts the keys of singer-io's tap-postgres and pipelinewise-tap-postgres with the value forms
 //! they accept (`"5432"`, `"true"`, comma-separated lists), a few MeltanoLabs aliases, and what
-//! Heroku users have in hand (`database_url`, `DATABASE_URL`). Unknown keys are warnings.
+//! Heroku users have in hand (`database_url`, `DATABASE_URL`, split by [`crate::url`]). Unknown
+//! keys are warnings. Each default is written once, as a `DEFAULT_*` constant that both
+//! [`Config::from_map`] and [`SETTINGS`] (`--about`, docs/configuration.md) use.
 //! Owns no connection; `connect` turns a [`Config`] into one. Never puts a password in an error.
 
 use std::path::{Path, PathBuf};
@@ -11,15 +13,32 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::catalog::ReplicationMethod;
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::typemap::OutOfRangeDates;
+use crate::url::ConnUrl;
 
-/// Reconnects of a stream whose connection was lost, when the config does not say.
-const DEFAULT_RECONNECT_ATTEMPTS: u32 = 3;
-/// Rows fetched per round trip when the config does not say (singer-io's `itersize`).
-pub const DEFAULT_ITERSIZE_ROWS: u32 = 20_000;
+// The defaults, each written once: `from_map` uses these values and [`SETTINGS`] renders them
+// for `--about` (and so docs/configuration.md, which must equal its Markdown).
+
+/// Server port when neither the config nor its URL names one.
+const DEFAULT_PORT: u16 = 5432;
+/// `sslmode` when neither `sslmode`, `ssl` nor the URL names one: Heroku requires TLS.
+const DEFAULT_SSLMODE: SslMode = SslMode::Require;
 /// How long a connection attempt may take (singer-io's `connect_timeout`).
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 30;
+/// Rows per batch when the config does not say (singer-io's `itersize`).
+pub const DEFAULT_ITERSIZE_ROWS: u32 = 20_000;
+/// Destination streams are named `{table}` unless the config says `{schema}_{table}`.
+const DEFAULT_INCLUDE_SCHEMAS_IN_DESTINATION_STREAM_NAME: bool = false;
+/// json and jsonb columns are strings holding the document (singer-io's form).
+const DEFAULT_JSON_AS_OBJECT: bool = false;
+/// How FULL_TABLE reads a table when the config does not say.
+const DEFAULT_FULL_TABLE_ORDER: FullTableOrder = FullTableOrder::Physical;
+/// Reconnects of a stream whose connection was lost, when the config does not say.
+const DEFAULT_RECONNECT_ATTEMPTS: u32 = 3;
+/// What dates beyond year 1..9999 become when the config does not say.
+const DEFAULT_OUT_OF_RANGE_DATES: OutOfRangeDates = OutOfRangeDates::Clamp;
 
 /// libpq's `sslmode` values, with libpq's meaning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,50 +69,13 @@ impl SslMode {
     }
 
     /// libpq's spelling.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
             SslMode::Prefer => "prefer",
             SslMode::Require => "require",
             SslMode::VerifyCa => "verify-ca",
             SslMode::VerifyFull => "verify-full",
-        }
-    }
-}
-
-/// The replication methods a stream may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplicationMethod {
-    /// Whole table every run (`SELECT cols FROM t`).
-    FullTable,
-    /// Key-based: `WHERE key >= bookmark ORDER BY key`.
-    Incremental,
-    /// Change capture by transaction id: rows whose `xmin` is newer than the last run's
-    /// snapshot ([`crate::sync`]'s xmin method).
-    Xmin,
-    /// Logical replication (not implemented yet).
-    LogBased,
-}
-
-impl ReplicationMethod {
-    /// Parses Singer's spelling (upper case, as catalogs and configs write it).
-    pub fn parse(text: &str) -> Option<ReplicationMethod> {
-        Some(match text {
-            "FULL_TABLE" => ReplicationMethod::FullTable,
-            "INCREMENTAL" => ReplicationMethod::Incremental,
-            "XMIN" => ReplicationMethod::Xmin,
-            "LOG_BASED" => ReplicationMethod::LogBased,
-            _ => return None,
-        })
-    }
-
-    /// Singer's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReplicationMethod::FullTable => "FULL_TABLE",
-            ReplicationMethod::Incremental => "INCREMENTAL",
-            ReplicationMethod::Xmin => "XMIN",
-            ReplicationMethod::LogBased => "LOG_BASED",
         }
     }
 }
@@ -106,6 +88,16 @@ pub enum FullTableOrder {
     Physical,
     /// `order by` the primary key; the resume point is the last key sent.
     PrimaryKey,
+}
+
+impl FullTableOrder {
+    /// The config's spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FullTableOrder::Physical => "physical",
+            FullTableOrder::PrimaryKey => "primary_key",
+        }
+    }
 }
 
 /// A validated configuration.
@@ -170,10 +162,32 @@ pub struct Setting {
     pub kind: &'static str,
     /// One-line description.
     pub description: &'static str,
-    /// Default, as JSON text, if any.
-    pub default: Option<&'static str>,
+    /// Default, if any (one of the `DEFAULT_*` constants).
+    pub default: Option<DefaultValue>,
     /// True for the password and the URL that holds one.
     pub secret: bool,
+}
+
+/// A setting's default value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DefaultValue {
+    /// A number.
+    Integer(u64),
+    /// `true` or `false`.
+    Boolean(bool),
+    /// A string.
+    Text(&'static str),
+}
+
+impl DefaultValue {
+    /// The value as JSON (`5432`, `false`, `"require"`).
+    pub fn to_json(self) -> Value {
+        match self {
+            DefaultValue::Integer(n) => Value::from(n),
+            DefaultValue::Boolean(b) => Value::Bool(b),
+            DefaultValue::Text(s) => Value::from(s),
+        }
+    }
 }
 
 /// Every setting tap-heroku reads, in the order docs/configuration.md lists them.
@@ -189,7 +203,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "port",
         kind: "integer",
         description: "Server port; a number or a numeric string.",
-        default: Some("5432"),
+        default: Some(DefaultValue::Integer(DEFAULT_PORT as u64)),
         secret: false,
     },
     Setting {
@@ -218,7 +232,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "sslmode",
         kind: "string",
         description: "disable, prefer, require, verify-ca or verify-full, with libpq's meaning (alias: ssl_mode).",
-        default: Some("\"require\""),
+        default: Some(DefaultValue::Text(DEFAULT_SSLMODE.as_str())),
         secret: false,
     },
     Setting {
@@ -260,7 +274,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "connect_timeout",
         kind: "integer",
         description: "Seconds a connection attempt may take.",
-        default: Some("30"),
+        default: Some(DefaultValue::Integer(DEFAULT_CONNECT_TIMEOUT_SECS)),
         secret: false,
     },
     Setting {
@@ -281,7 +295,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "itersize",
         kind: "integer",
         description: "Rows per batch: a STATE follows every batch (rows stream from one statement; a storage-order batch ends at the next block boundary).",
-        default: Some("20000"),
+        default: Some(DefaultValue::Integer(DEFAULT_ITERSIZE_ROWS as u64)),
         secret: false,
     },
     Setting {
@@ -302,35 +316,35 @@ pub const SETTINGS: &[Setting] = &[
         name: "include_schemas_in_destination_stream_name",
         kind: "boolean",
         description: "Name destination streams {schema}_{table} instead of {table}.",
-        default: Some("false"),
+        default: Some(DefaultValue::Boolean(DEFAULT_INCLUDE_SCHEMAS_IN_DESTINATION_STREAM_NAME)),
         secret: false,
     },
     Setting {
         name: "json_as_object",
         kind: "boolean",
         description: "Emit json and jsonb columns as JSON documents (objects, arrays, ...) instead of strings holding them (singer-io's form).",
-        default: Some("false"),
+        default: Some(DefaultValue::Boolean(DEFAULT_JSON_AS_OBJECT)),
         secret: false,
     },
     Setting {
         name: "full_table_order",
         kind: "string",
         description: "How FULL_TABLE reads a table: physical (storage order, resumable at the next block, also without a primary key; PostgreSQL 14+) or primary_key (ordered by the primary key, resumable after the last key sent).",
-        default: Some("\"physical\""),
+        default: Some(DefaultValue::Text(DEFAULT_FULL_TABLE_ORDER.as_str())),
         secret: false,
     },
     Setting {
         name: "reconnect_attempts",
         kind: "integer",
         description: "Times a stream whose connection is lost (reset, failover, a standby's recovery conflict) reconnects (after 1, 4, 16, ... seconds; failures in a row without progress count) and resumes from the last row written; 0 never.",
-        default: Some("3"),
+        default: Some(DefaultValue::Integer(DEFAULT_RECONNECT_ATTEMPTS as u64)),
         secret: false,
     },
     Setting {
         name: "out_of_range_dates",
         kind: "string",
         description: "Dates and timestamps before year 1 or after 9999 (which date-time and Python cannot hold): clamp (written as 0001-01-01T00:00:00+00:00 or 9999-12-31T23:59:59.999000+00:00, for dates 9999-12-31T00:00:00+00:00, as infinity is; bookmarks keep the exact value; a warning per column) or expanded (exact, in ISO 8601 expanded form such as -0043-03-15T00:00:00+00:00; such columns' schemas then have no date-time format).",
-        default: Some("\"clamp\""),
+        default: Some(DefaultValue::Text(DEFAULT_OUT_OF_RANGE_DATES.as_str())),
         secret: false,
     },
 ];
@@ -372,109 +386,22 @@ impl Config {
 
     /// Validates a parsed config object; `env_url` is the `DATABASE_URL` environment variable.
     pub fn from_map(map: &Map<String, Value>, env_url: Option<&str>) -> Result<Config> {
-        for key in map.keys() {
-            if IGNORED_KEYS.contains(&key.as_str()) {
-                log::info!("config key {key} is accepted for compatibility and has no effect in tap-heroku");
-            } else if !is_known_key(key) {
-                match nearest_key(key) {
-                    Some(near) => log::warn!("unknown config key {key} is ignored; did you mean {near}?"),
-                    None => log::warn!("unknown config key {key} is ignored (`tap-heroku --about --format markdown` lists the settings)"),
-                }
-            }
-        }
+        warn_unknown_keys(map);
 
-        let mut url = None;
-        if let Some(text) = opt_string(map, "database_url")?.or(opt_string(map, "sqlalchemy_url")?) {
-            url = Some(ConnUrl::parse(&text).map_err(|e| e.within("database_url"))?);
-        } else if !map.contains_key("host")
-            && let Some(text) = env_url
-        {
-            url = Some(ConnUrl::parse(text).map_err(|e| e.within("DATABASE_URL environment variable"))?);
-        }
-        let url = url.unwrap_or_default();
-
+        let url = connection_url(map, env_url)?;
         let host = opt_string(map, "host")?.or(url.host);
         let port = match map.get("port") {
             Some(v) if !v.is_null() => parse_port(v)?,
-            _ => url.port.unwrap_or(5432),
+            _ => url.port.unwrap_or(DEFAULT_PORT),
         };
         let user = opt_string(map, "user")?.or(url.user);
         let password = opt_string(map, "password")?.or(url.password);
         let dbname = opt_string(map, "dbname")?.or(opt_string(map, "database")?).or(url.dbname);
 
-        // A URL pasted into host (or dbname) would put its password into every error message.
-        for (key, value) in [("host", &host), ("dbname", &dbname), ("user", &user)] {
-            if value.as_deref().is_some_and(|v| v.contains("://") || (key != "user" && v.contains('@'))) {
-                return Err(Error::new(ErrorKind::Config, format!("{key} holds a URL or user@host, not a {key}"))
-                    .with_hint("Put a postgres:// URL in database_url, and only the host name in host."));
-            }
-        }
-        let mut missing = Vec::new();
-        if host.is_none() {
-            missing.push("host");
-        }
-        if user.is_none() {
-            missing.push("user");
-        }
-        if dbname.is_none() {
-            missing.push("dbname");
-        }
-        if !missing.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("missing required keys: {} (or database_url, or the DATABASE_URL environment variable)", missing.join(", ")),
-            )
-            .with_hint(
-                "Set database_url in the config or export DATABASE_URL (Heroku: `heroku config:get DATABASE_URL -a <app>`), or set host, port, user, password and dbname.",
-            ));
-        }
+        check_connection_keys(host.as_deref(), user.as_deref(), dbname.as_deref())?;
 
-        let sslmode = match opt_string(map, "sslmode")?.or(opt_string(map, "ssl_mode")?) {
-            Some(text) => parse_sslmode(&text)?,
-            None => match map.get("ssl") {
-                Some(v) if !v.is_null() => {
-                    if parse_bool(v, "ssl")? {
-                        SslMode::Require
-                    } else {
-                        SslMode::Prefer
-                    }
-                }
-                _ => match url.sslmode.as_deref() {
-                    Some(text) => parse_sslmode(text).map_err(|e| e.within("database_url"))?,
-                    None => SslMode::Require,
-                },
-            },
-        };
-        let sslrootcert = opt_string(map, "sslrootcert")?.or(url.sslrootcert).map(PathBuf::from);
-        if let Some(path) = &sslrootcert
-            && !path.is_file()
-        {
-            return Err(Error::new(ErrorKind::Config, format!("sslrootcert {} does not exist", path.display()))
-                .with_hint("Point sslrootcert at a readable PEM file with the server's CA certificate, or remove the key."));
-        }
-
-        let sslcert = opt_string(map, "sslcert")?.or(url.sslcert).map(PathBuf::from);
-        let sslkey = opt_string(map, "sslkey")?.or(url.sslkey).map(PathBuf::from);
-        let sslpassword = opt_string(map, "sslpassword")?.or(url.sslpassword);
-        // libpq falls back to ~/.postgresql/postgresql.{crt,key} for the missing half; we read no
-        // implicit files (a tap should not change behaviour with $HOME), so one half alone is an error.
-        match (&sslcert, &sslkey) {
-            (Some(_), None) => {
-                return Err(Error::new(ErrorKind::Config, "sslcert is set but sslkey is not")
-                    .with_hint("Set sslkey to the private key file of the client certificate, or remove sslcert."));
-            }
-            (None, Some(_)) => {
-                return Err(Error::new(ErrorKind::Config, "sslkey is set but sslcert is not")
-                    .with_hint("Set sslcert to the client certificate file that belongs to the key, or remove sslkey."));
-            }
-            _ => {}
-        }
-        if sslpassword.is_some() && sslkey.is_none() {
-            log::warn!("sslpassword is set without sslkey and has no effect");
-        }
-        if sslcert.is_some() && sslmode == SslMode::Disable {
-            log::warn!("sslmode=disable: sslcert and sslkey are not used");
-        }
+        let sslmode = read_sslmode(map, url.sslmode.as_deref())?;
+        let tls = TlsFiles::read(map, (url.sslrootcert, url.sslcert, url.sslkey, url.sslpassword), sslmode)?;
 
         let connect_timeout = match map.get("connect_timeout") {
             Some(v) if !v.is_null() => Duration::from_secs(parse_uint(v, "connect_timeout", 1, 3600)?),
@@ -497,7 +424,7 @@ impl Config {
         };
         let include_schemas_in_destination_stream_name = match map.get("include_schemas_in_destination_stream_name") {
             Some(v) if !v.is_null() => parse_bool(v, "include_schemas_in_destination_stream_name")?,
-            _ => false,
+            _ => DEFAULT_INCLUDE_SCHEMAS_IN_DESTINATION_STREAM_NAME,
         };
 
         Ok(Config {
@@ -507,10 +434,10 @@ impl Config {
             password,
             dbname: dbname.unwrap_or_default(),
             sslmode,
-            sslrootcert,
-            sslcert,
-            sslkey,
-            sslpassword,
+            sslrootcert: tls.sslrootcert,
+            sslcert: tls.sslcert,
+            sslkey: tls.sslkey,
+            sslpassword: tls.sslpassword,
             connect_timeout,
             filter_dbs: parse_list(map, "filter_dbs")?,
             filter_schemas: parse_list(map, "filter_schemas")?,
@@ -524,10 +451,11 @@ impl Config {
             },
             json_as_object: match map.get("json_as_object") {
                 Some(v) if !v.is_null() => parse_bool(v, "json_as_object")?,
-                _ => false,
+                _ => DEFAULT_JSON_AS_OBJECT,
             },
             full_table_order: match opt_string(map, "full_table_order")?.map(|t| t.to_ascii_lowercase()).as_deref() {
-                None | Some("physical") => FullTableOrder::Physical,
+                None => DEFAULT_FULL_TABLE_ORDER,
+                Some("physical") => FullTableOrder::Physical,
                 Some("primary_key") => FullTableOrder::PrimaryKey,
                 Some(_) => {
                     return Err(Error::new(ErrorKind::Config, "full_table_order is not physical or primary_key")
@@ -535,7 +463,8 @@ impl Config {
                 }
             },
             out_of_range_dates: match opt_string(map, "out_of_range_dates")?.map(|t| t.to_ascii_lowercase()).as_deref() {
-                None | Some("clamp") => OutOfRangeDates::Clamp,
+                None => DEFAULT_OUT_OF_RANGE_DATES,
+                Some("clamp") => OutOfRangeDates::Clamp,
                 Some("expanded") => OutOfRangeDates::Expanded,
                 Some(_) => {
                     return Err(Error::new(ErrorKind::Config, "out_of_range_dates is not clamp or expanded")
@@ -548,6 +477,142 @@ impl Config {
     /// `user@host:port/dbname`, without the password: safe for logs and errors.
     pub fn endpoint(&self) -> String {
         format!("{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+}
+
+/// Refuses a URL (or `user@host`) in `host`, `dbname` or `user`, and names the required keys
+/// that are missing.
+fn check_connection_keys(host: Option<&str>, user: Option<&str>, dbname: Option<&str>) -> Result<()> {
+    // A URL pasted into host (or dbname) would put its password into every error message.
+    for (key, value) in [("host", host), ("dbname", dbname), ("user", user)] {
+        if value.is_some_and(|v| v.contains("://") || (key != "user" && v.contains('@'))) {
+            return Err(Error::new(ErrorKind::Config, format!("{key} holds a URL or user@host, not a {key}"))
+                .with_hint("Put a postgres:// URL in database_url, and only the host name in host."));
+        }
+    }
+    let mut missing = Vec::new();
+    if host.is_none() {
+        missing.push("host");
+    }
+    if user.is_none() {
+        missing.push("user");
+    }
+    if dbname.is_none() {
+        missing.push("dbname");
+    }
+    if !missing.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("missing required keys: {} (or database_url, or the DATABASE_URL environment variable)", missing.join(", ")),
+        )
+        .with_hint(
+            "Set database_url in the config or export DATABASE_URL (Heroku: `heroku config:get DATABASE_URL -a <app>`), or set host, port, user, password and dbname.",
+        ));
+    }
+    Ok(())
+}
+
+/// Logs the config keys that tap-heroku ignores, with the nearest known key for a typo.
+fn warn_unknown_keys(map: &Map<String, Value>) {
+    for key in map.keys() {
+        if IGNORED_KEYS.contains(&key.as_str()) {
+            log::info!("config key {key} is accepted for compatibility and has no effect in tap-heroku");
+        } else if !is_known_key(key) {
+            match nearest_key(key) {
+                Some(near) => log::warn!("unknown config key {key} is ignored; did you mean {near}?"),
+                None => log::warn!("unknown config key {key} is ignored (`tap-heroku --about --format markdown` lists the settings)"),
+            }
+        }
+    }
+}
+
+/// The URL in `database_url` (or `sqlalchemy_url`), or else, without `host`, in the
+/// `DATABASE_URL` environment variable (`env_url`); all parts empty without one.
+fn connection_url(map: &Map<String, Value>, env_url: Option<&str>) -> Result<ConnUrl> {
+    let mut url = None;
+    if let Some(text) = opt_string(map, "database_url")?.or(opt_string(map, "sqlalchemy_url")?) {
+        url = Some(ConnUrl::parse(&text).map_err(|e| e.within("database_url"))?);
+    } else if !map.contains_key("host")
+        && let Some(text) = env_url
+    {
+        url = Some(ConnUrl::parse(text).map_err(|e| e.within("DATABASE_URL environment variable"))?);
+    }
+    Ok(url.unwrap_or_default())
+}
+
+/// `sslmode` (or `ssl_mode`), else singer-io's `ssl`, else the URL's `sslmode` (`url_sslmode`),
+/// else [`DEFAULT_SSLMODE`].
+fn read_sslmode(map: &Map<String, Value>, url_sslmode: Option<&str>) -> Result<SslMode> {
+    Ok(match opt_string(map, "sslmode")?.or(opt_string(map, "ssl_mode")?) {
+        Some(text) => parse_sslmode(&text)?,
+        None => match map.get("ssl") {
+            Some(v) if !v.is_null() => {
+                if parse_bool(v, "ssl")? {
+                    SslMode::Require
+                } else {
+                    SslMode::Prefer
+                }
+            }
+            _ => match url_sslmode {
+                Some(text) => parse_sslmode(text).map_err(|e| e.within("database_url"))?,
+                None => DEFAULT_SSLMODE,
+            },
+        },
+    })
+}
+
+/// The TLS files and passphrase: the config's keys, else the URL's parameters; the client
+/// certificate and key come as a pair.
+struct TlsFiles {
+    /// `sslrootcert`, an existing file.
+    sslrootcert: Option<PathBuf>,
+    /// `sslcert`.
+    sslcert: Option<PathBuf>,
+    /// `sslkey`.
+    sslkey: Option<PathBuf>,
+    /// `sslpassword`.
+    sslpassword: Option<String>,
+}
+
+impl TlsFiles {
+    /// Reads them from `map`, the URL's values (`sslrootcert`, `sslcert`, `sslkey`,
+    /// `sslpassword`) filling in; warns of those `sslmode` makes useless.
+    fn read(
+        map: &Map<String, Value>,
+        (url_sslrootcert, url_sslcert, url_sslkey, url_sslpassword): (Option<String>, Option<String>, Option<String>, Option<String>),
+        sslmode: SslMode,
+    ) -> Result<TlsFiles> {
+        let sslrootcert = opt_string(map, "sslrootcert")?.or(url_sslrootcert).map(PathBuf::from);
+        if let Some(path) = &sslrootcert
+            && !path.is_file()
+        {
+            return Err(Error::new(ErrorKind::Config, format!("sslrootcert {} does not exist", path.display()))
+                .with_hint("Point sslrootcert at a readable PEM file with the server's CA certificate, or remove the key."));
+        }
+
+        let sslcert = opt_string(map, "sslcert")?.or(url_sslcert).map(PathBuf::from);
+        let sslkey = opt_string(map, "sslkey")?.or(url_sslkey).map(PathBuf::from);
+        let sslpassword = opt_string(map, "sslpassword")?.or(url_sslpassword);
+        // libpq falls back to ~/.postgresql/postgresql.{crt,key} for the missing half; we read no
+        // implicit files (a tap should not change behaviour with $HOME), so one half alone is an error.
+        match (&sslcert, &sslkey) {
+            (Some(_), None) => {
+                return Err(Error::new(ErrorKind::Config, "sslcert is set but sslkey is not")
+                    .with_hint("Set sslkey to the private key file of the client certificate, or remove sslcert."));
+            }
+            (None, Some(_)) => {
+                return Err(Error::new(ErrorKind::Config, "sslkey is set but sslcert is not")
+                    .with_hint("Set sslcert to the client certificate file that belongs to the key, or remove sslkey."));
+            }
+            _ => {}
+        }
+        if sslpassword.is_some() && sslkey.is_none() {
+            log::warn!("sslpassword is set without sslkey and has no effect");
+        }
+        if sslcert.is_some() && sslmode == SslMode::Disable {
+            log::warn!("sslmode=disable: sslcert and sslkey are not used");
+        }
+        Ok(TlsFiles { sslrootcert, sslcert, sslkey, sslpassword })
     }
 }
 
@@ -660,140 +725,6 @@ fn parse_list(map: &Map<String, Value>, key: &str) -> Result<Option<Vec<String>>
     };
     let items: Vec<String> = items.into_iter().filter(|s| !s.is_empty()).collect();
     Ok(if items.is_empty() { None } else { Some(items) })
-}
-
-/// The parts of a `postgres://` URL.
-#[derive(Default, Debug, PartialEq)]
-struct ConnUrl {
-    /// Host (brackets of an IPv6 literal removed).
-    host: Option<String>,
-    /// Port.
-    port: Option<u16>,
-    /// User name.
-    user: Option<String>,
-    /// Password.
-    password: Option<String>,
-    /// Database name.
-    dbname: Option<String>,
-    /// `sslmode` query parameter.
-    sslmode: Option<String>,
-    /// `sslrootcert` query parameter.
-    sslrootcert: Option<String>,
-    /// `sslcert` query parameter.
-    sslcert: Option<String>,
-    /// `sslkey` query parameter.
-    sslkey: Option<String>,
-    /// `sslpassword` query parameter (a secret, like the password).
-    sslpassword: Option<String>,
-}
-
-impl ConnUrl {
-    /// Parses `postgres://` / `postgresql://` URLs. Errors never repeat the URL (it holds a password).
-    fn parse(text: &str) -> Result<ConnUrl> {
-        let bad = |what: &str| {
-            Error::new(ErrorKind::Config, format!("the URL {what}")).with_hint(
-                "Use the form postgres://user:password@host:5432/dbname?sslmode=require (what `heroku config:get DATABASE_URL` prints).",
-            )
-        };
-        let rest = text
-            .strip_prefix("postgres://")
-            .or_else(|| text.strip_prefix("postgresql://"))
-            .ok_or_else(|| bad("does not start with postgres:// or postgresql://"))?;
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, Some(q)),
-            None => (rest, None),
-        };
-        let (authority, path) = match rest.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (rest, None),
-        };
-        let mut url = ConnUrl::default();
-        let hostport = match authority.rsplit_once('@') {
-            Some((userinfo, hostport)) => {
-                let (user, password) = match userinfo.split_once(':') {
-                    Some((u, p)) => (u, Some(p)),
-                    None => (userinfo, None),
-                };
-                url.user = non_empty(percent_decode(user).ok_or_else(|| bad("has a malformed user name"))?);
-                if let Some(p) = password {
-                    url.password = Some(percent_decode(p).ok_or_else(|| bad("has a malformed password"))?);
-                }
-                hostport
-            }
-            None => authority,
-        };
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| bad("has an unclosed [ in its host"))?;
-            (h, after.strip_prefix(':'))
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (hostport, None),
-            }
-        };
-        url.host = non_empty(percent_decode(host).ok_or_else(|| bad("has a malformed host"))?);
-        if let Some(p) = port.filter(|p| !p.is_empty()) {
-            url.port =
-                Some(p.parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?);
-        }
-        if let Some(path) = path {
-            url.dbname = non_empty(percent_decode(path).ok_or_else(|| bad("has a malformed database name"))?);
-        }
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v).ok_or_else(|| bad("has a malformed query parameter"))?;
-            match k {
-                "sslmode" => url.sslmode = Some(v),
-                "sslrootcert" => url.sslrootcert = Some(v),
-                "sslcert" => url.sslcert = non_empty(v),
-                "sslkey" => url.sslkey = non_empty(v),
-                "sslpassword" => url.sslpassword = non_empty(v),
-                "user" => url.user = non_empty(v),
-                "password" => url.password = Some(v),
-                "dbname" => url.dbname = non_empty(v),
-                "host" => url.host = non_empty(v),
-                "port" => {
-                    url.port = Some(
-                        v.parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?,
-                    )
-                }
-                // A key with these characters is the tail of a password holding an unescaped `?`:
-                // refuse the URL rather than log any of it.
-                other if other.contains(['@', '/', ':', '#']) => {
-                    return Err(bad("has a malformed query part (a password with ?, #, / or @ must be percent-encoded, e.g. ? as %3F)"));
-                }
-                // Not named: only the parameters above are read, the rest may hold anything.
-                _ => log::warn!(
-                    "a URL parameter other than sslmode, sslrootcert, sslcert, sslkey, sslpassword, user, password, dbname, host and port is ignored"
-                ),
-            }
-        }
-        Ok(url)
-    }
-}
-
-/// `Some(s)` unless `s` is empty.
-fn non_empty(s: String) -> Option<String> {
-    if s.is_empty() { None } else { Some(s) }
-}
-
-/// Decodes `%XX` escapes (and nothing else); `None` when an escape is malformed or the result is not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! session settings that make output independent of the server's and the role's TimeZone,
 //! DateStyle and IntervalStyle.
 //!
-//! Also owns [`classify`], the one place a `tokio_postgres::Error` becomes an [`Error`] with a hint.
+//! Also owns the classification of errors, the one place a `tokio_postgres::Error` becomes an
+//! [`Error`] with a hint: [`classify_connection`] for opening a session (it needs the session's
+//! TLS facts), [`classify_query`] for a statement on an open one.
 //! Never prints the password or `sslpassword`: errors name `user@host:port/dbname` and file paths only.
 //!
 //! Known gaps against libpq: no OpenSSL engine keys (`sslkey=engine:id`), no encrypted DER keys
@@ -37,7 +39,7 @@ const KEEPALIVE_RETRIES: u32 = 3;
 /// round trip. Read-only by default; output formats pinned so records do not depend on the
 /// role's or the server's settings (`search_path` too: regclass and regtype values, and
 /// `format_type` names, are qualified relative to it); all are allowed on a hot standby.
-/// PgBouncer refuses a startup `options` parameter: [`classify`] then points at the direct URL.
+/// PgBouncer refuses a startup `options` parameter: [`classify_connection`] then points at the direct URL.
 const SESSION_OPTIONS: &str = "-c default_transaction_read_only=on -c search_path=public -c timezone=UTC \
      -c datestyle=ISO,MDY -c intervalstyle=iso_8601 -c extra_float_digits=3 -c bytea_output=hex -c client_min_messages=warning";
 
@@ -120,7 +122,7 @@ impl Connector {
     /// Opens a session on `dbname` with [`SESSION_OPTIONS`].
     ///
     /// # Errors
-    /// Classified by [`classify`]: `Auth`, `Connect` or `Config` with a hint.
+    /// Classified by [`classify_connection`]: `Auth`, `Connect` or `Config` with a hint.
     pub fn connect(&self, dbname: &str) -> Result<Client> {
         let mut config = self.base.clone();
         config.dbname(dbname);
@@ -401,33 +403,34 @@ fn file_error(setting: &str, path: &Path, e: io::Error) -> Error {
     Error::new(ErrorKind::Config, format!("reading {setting} {}", path.display())).with_source(e).with_hint(hint)
 }
 
-/// Turns a `tokio_postgres::Error` met while `what` into an [`Error`] with the right kind and a hint.
-pub fn classify(e: tokio_postgres::Error, what: &str, sslmode: SslMode) -> Error {
-    classify_connection(e, what, sslmode, false)
+/// Turns the failure of a statement on an open session, met while `what`, into an [`Error`] with
+/// the right kind and a hint: a server error by its SQLSTATE ([`classify_db_error`]), a lost
+/// connection as `Connect`, anything else as `Query`.
+pub fn classify_query(e: tokio_postgres::Error, what: &str) -> Error {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().clone();
+        return classify_db_error(e, what, &code);
+    }
+    lost_connection(e, what).unwrap_or_else(|e| Error::new(ErrorKind::Query, what.to_string()).with_source(e))
 }
 
-/// [`classify`] for a session that presents a client certificate when `client_cert`: the server
-/// then reports a certificate whose CN is not the user as a failed password (PostgreSQL's
+/// Turns the failure of opening a session, met while `what`, into an [`Error`] with the right
+/// kind and a hint. The facts of the session's TLS matter here: `sslmode` picks the hint of a
+/// failed handshake, and a session that presents a client certificate (`client_cert`) hears a
+/// certificate whose CN is not the user reported as a failed password (PostgreSQL's
 /// `auth_failed` names the auth method, scram, not the certificate check that failed).
 fn classify_connection(e: tokio_postgres::Error, what: &str, sslmode: SslMode, client_cert: bool) -> Error {
     // rust-postgres keeps the interesting part (TLS refusal, openssl's reason, "password
     // missing") in the source chain, not in its own Display text.
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
+    let text = error_text(&e);
     if let Some(db) = e.as_db_error() {
         let code = db.code().clone();
         let message = db.message().to_string();
         let login_refused = is_login_refused(db);
-        let base = Error::new(kind_of(&code), what.to_string()).with_source(e);
         return if code == SqlState::INVALID_PASSWORD && client_cert {
-            base.with_hint("Check password, and that the CN of the certificate in sslcert is this user: with clientcert=verify-full the server reports either mismatch as a failed password.")
+            Error::new(kind_of(&code), what.to_string()).with_source(e).with_hint("Check password, and that the CN of the certificate in sslcert is this user: with clientcert=verify-full the server reports either mismatch as a failed password.")
         } else if code == SqlState::INVALID_PASSWORD {
-            base.with_hint("Check user and password in the config (Heroku: `heroku pg:credentials:url` shows the current ones; they change when credentials rotate).")
+            Error::new(kind_of(&code), what.to_string()).with_source(e).with_hint("Check user and password in the config (Heroku: `heroku pg:credentials:url` shows the current ones; they change when credentials rotate).")
         } else if code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION && message.contains("no encryption") {
             Error::new(ErrorKind::Connect, what.to_string())
                 .with_source(db_error_only(message))
@@ -448,31 +451,23 @@ fn classify_connection(e: tokio_postgres::Error, what: &str, sslmode: SslMode, c
                 .with_source(db_error_only(message))
                 .with_hint("Check user (and password) in the config (Heroku: `heroku pg:credentials:url` shows the current ones; they change when credentials rotate).")
         } else if code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
-            base.with_hint("The server refused this user from this address; check user, host and the server's pg_hba.conf.")
+            Error::new(kind_of(&code), what.to_string())
+                .with_source(e)
+                .with_hint("The server refused this user from this address; check user, host and the server's pg_hba.conf.")
         } else if code == SqlState::INVALID_CATALOG_NAME {
             Error::new(ErrorKind::Config, what.to_string())
                 .with_source(db_error_only(message))
                 .with_hint("Check dbname in the config; `\\l` in psql lists the databases.")
-        } else if code == SqlState::INSUFFICIENT_PRIVILEGE {
-            base.with_hint(
-                "Grant the role what it needs, e.g. GRANT SELECT ON ALL TABLES IN SCHEMA <schema> TO <role>, or deselect the stream.",
-            )
-        } else if code == SqlState::UNDEFINED_TABLE {
-            base.with_hint("The table no longer exists: run --discover again and update the catalog.")
-        } else if code == SqlState::UNDEFINED_COLUMN {
-            base.with_hint("A selected column no longer exists: run --discover again and update the catalog.")
-        } else if code == SqlState::QUERY_CANCELED {
-            base.with_hint("The statement was cancelled (statement_timeout?); raise the role's statement_timeout or lower itersize.")
-        } else if code == SqlState::ADMIN_SHUTDOWN || code == SqlState::CRASH_SHUTDOWN || code == SqlState::CANNOT_CONNECT_NOW {
-            base.with_hint("The server ended the connection (administrator, restart or failover); run again with the last STATE to continue where this run stopped.")
         } else if message.contains("unsupported startup parameter") {
             Error::new(ErrorKind::Connect, what.to_string()).with_source(db_error_only(message)).with_hint(
                 "This looks like a connection pooler (PgBouncer; on Heroku the DATABASE_CONNECTION_POOL_URL): connect to the database directly (its DATABASE_URL), which a tap needs for its session settings and long transactions.",
             )
         } else if code == SqlState::TOO_MANY_CONNECTIONS {
-            base.with_hint("The server has no free connection slots; close other connections or retry later.")
+            Error::new(kind_of(&code), what.to_string())
+                .with_source(e)
+                .with_hint("The server has no free connection slots; close other connections or retry later.")
         } else {
-            base
+            classify_db_error(e, what, &code)
         };
     }
     if text.contains("password missing") {
@@ -500,25 +495,56 @@ fn classify_connection(e: tokio_postgres::Error, what: &str, sslmode: SslMode, c
         };
         return Error::new(ErrorKind::Connect, what.to_string()).with_source(e).with_hint(hint);
     }
+    lost_connection(e, what).unwrap_or_else(|e| Error::new(ErrorKind::Query, what.to_string()).with_source(e))
+}
+
+/// A server error (SQLSTATE `code`) that any statement can meet, with its kind ([`kind_of`]) and,
+/// for the codes a user can act on, a hint.
+fn classify_db_error(e: tokio_postgres::Error, what: &str, code: &SqlState) -> Error {
+    let base = Error::new(kind_of(code), what.to_string()).with_source(e);
+    if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+        base.with_hint(
+            "Grant the role what it needs, e.g. GRANT SELECT ON ALL TABLES IN SCHEMA <schema> TO <role>, or deselect the stream.",
+        )
+    } else if *code == SqlState::UNDEFINED_TABLE {
+        base.with_hint("The table no longer exists: run --discover again and update the catalog.")
+    } else if *code == SqlState::UNDEFINED_COLUMN {
+        base.with_hint("A selected column no longer exists: run --discover again and update the catalog.")
+    } else if *code == SqlState::QUERY_CANCELED {
+        base.with_hint("The statement was cancelled (statement_timeout?); raise the role's statement_timeout or lower itersize.")
+    } else if *code == SqlState::ADMIN_SHUTDOWN || *code == SqlState::CRASH_SHUTDOWN || *code == SqlState::CANNOT_CONNECT_NOW {
+        base.with_hint("The server ended the connection (administrator, restart or failover); run again with the last STATE to continue where this run stopped.")
+    } else {
+        base
+    }
+}
+
+/// `e`'s Display text followed by its source chain.
+fn error_text(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// A connection that could not be made or was lost (closed, an I/O error, a timeout) as a
+/// `Connect` error with a hint about the network; `Err(e)` back when `e` is something else.
+fn lost_connection(e: tokio_postgres::Error, what: &str) -> std::result::Result<Error, tokio_postgres::Error> {
+    let text = error_text(&e);
     let io_kind = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>()).map(io::Error::kind);
-    if e.is_closed() && what.starts_with("reading rows") {
-        return Error::new(ErrorKind::Connect, what.to_string()).with_source(e).with_hint(
-            "The connection to the server was lost during the sync; run again with the last STATE to continue where this run stopped.",
-        );
+    if !(e.is_closed() || io_kind.is_some() || text.contains("error connecting") || text.contains("timeout")) {
+        return Err(e);
     }
-    if e.is_closed() || io_kind.is_some() || text.contains("error connecting") || text.contains("timeout") {
-        let hint = match io_kind {
-            Some(io::ErrorKind::TimedOut) => {
-                "The server did not answer in time; check host and port, the network, or raise connect_timeout."
-            }
-            Some(io::ErrorKind::ConnectionRefused) => {
-                "Nothing accepts connections at that host and port; check host and port in the config."
-            }
-            _ => "Check host and port in the config and that the server is running and reachable.",
-        };
-        return Error::new(ErrorKind::Connect, what.to_string()).with_source(e).with_hint(hint);
-    }
-    Error::new(ErrorKind::Query, what.to_string()).with_source(e)
+    let hint = match io_kind {
+        Some(io::ErrorKind::TimedOut) => "The server did not answer in time; check host and port, the network, or raise connect_timeout.",
+        Some(io::ErrorKind::ConnectionRefused) => "Nothing accepts connections at that host and port; check host and port in the config.",
+        _ => "Check host and port in the config and that the server is running and reachable.",
+    };
+    Ok(Error::new(ErrorKind::Connect, what.to_string()).with_source(e).with_hint(hint))
 }
 
 /// The ends of openssl's reason texts for TLS alerts a server sends when it refuses the client's

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::catalog::{Catalog, CatalogStream, MetadataEntry};
 use crate::config::Config;
-use crate::connect::{Connector, classify};
+use crate::connect::{Connector, classify_query};
 use crate::error::{Error, ErrorKind, Result};
 use crate::typemap::{self, TypeInfo, TypeMap};
 
@@ -128,7 +128,7 @@ pub fn list_databases(client: &mut Client, config: &Config) -> Result<Vec<String
              order by datname",
             &[(&config.filter_dbs, Type::TEXT_ARRAY)],
         )
-        .map_err(|e| classify(e, "listing databases", config.sslmode))?;
+        .map_err(|e| classify_query(e, "listing databases"))?;
     rows.iter()
         .map(|r| r.try_get::<_, String>(0).map_err(|e| Error::new(ErrorKind::Internal, "reading pg_database").with_source(e)))
         .collect()
@@ -242,7 +242,7 @@ pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<LiveCatalog
             (OPERATOR_SCHEMAS_SQL, &[]),
             (TRANSACTION_IDS_SQL, &[]),
         ])
-        .map_err(|e| classify(e, "reading pg_type, pg_class, pg_attribute and pg_index", crate::config::SslMode::Require))?
+        .map_err(|e| classify_query(e, "reading pg_type, pg_class, pg_attribute and pg_index"))?
         .into_iter();
     let (type_rows, rel_rows, col_rows, key_rows, operator_rows, xid_rows) =
         match (answers.next(), answers.next(), answers.next(), answers.next(), answers.next(), answers.next()) {

@@ -325,7 +325,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Two ASCII digits for every value 0..=99, so integers print two digits per division.
+/// Two ASCII digits for every value 0..=99, for the fixed-width fields of dates and times
+/// ([`write_2`], [`write_padded`]): hand-written for speed on the hot path, where a `write!`
+/// per field would go through `fmt`; free-standing integers go through `itoa`.
 const DIGIT_PAIRS: &[u8; 200] = b"\
 0001020304050607080910111213141516171819\
 2021222324252627282930313233343536373839\
@@ -333,33 +335,14 @@ const DIGIT_PAIRS: &[u8; 200] = b"\
 6061626364656667686970717273747576777879\
 8081828384858687888990919293949596979899";
 
-/// Appends `v` in decimal, built in a stack buffer.
-fn write_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    while v >= 100 {
-        let pair = (v % 100) as usize * 2;
-        v /= 100;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-    }
-    if v >= 10 {
-        let pair = v as usize * 2;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-    } else {
-        i -= 1;
-        buf[i] = b'0' + v as u8;
-    }
-    out.extend_from_slice(&buf[i..]);
+/// Appends `v` in decimal (itoa: two digits per division, in a stack buffer).
+fn write_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// Appends `v` in decimal with a leading `-` when negative.
 fn write_i64(out: &mut Vec<u8>, v: i64) {
-    if v < 0 {
-        out.push(b'-');
-    }
-    write_u64(out, v.unsigned_abs());
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// Appends `v` in decimal, zero-padded on the left to at least `width` digits.
@@ -426,6 +409,9 @@ fn drop_exponent_plus(out: &mut Vec<u8>, start: usize) {
 ///
 /// Wire: u16 ndigits, i16 weight, u16 sign, u16 dscale, then ndigits base-10000 digits; the
 /// value is `sum(digit[i] * 10000^(weight - i))`, printed with exactly dscale decimals.
+///
+/// Hand-written for exactness: `rust_decimal` rounds past scale 28 and refuses NaN, ±Infinity
+/// and values over 96 bits, which NUMERIC holds.
 fn write_numeric(out: &mut Vec<u8>, raw: &[u8]) -> Result<(), DecodeError> {
     let mut r = Reader::new(raw);
     // numeric_send writes ndigits as int16 but numeric_recv reads it as uint16: the largest
@@ -584,6 +570,9 @@ fn write_uuid(out: &mut Vec<u8>, bytes: &[u8; 16]) {
 /// Converts days since 1970-01-01 to a proleptic Gregorian (year, month, day), with
 /// astronomical years (1 BC = 0). Howard Hinnant's `civil_from_days`; exact for any i64 days
 /// a PostgreSQL date or timestamp can hold.
+///
+/// Hand-written because PostgreSQL's dates go beyond chrono's: a date reaches year 5874897,
+/// `chrono::NaiveDate` stops near year 262,000.
 fn civil_from_days(days: i64) -> (i64, u64, u64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -881,6 +870,9 @@ fn write_ipv4(out: &mut Vec<u8>, octets: &[u8]) {
 /// lowercase hex words without leading zeros, the first longest run of two or more zero words
 /// as `::`, and the last four bytes as dotted decimal for `::a.b.c.d` (six leading zero words)
 /// and `::ffff:a.b.c.d` (five, then 0xffff).
+///
+/// Hand-written because `std::net::Ipv6Addr`'s Display differs from PostgreSQL's text (it
+/// prints `::a.b.c.d` forms in hex, for one), and the server's text is the contract.
 fn write_ipv6(out: &mut Vec<u8>, addr: &[u8; 16]) {
     let words: [u16; 8] = std::array::from_fn(|i| u16::from_be_bytes([addr[2 * i], addr[2 * i + 1]]));
     // A later run replaces the best only when strictly longer, so ties go to the first.

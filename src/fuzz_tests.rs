@@ -11,8 +11,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde_json::{Map, Value, json};
 
-use crate::catalog::{Catalog, select_streams};
-use crate::config::{Config, ReplicationMethod, SETTINGS};
+use crate::catalog::{Catalog, ReplicationMethod, select_streams};
+use crate::config::{Config, SETTINGS};
 use crate::encode::encode_value;
 use crate::state::State;
 use crate::typemap::{Encoder, OutOfRangeDates};

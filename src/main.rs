@@ -22,6 +22,7 @@ mod signals;
 mod state;
 mod sync;
 mod typemap;
+mod url;
 
 use std::io::Write;
 use std::path::Path;

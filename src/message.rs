@@ -3,8 +3,8 @@
 //! [`STDOUT_BUFFER_BYTES`] after a whole line, and at each STATE.
 //!
 //! It knows the envelope, not how a value is encoded: `sync` encodes each record straight into
-//! the buffer ([`MessageWriter::line_buffer`]) and cuts it off again if the row fails, so only
-//! whole lines ever reach stdout.
+//! the buffer through [`MessageWriter::write_record_with`], which cuts a line off again when its
+//! row fails, so only whole lines ever reach stdout.
 
 use std::io::Write;
 
@@ -74,14 +74,23 @@ impl<W: Write> MessageWriter<W> {
         self.end_line()
     }
 
-    /// The buffer a RECORD line is encoded into; the caller appends one whole line (built with a
-    /// [`RecordEnvelope`]) or truncates back to where it started, then calls [`Self::end_line`].
-    pub fn line_buffer(&mut self) -> &mut Vec<u8> {
-        &mut self.buf
+    /// Encodes one RECORD line straight into the buffer: `fill` appends one whole line (built
+    /// with a [`RecordEnvelope`]). When it fails, what it appended is cut off again, so only
+    /// whole lines are ever buffered, and its error is returned.
+    ///
+    /// # Errors
+    /// `fill`'s error, or an output failure when the full buffer is written out.
+    pub fn write_record_with(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
+        let line_start = self.buf.len();
+        if let Err(e) = fill(&mut self.buf) {
+            self.buf.truncate(line_start);
+            return Err(e);
+        }
+        self.end_line()
     }
 
     /// Marks the end of a whole line; writes the buffer out once it is large.
-    pub fn end_line(&mut self) -> Result<()> {
+    fn end_line(&mut self) -> Result<()> {
         if self.buf.len() >= STDOUT_BUFFER_BYTES { self.write_out() } else { Ok(()) }
     }
 
@@ -191,5 +200,27 @@ mod tests {
         );
         assert_eq!(lines[2], json!({"type": "ACTIVATE_VERSION", "stream": "users", "version": 17}));
         assert_eq!(lines[3], json!({"type": "STATE", "value": {"bookmarks": {}}}));
+    }
+
+    #[test]
+    fn a_failed_record_leaves_no_partial_line() {
+        let mut w = MessageWriter::new(Vec::new());
+        let env = RecordEnvelope::new("users", 1, "2024-06-01T12:00:00.000000Z");
+        w.write_record_with(|line| {
+            line.extend_from_slice(&env.prefix);
+            line.extend_from_slice(b"\"id\":1");
+            line.extend_from_slice(&env.suffix);
+            Ok(())
+        })
+        .unwrap();
+        let failed = w.write_record_with(|line| {
+            line.extend_from_slice(&env.prefix);
+            line.extend_from_slice(b"\"id\":");
+            Err(crate::error::Error::new(ErrorKind::Encode, "encoding column id"))
+        });
+        assert_eq!(failed.unwrap_err().kind(), ErrorKind::Encode);
+        let text = String::from_utf8(w.into_inner()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.ends_with("}\n"), "{text}");
     }
 }

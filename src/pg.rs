@@ -9,7 +9,8 @@
 //! statement with their parameter types given (`query_typed`): one round trip each, and no
 //! named prepared statements that a transaction-mode pooler would lose.
 //!
-//! Owns no policy: errors are `tokio_postgres::Error`s for `connect::classify`.
+//! Owns no policy: errors are `tokio_postgres::Error`s for `connect` to classify (opening a
+//! session, or a statement: `connect::classify_query`).
 
 use std::future::Future;
 use std::pin::{Pin, pin};

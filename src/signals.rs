@@ -2,35 +2,25 @@
 //! sync loop stops after the record it is writing, writes a resumable STATE and exits 143/130.
 //!
 //! Installed only for the data sync (discovery and `--about` keep the default behaviour).
-//! Uses the C library's `signal(2)` directly: one flag is all we need, not a dependency.
+//! The handlers are `signal-hook`'s: each stores its signal's number into one atomic, which
+//! the sync polls (after every record, and while it waits for rows).
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// `SIGINT` on Linux and the BSDs.
-pub const SIGINT: i32 = 2;
-/// `SIGTERM` on Linux and the BSDs.
-pub const SIGTERM: i32 = 15;
+pub use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// The last signal received, 0 for none.
-static RECEIVED: AtomicI32 = AtomicI32::new(0);
+static RECEIVED: AtomicUsize = AtomicUsize::new(0);
 
-unsafe extern "C" {
-    /// `sighandler_t signal(int signum, sighandler_t handler)` from the C library.
-    fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
-}
-
-/// Records the signal; async-signal-safe (one atomic store).
-extern "C" fn on_signal(signum: i32) {
-    RECEIVED.store(signum, Ordering::SeqCst);
-}
-
-/// Routes SIGTERM and SIGINT to the flag.
+/// Routes SIGTERM and SIGINT to the flag. A handler that cannot be installed (which the
+/// operating system allows only for signals such as SIGKILL) leaves that signal's default.
 pub fn install() {
-    // SAFETY: `on_signal` only stores to an atomic, which is async-signal-safe, and `signal` is
-    // called with valid signal numbers.
-    unsafe {
-        signal(SIGINT, on_signal);
-        signal(SIGTERM, on_signal);
+    for signum in [SIGINT, SIGTERM] {
+        // Signal numbers are small and positive.
+        let value = usize::try_from(signum).unwrap_or_default();
+        if let Err(e) = signal_hook::flag::register_usize(signum, &RECEIVED, value) {
+            log::warn!("could not install the handler of signal {signum}: {e}");
+        }
     }
 }
 
@@ -38,6 +28,6 @@ pub fn install() {
 pub fn received() -> Option<i32> {
     match RECEIVED.load(Ordering::Relaxed) {
         0 => None,
-        n => Some(n),
+        n => i32::try_from(n).ok(),
     }
 }

@@ -80,6 +80,16 @@ pub enum OutOfRangeDates {
     Expanded,
 }
 
+impl OutOfRangeDates {
+    /// The config's spelling (`out_of_range_dates`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OutOfRangeDates::Clamp => "clamp",
+            OutOfRangeDates::Expanded => "expanded",
+        }
+    }
+}
+
 /// Every encoder without an inner encoder, for tests that must cover them all.
 #[cfg(test)]
 pub const SCALAR_ENCODERS: &[Encoder] = &[

@@ -24,7 +24,7 @@
 use serde_json::{Value, json};
 use tokio_postgres::types::Type;
 
-use crate::connect::classify;
+use crate::connect::classify_query;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::Client;
 use crate::query;
@@ -207,7 +207,7 @@ impl Start {
 pub fn resumable(client: &mut Client, oid: u32, mark: &BlockMark) -> Result<bool> {
     let row = client
         .query_opt("select pg_relation_filenode($1::oid)::bigint, txid_snapshot_xmax(txid_current_snapshot())", &[(&oid, Type::OID)])
-        .map_err(|e| classify(e, "checking the table's storage for resuming", crate::config::SslMode::Require))?;
+        .map_err(|e| classify_query(e, "checking the table's storage for resuming"))?;
     let Some(row) = row else { return Ok(false) };
     let internal = |e| Error::new(ErrorKind::Internal, "checking the table's storage").with_source(e);
     let relfilenode: Option<i64> = row.try_get(0).map_err(internal)?;

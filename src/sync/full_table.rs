@@ -17,8 +17,9 @@ use std::io::Write;
 use serde_json::{Map, Value, json};
 
 use super::blocks::{self, BlockMark, BlockRead, Resume};
+use super::bookmarks::bookmark_param;
 use super::pipeline::{self, Context, Event, Reached, Source};
-use super::plan::{StreamPlan, bookmark_param};
+use super::plan::StreamPlan;
 use super::sink::RowSink;
 use super::{Outcome, now_version};
 use crate::error::Result;
@@ -37,31 +38,7 @@ pub(super) fn sync<W: Write>(
     let stream = plan.selected.stream.clone();
     let mut bookmark = plan.bookmark.clone();
     let previous_version = bookmark.get("version").and_then(Value::as_i64);
-    // A sync interrupted in primary key order is finished that way, whatever the config says now.
-    let resume_from: Option<Vec<String>> = match bookmark.get("last_pk_fetched") {
-        Some(Value::Object(last)) if !plan.order_keys.is_empty() && previous_version.is_some() => plan
-            .order_keys
-            .iter()
-            .map(|(i, _)| {
-                let column = &plan.columns[*i];
-                last.get(&column.name).filter(|v| !v.is_null()).map(|v| bookmark_param(v, &column.encoder))
-            })
-            .collect(),
-        _ => None,
-    };
-    let block_reads = plan.block_reads.filter(|_| resume_from.is_none());
-    let mut block_resume = match (block_reads, bookmark.get("block_resume").and_then(BlockMark::from_value)) {
-        (Some(oid), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
-        _ => None,
-    };
-    if let Some((oid, mark)) = block_resume
-        && !blocks::resumable(&mut cx.session.client, oid, &mark)?
-    {
-        log::info!(
-            "stream {id}: the table was rewritten (VACUUM FULL, CLUSTER, TRUNCATE, ...) or too many transactions passed since the interrupted sync; it is read again from the start"
-        );
-        block_resume = None;
-    }
+    let ResumePoints { resume_from, block_reads, block_resume } = resume_points(cx, plan, &bookmark, previous_version)?;
     if bookmark.get("xmin").is_some_and(|x| !x.is_null()) {
         log::info!("stream {id}: the state holds an xmin resume point from tap-postgres; the table is read again from the start");
     }
@@ -96,10 +73,10 @@ pub(super) fn sync<W: Write>(
         writer.write_activate_version(&stream, version)?;
     }
 
-    let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
-    let (schema_name, table_name) = (plan.selected.schema_name.clone(), plan.selected.table_name.clone());
-    let search_path = plan.search_path.clone();
     let outcome = if let Some(oid) = block_reads {
+        let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
+        let (schema_name, table_name) = (plan.selected.schema_name.clone(), plan.selected.table_name.clone());
+        let search_path = plan.search_path.clone();
         let lock = plan.lock.clone();
         let new_read = |resume| BlockRead::new(oid, (&schema_name, &table_name), lock.clone(), &items, resume);
         let resume = block_resume.map(|(_, mark)| mark.into());
@@ -121,59 +98,7 @@ pub(super) fn sync<W: Write>(
             },
         )?
     } else {
-        let key_names: Vec<String> = plan.order_keys.iter().map(|(i, _)| plan.columns[*i].name.clone()).collect();
-        let key_casts: Vec<String> = plan.order_keys.iter().map(|(_, cast_type)| cast_type.clone()).collect();
-        let keys: Vec<KeyColumn<'_>> = key_names.iter().zip(&key_casts).map(|(name, cast_type)| KeyColumn { name, cast_type }).collect();
-        let repeat = plan.order_keys_repeat;
-        let lock = plan.lock.clone();
-        let query_from = |last: Option<Vec<String>>| {
-            let start = match &last {
-                None => KeyStart::First,
-                Some(_) if repeat => KeyStart::AtOrAfter,
-                Some(_) => KeyStart::After,
-            };
-            Source::Query {
-                sql: query::full_table(&items, &schema_name, &table_name, &keys, start),
-                params: last.unwrap_or_default(),
-                lock: lock.clone(),
-            }
-        };
-        let tracked: Vec<usize> = plan.order_keys.iter().map(|(i, _)| *i).collect();
-        let encoders: Vec<_> = tracked.iter().map(|&i| plan.columns[i].encoder.clone()).collect();
-        let mut sink = RowSink::new(plan, version, tracked);
-        let source = query_from(resume_from.clone());
-        pipeline::run(
-            cx,
-            (source, &search_path),
-            (&mut plan.columns, &mut sink),
-            writer,
-            |reached| {
-                let Reached::Rows(sink) = reached else { return None };
-                if keys.is_empty() {
-                    // No resume point: read again from the start (the rows are sent again).
-                    return Some(query_from(None));
-                }
-                // After the last key written in this run, or where the run began.
-                let written: Option<Vec<String>> =
-                    encoders.iter().enumerate().map(|(t, encoder)| sink.last_value(t).map(|v| bookmark_param(&v, encoder))).collect();
-                Some(query_from(written.or_else(|| resume_from.clone())))
-            },
-            |sink, writer, _| {
-                if !key_names.is_empty() {
-                    let mut last = Map::new();
-                    for (t, name) in key_names.iter().enumerate() {
-                        if let Some(v) = sink.last_value(t) {
-                            last.insert(name.clone(), v);
-                        }
-                    }
-                    if last.len() == key_names.len() {
-                        bookmark.insert("last_pk_fetched".into(), Value::Object(last));
-                    }
-                }
-                state.set_bookmark(&id, bookmark.clone());
-                writer.write_state(&state.to_value())
-            },
-        )?
+        read_in_key_order(cx, plan, writer, (state, &id, &mut bookmark), resume_from, version)?
     };
     if outcome == Outcome::Complete {
         bookmark.remove("last_pk_fetched");
@@ -184,6 +109,124 @@ pub(super) fn sync<W: Write>(
         writer.write_state(&state.to_value())?;
     }
     Ok(outcome)
+}
+
+/// Where an interrupted sync resumes: after the last primary key sent (a sync interrupted in key
+/// order is finished that way, whatever the config says now), or at a block mark that still
+/// holds; with the table's oid when it is read in storage order.
+fn resume_points(
+    cx: &mut Context<'_>,
+    plan: &StreamPlan,
+    bookmark: &Map<String, Value>,
+    previous_version: Option<i64>,
+) -> Result<ResumePoints> {
+    // A sync interrupted in primary key order is finished that way, whatever the config says now.
+    let resume_from: Option<Vec<String>> = match bookmark.get("last_pk_fetched") {
+        Some(Value::Object(last)) if !plan.order_keys.is_empty() && previous_version.is_some() => plan
+            .order_keys
+            .iter()
+            .map(|(i, _)| {
+                let column = &plan.columns[*i];
+                last.get(&column.name).filter(|v| !v.is_null()).map(|v| bookmark_param(v, &column.encoder))
+            })
+            .collect(),
+        _ => None,
+    };
+    let block_reads = plan.block_reads.filter(|_| resume_from.is_none());
+    let mut block_resume = match (block_reads, bookmark.get("block_resume").and_then(BlockMark::from_value)) {
+        (Some(oid), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
+        _ => None,
+    };
+    if let Some((oid, mark)) = block_resume
+        && !blocks::resumable(&mut cx.session.client, oid, &mark)?
+    {
+        log::info!(
+            "stream {}: the table was rewritten (VACUUM FULL, CLUSTER, TRUNCATE, ...) or too many transactions passed since the interrupted sync; it is read again from the start",
+            plan.selected.tap_stream_id
+        );
+        block_resume = None;
+    }
+    Ok(ResumePoints { resume_from, block_reads, block_resume })
+}
+
+/// What [`resume_points`] found.
+struct ResumePoints {
+    /// The last primary key sent, as bookmark text, to read after.
+    resume_from: Option<Vec<String>>,
+    /// The table's oid when it is read in storage order.
+    block_reads: Option<u32>,
+    /// The oid and the block mark a storage-order read resumes at.
+    block_resume: Option<(u32, BlockMark)>,
+}
+
+/// Reads `plan`'s table `order by` its primary key on the pipeline, after `resume_from` (the
+/// last key sent, as bookmark text) when there is one, keeping the last key written in
+/// `last_pk_fetched`; a table without order keys is read unordered, and again from the start
+/// when its connection is lost.
+fn read_in_key_order<W: Write>(
+    cx: &mut Context<'_>,
+    plan: &mut StreamPlan,
+    writer: &mut MessageWriter<W>,
+    (state, id, bookmark): (&mut State, &str, &mut Map<String, Value>),
+    resume_from: Option<Vec<String>>,
+    version: i64,
+) -> Result<Outcome> {
+    let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
+    let (schema_name, table_name) = (plan.selected.schema_name.clone(), plan.selected.table_name.clone());
+    let search_path = plan.search_path.clone();
+    let key_names: Vec<String> = plan.order_keys.iter().map(|(i, _)| plan.columns[*i].name.clone()).collect();
+    let key_casts: Vec<String> = plan.order_keys.iter().map(|(_, cast_type)| cast_type.clone()).collect();
+    let keys: Vec<KeyColumn<'_>> = key_names.iter().zip(&key_casts).map(|(name, cast_type)| KeyColumn { name, cast_type }).collect();
+    let repeat = plan.order_keys_repeat;
+    let lock = plan.lock.clone();
+    let query_from = |last: Option<Vec<String>>| {
+        let start = match &last {
+            None => KeyStart::First,
+            Some(_) if repeat => KeyStart::AtOrAfter,
+            Some(_) => KeyStart::After,
+        };
+        Source::Query {
+            sql: query::full_table(&items, &schema_name, &table_name, &keys, start),
+            params: last.unwrap_or_default(),
+            lock: lock.clone(),
+        }
+    };
+    let tracked: Vec<usize> = plan.order_keys.iter().map(|(i, _)| *i).collect();
+    let encoders: Vec<_> = tracked.iter().map(|&i| plan.columns[i].encoder.clone()).collect();
+    let mut sink = RowSink::new(plan, version, tracked);
+    let source = query_from(resume_from.clone());
+    pipeline::run(
+        cx,
+        (source, &search_path),
+        (&mut plan.columns, &mut sink),
+        writer,
+        |reached| {
+            let Reached::Rows(sink) = reached else { return None };
+            if keys.is_empty() {
+                // No resume point: read again from the start (the rows are sent again).
+                return Some(query_from(None));
+            }
+            // After the last key written in this run, or where the run began.
+            let written: Option<Vec<String>> =
+                encoders.iter().enumerate().map(|(t, encoder)| sink.last_value(t).map(|v| bookmark_param(&v, encoder))).collect();
+            Some(query_from(written.or_else(|| resume_from.clone())))
+        },
+        |sink, writer, _| {
+            if !key_names.is_empty() {
+                let mut last = Map::new();
+                for (t, name) in key_names.iter().enumerate() {
+                    if let Some(v) = sink.last_value(t) {
+                        last.insert(name.clone(), v);
+                    }
+                }
+                if last.len() == key_names.len() {
+                    bookmark.insert("last_pk_fetched".into(), Value::Object(last));
+                }
+            }
+            state.set_bookmark(id, bookmark.clone());
+            writer.write_state(&state.to_value())
+        },
+    )
 }
 
 /// Reads `plan`'s table in storage order on the pipeline, the first read from `resume` and any

@@ -11,8 +11,9 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
+use super::bookmarks::bookmark_param;
 use super::pipeline::{self, Context, Reached, Source};
-use super::plan::{StreamPlan, bookmark_param};
+use super::plan::StreamPlan;
 use super::sink::RowSink;
 use super::{Outcome, now_version};
 use crate::error::{Error, ErrorKind, Result};

@@ -5,15 +5,19 @@
 //! state problems stop the run here with nothing written; a stream whose table or column
 //! vanished or became unreadable is skipped with an error line and the run exits non-zero after
 //! the other streams synced. **Sync**: each stream runs with its replication method
-//! ([`full_table`], [`incremental`]) on the shared data path ([`pipeline`]): a statement streamed
-//! in a read-only REPEATABLE READ transaction, rows encoded by the [`sink`] straight into the
-//! output buffer, a STATE after each batch.
+//! ([`full_table`], [`xmin`], [`incremental`]) on the shared data path ([`pipeline`]): a
+//! statement streamed in a read-only REPEATABLE READ transaction by the [`reader`] thread, rows
+//! encoded by the [`sink`] straight into the output buffer, a STATE after each batch
+//! ([`batches`]). Bookmark values are checked against their key columns in [`bookmarks`].
 
+mod batches;
 mod blocks;
+mod bookmarks;
 mod full_table;
 mod incremental;
 mod pipeline;
 mod plan;
+mod reader;
 mod sink;
 mod xmin;
 
@@ -21,8 +25,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::catalog::{Catalog, select_streams};
-use crate::config::{Config, ReplicationMethod};
+use crate::catalog::{Catalog, ReplicationMethod, select_streams};
+use crate::config::Config;
 use crate::connect::Connector;
 use crate::discover::{self, Relation, Scope};
 use crate::encode::{self, NOTE_INFINITY_CLAMPED, NOTE_YEAR_CLAMPED, NOTE_YEAR_OUT_OF_RANGE};

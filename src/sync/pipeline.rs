@@ -1,49 +1,37 @@
 //! The data path of one stream: a reader thread streams the stream's statement from the server
 //! while this thread encodes the rows into RECORD lines, cuts batches (a STATE after each) and
 //! stops on time, signals and failures; a connection lost mid-stream is opened again and the
-//! read resumes inside the run from the last row written.
+//! read resumes inside the run from the last row written. This file holds the reconnect loop and
+//! one transaction's pair of threads; the reader thread is [`super::reader`], the encoder's side
+//! [`super::batches`].
 //!
 //! Round trips: each statement is sent once and its rows arrive as the server produces them
 //! (one `Execute` without a row limit), so a stream costs one round trip whatever its size: the
 //! opening of the transaction, its checks and the statement go out together and are answered
 //! in order, and the commit goes out with the session's next request. The server is kept
 //! from running ahead by TCP flow control: the reader stops reading the socket while
-//! [`CHANNEL_CHUNKS`] chunks of [`CHUNK_ROWS`] rows wait for the encoder, which bounds memory.
+//! [`CHANNEL_CHUNKS`] chunks of [`reader::CHUNK_ROWS`] rows wait for the encoder, which bounds memory.
 //! Batches are counted here, not fetched: `itersize` rows of a query, or the first block
-//! boundary after `itersize` rows of a storage-order read ([`blocks`]).
+//! boundary after `itersize` rows of a storage-order read ([`super::blocks`]).
 //!
 //! Stopping early (time, a signal, an encoding or output failure) cancels the running statement
 //! on the server; the session is not used again in this run.
 
 use std::io::Write;
-use std::future::Future;
-use std::pin::{Pin, pin};
-use std::task::Poll;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
-use futures_util::TryStreamExt;
-use futures_util::future::{try_join, try_join3};
-use tokio_postgres::types::Type;
-
-use super::blocks::{self, BlockMark, BlockRead, Resume, Start, Tid};
+use super::batches::Encoder;
+use super::blocks::{BlockMark, BlockRead, Resume};
 use super::plan::ColumnPlan;
-use super::sink::{Raw, RowSink};
+use super::reader::{self, CHANNEL_CHUNKS, Fetched, ReadFailure, Target};
+use super::sink::RowSink;
 use super::{Outcome, Session};
 use crate::config::Config;
-use crate::connect::{Connector, classify, is_transient};
+use crate::connect::Connector;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::MessageWriter;
-use crate::signals;
 
-/// Rows per message from the reader thread to the encoder.
-const CHUNK_ROWS: usize = 1024;
-/// Chunks in flight between the threads; with [`CHUNK_ROWS`] this bounds the rows held in memory.
-const CHANNEL_CHUNKS: usize = 4;
-/// Transactions tried when the storage a storage-order read begins on changed under its snapshot.
-const STORAGE_CHANGED_ATTEMPTS: usize = 3;
-/// How often the encoder checks for SIGINT/SIGTERM while it waits for rows.
-const SIGNAL_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Wait before the first reconnect after a failure; each further one without progress waits
 /// four times as long (1, 4, 16 s).
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -76,7 +64,7 @@ pub enum Source {
         /// waited for and then seen, instead of read with a snapshot older than its rows.
         lock: Option<String>,
     },
-    /// A table in storage order ([`blocks`]); a batch ends at a block boundary.
+    /// A table in storage order ([`super::blocks`]); a batch ends at a block boundary.
     Blocks(BlockRead),
 }
 
@@ -96,25 +84,6 @@ pub enum Reached<'a> {
     Rows(&'a RowSink),
     /// A storage-order read: every row before `Resume::from` was written.
     Blocks(Resume),
-}
-
-/// What the reader thread hands the encoder; a failure ends the channel and is the reader's result.
-enum Fetched {
-    /// Rows, in server order.
-    Rows(Vec<tokio_postgres::Row>),
-    /// A storage-order read began: its storage and snapshot.
-    Started(Start),
-    /// One statement ended: the catch-up of a resumed storage-order read, or the read itself.
-    StatementEnd,
-}
-
-/// Why the reader stopped without finishing.
-struct ReadFailure {
-    /// The classified error.
-    error: Error,
-    /// A lost connection or a server that ended the statement for reasons of its own
-    /// (shutdown, failover, a standby's recovery conflict): worth another connection.
-    transient: bool,
 }
 
 /// Runs `source` in read-only REPEATABLE READ transactions and writes every row; after each
@@ -225,7 +194,6 @@ fn run_once<W: Write>(
         Source::Query { sql, .. } => log::debug!("query: {sql}"),
         Source::Blocks(read) => log::debug!("query in storage order: {}", read.select_sql),
     }
-    let sslmode = cx.config.sslmode;
     let itersize = u64::from(cx.config.itersize);
     let cancel_token = cx.session.client.cancel_token();
     let connector = cx.connector;
@@ -238,7 +206,7 @@ fn run_once<W: Write>(
         let (recycler, recycled) = sync_channel::<Vec<tokio_postgres::Row>>(CHANNEL_CHUNKS + 1);
         let reader = std::thread::Builder::new().name("reader".into()).spawn_scoped(scope, move || {
             let target = Target { sender, recycled };
-            read(client, source, search_path, &target, sslmode)
+            reader::read(client, source, search_path, &target)
         });
         let reader = match reader {
             Ok(reader) => reader,
@@ -247,16 +215,7 @@ fn run_once<W: Write>(
                 return (Err(ReadFailure { error, transient: false }), None);
             }
         };
-        let mut encoder = Encoder {
-            itersize,
-            batch_rows: 0,
-            start: None,
-            catching_up: false,
-            last_tid: None,
-            blocks: matches!(source, Source::Blocks(_)),
-            caught_up_rows: 0,
-            expect_resume: matches!(source, Source::Blocks(read) if read.resume.is_some()),
-        };
+        let mut encoder = Encoder::new(itersize, source);
         let outcome = encoder.run((&receiver, &recycler), (columns, &mut *sink), writer, on_batch, deadline);
         let stopped_early = !matches!(outcome, Ok(Some(Outcome::Complete)) | Ok(None));
         if stopped_early {
@@ -282,337 +241,4 @@ fn run_once<W: Write>(
         };
         (result, reached)
     })
-}
-
-/// The encoder's side of one transaction: batches, marks and the storage-order checks.
-struct Encoder {
-    /// Rows per batch.
-    itersize: u64,
-    /// Rows written since the last STATE.
-    batch_rows: u64,
-    /// What a storage-order read found at its start.
-    start: Option<Start>,
-    /// The catch-up statement of a resumed storage-order read is under way.
-    catching_up: bool,
-    /// The place of the last row of the main storage-order statement written.
-    last_tid: Option<Tid>,
-    /// The source is a storage-order read (rows carry their `ctid` first).
-    blocks: bool,
-    /// Rows written by the catch-up statement.
-    caught_up_rows: u64,
-    /// The storage-order read was given a resume point.
-    expect_resume: bool,
-}
-
-impl Encoder {
-    /// Writes what the reader sends until the source is done (`Some(Complete)`), stops early
-    /// (`Some(OutOfTime | Signalled)`), or the reader stops (`None`: its result says why).
-    fn run<W: Write>(
-        &mut self,
-        (receiver, recycler): (&Receiver<Fetched>, &SyncSender<Vec<tokio_postgres::Row>>),
-        (columns, sink): (&mut [ColumnPlan], &mut RowSink),
-        writer: &mut MessageWriter<W>,
-        on_batch: &mut impl FnMut(&mut RowSink, &mut MessageWriter<W>, Event) -> Result<()>,
-        deadline: Option<Instant>,
-    ) -> Result<Option<Outcome>> {
-        let mut state = |sink: &mut RowSink, writer: &mut MessageWriter<W>, event: Event| -> Result<()> {
-            on_batch(sink, writer, event)?;
-            sink.stated_row_count = sink.row_count;
-            Ok(())
-        };
-        let out_of_time = || deadline.is_some_and(|d| Instant::now() >= d);
-        loop {
-            // Wake up now and then while the server is busy, so a signal is honoured even when no
-            // row arrives (a slow sort, a long statement).
-            let fetched = match receiver.recv_timeout(SIGNAL_POLL_INTERVAL) {
-                Ok(fetched) => fetched,
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Some(signum) = signals::received() {
-                        state(sink, writer, Event::Batch(None))?;
-                        return Ok(Some(Outcome::Signalled(signum)));
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => return Ok(None),
-            };
-            match fetched {
-                Fetched::Rows(rows) => {
-                    let rows = RecycleOnDrop(Some(rows), recycler);
-                    for row in rows.0.iter().flatten() {
-                        if self.blocks {
-                            let tid = row_tid(row)?;
-                            if !self.catching_up {
-                                if self.last_tid.is_some_and(|last| tid <= last) {
-                                    return Err(Error::new(ErrorKind::Internal, "rows arrived out of storage order")
-                                        .with_hint("Set \"full_table_order\": \"primary_key\" in the config and report this."));
-                                }
-                                // A batch ends before the first row of a new block once it is full.
-                                if self.batch_rows >= self.itersize
-                                    && self.last_tid.is_some_and(|last| tid.block > last.block)
-                                    && let Some(start) = &self.start
-                                {
-                                    state(sink, writer, Event::Batch(Some(start.mark(u64::from(tid.block)))))?;
-                                    self.batch_rows = 0;
-                                    sink.report(false);
-                                    if out_of_time() {
-                                        return Ok(Some(Outcome::OutOfTime));
-                                    }
-                                }
-                                self.last_tid = Some(tid);
-                            }
-                        }
-                        sink.write_row(row, columns, writer)?;
-                        self.batch_rows += 1;
-                        if self.catching_up {
-                            self.caught_up_rows += 1;
-                        }
-                        if let Some(signum) = signals::received() {
-                            state(sink, writer, Event::Batch(None))?;
-                            return Ok(Some(Outcome::Signalled(signum)));
-                        }
-                        if !self.blocks && self.batch_rows == self.itersize {
-                            state(sink, writer, Event::Batch(None))?;
-                            self.batch_rows = 0;
-                            sink.report(false);
-                            if out_of_time() {
-                                return Ok(Some(Outcome::OutOfTime));
-                            }
-                        }
-                    }
-                }
-                Fetched::Started(start) => {
-                    if self.expect_resume && start.resume.is_none() {
-                        log::info!(
-                            "stream {}: the table was rewritten since the resume point; reading it from the start with a new version",
-                            sink.stream()
-                        );
-                        state(sink, writer, Event::StartOver)?;
-                    }
-                    self.catching_up = start.resume.is_some();
-                    self.last_tid =
-                        start.resume.map(|r| r.from).filter(|from| from.offset > 0).map(|from| Tid { offset: from.offset - 1, ..from });
-                    self.start = Some(start);
-                }
-                Fetched::StatementEnd if self.catching_up => {
-                    // The rows changed since the interrupted snapshot are sent: a STATE, but no
-                    // place to stop, so that every run advances.
-                    self.catching_up = false;
-                    if let Some(start) = &self.start
-                        && let Some(resume) = start.resume
-                    {
-                        log::info!(
-                            "stream {}: sent {} rows changed before block {} since the interrupted run",
-                            sink.stream(),
-                            self.caught_up_rows,
-                            resume.from.block
-                        );
-                        state(sink, writer, Event::Batch(Some(start.mark(u64::from(resume.from.block)))))?;
-                        self.batch_rows = 0;
-                    }
-                }
-                Fetched::StatementEnd => {
-                    let mark = self.start.as_ref().map(|s| s.mark(blocks::END_BLOCK));
-                    state(sink, writer, Event::Batch(mark))?;
-                    return Ok(Some(Outcome::Complete));
-                }
-            }
-        }
-    }
-
-    /// For a storage-order read: where a new read continues (every row before it was written).
-    fn reached(&self) -> Option<Resume> {
-        let start = self.start.as_ref()?;
-        let from = match (self.catching_up, self.last_tid) {
-            // A failure during the catch-up repeats it from the same point.
-            (true, _) => return start.resume,
-            (false, Some(last)) => last.next(),
-            (false, None) => start.resume.map_or(Tid::block_start(0), |r| r.from),
-        };
-        Some(Resume { from, relfilenode: start.relfilenode, snapshot_xmin: start.snapshot_xmin })
-    }
-}
-
-/// Hands a written chunk back to the reader thread when dropped (also on early return).
-struct RecycleOnDrop<'a>(Option<Vec<tokio_postgres::Row>>, &'a SyncSender<Vec<tokio_postgres::Row>>);
-
-impl Drop for RecycleOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(rows) = self.0.take() {
-            // A full or closed channel: the rows are freed here instead.
-            let _ = self.1.try_send(rows);
-        }
-    }
-}
-
-/// The `ctid` a storage-order read selects first.
-fn row_tid(row: &tokio_postgres::Row) -> Result<Tid> {
-    let raw: Option<Raw<'_>> = row.try_get(0).map_err(|e| Error::new(ErrorKind::Internal, "reading ctid").with_source(e))?;
-    raw.and_then(|Raw(bytes)| Tid::from_wire(bytes)).ok_or_else(|| Error::new(ErrorKind::Internal, "reading ctid: not a tid"))
-}
-
-/// The reader thread's ends of the channels.
-struct Target {
-    /// To the encoder.
-    sender: SyncSender<Fetched>,
-    /// Written chunks coming back, to be freed here.
-    recycled: Receiver<Vec<tokio_postgres::Row>>,
-}
-
-impl Target {
-    /// Sends `fetched` on; `false` when the encoder has stopped listening.
-    fn send(&self, fetched: Fetched) -> bool {
-        self.sender.send(fetched).is_ok()
-    }
-}
-
-/// Polls `request` once, which sends it, and leaves it to be awaited later: a request queued
-/// behind the ones in flight, answered when the server gets to it.
-async fn send_now<F: Future>(request: Pin<&mut F>) {
-    let mut request = Some(request);
-    std::future::poll_fn(|cx| {
-        if let Some(request) = request.take() {
-            let _ = request.poll(cx);
-        }
-        Poll::Ready(())
-    })
-    .await;
-}
-
-/// Text parameters as `query_typed_raw` takes them (every parameter is sent as text and cast in
-/// the statement).
-fn text_params(params: &[String]) -> impl ExactSizeIterator<Item = (&String, Type)> {
-    params.iter().map(|p| (p, Type::TEXT))
-}
-
-/// The reader thread: the stream's transaction and its source, as one piece of work on the
-/// session's runtime. Returns early (the transaction left open: the session is not used again)
-/// when the encoder has stopped listening.
-fn read(
-    client: &mut crate::pg::Client,
-    source: &Source,
-    search_path: &str,
-    target: &Target,
-    sslmode: crate::config::SslMode,
-) -> std::result::Result<(), ReadFailure> {
-    let failure = |e: tokio_postgres::Error| {
-        let transient = is_transient(&e);
-        ReadFailure { error: classify(e, "reading rows", sslmode), transient }
-    };
-    let begin = format!("begin isolation level repeatable read read only; set local search_path = {search_path}");
-    let work = client.run(|c| async move {
-        for _ in 0..STORAGE_CHANGED_ATTEMPTS {
-            match source {
-                Source::Query { sql, params, lock } => {
-                    let opening = match lock {
-                        Some(lock) => format!("{begin}; {lock}"),
-                        None => begin.clone(),
-                    };
-                    // Sent together, answered in order: the lock is taken before the statement's
-                    // parse takes the snapshot, and the statement's rows follow, in one round trip.
-                    let (_, rows) = try_join(c.batch_execute(&opening), c.query_typed_raw(sql, text_params(params))).await?;
-                    return Ok(stream(rows, target).await? && target.send(Fetched::StatementEnd));
-                }
-                Source::Blocks(read) => {
-                    // The opening statements, the storage check and the statement that reads
-                    // on from where the read is expected to resume (checked by `begin`) in one
-                    // round trip, answered in that order.
-                    let opening = format!("{begin}; {}", blocks::opening_sql(read));
-                    let expected_from = read.resume.map_or(Tid::block_start(0), |r| r.from);
-                    let main_params = read.select_params(expected_from);
-                    let main = c.query_typed_raw(&read.select_sql, text_params(&main_params));
-                    // Boxed so that it can be dropped (its answers discarded) before another
-                    // request is awaited: an undrained answer would hold up the ones behind it.
-                    let mut main = Box::pin(main);
-                    let (_, start) = if let Some(resume) = &read.resume {
-                        // The catch-up comes first; the main statement is sent behind it (polled
-                        // once so that its request goes out) and awaited after its rows.
-                        let catch_up_params = blocks::catch_up_params(resume);
-                        let mut catch_up = pin!(c.query_typed_raw(&read.catch_up_sql, text_params(&catch_up_params)));
-                        let (opened, start, catch_up) = try_join3(c.batch_execute(&opening), blocks::begin(c, read), async {
-                            send_now(catch_up.as_mut()).await;
-                            send_now(main.as_mut()).await;
-                            catch_up.await
-                        })
-                        .await?;
-                        let Some(start) = start else {
-                            log::info!("the table was rewritten while the read began; starting the read again");
-                            drop((catch_up, main));
-                            c.batch_execute("rollback").await?;
-                            continue;
-                        };
-                        if !target.send(Fetched::Started(start)) {
-                            return Ok(true);
-                        }
-                        if start.resume.is_some() {
-                            if !stream(catch_up, target).await? || !target.send(Fetched::StatementEnd) {
-                                return Ok(true);
-                            }
-                        } else {
-                            drop(catch_up);
-                        }
-                        (opened, start)
-                    } else {
-                        let (opened, start, ()) = try_join3(c.batch_execute(&opening), blocks::begin(c, read), async {
-                            send_now(main.as_mut()).await;
-                            Ok(())
-                        })
-                        .await?;
-                        let Some(start) = start else {
-                            log::info!("the table was rewritten while the read began; starting the read again");
-                            drop(main);
-                            c.batch_execute("rollback").await?;
-                            continue;
-                        };
-                        if !target.send(Fetched::Started(start)) {
-                            return Ok(true);
-                        }
-                        (opened, start)
-                    };
-                    let from = start.resume.map_or(Tid::block_start(0), |r| r.from);
-                    let rows = if from == expected_from {
-                        main.await?
-                    } else {
-                        // The resume point the read expected was dropped by the check (the
-                        // table's storage changed): read from the start instead.
-                        drop(main);
-                        c.query_typed_raw(&read.select_sql, text_params(&read.select_params(from))).await?
-                    };
-                    return Ok(stream(rows, target).await? && target.send(Fetched::StatementEnd));
-                }
-            }
-        }
-        Ok(false)
-    });
-    // A finished read's transaction wrote nothing: its commit goes out with the session's next
-    // request (or the session ends, which rolls it back), not in a round trip of its own.
-    client.commit_later();
-    match work {
-        Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) => Err(ReadFailure {
-            error: Error::new(ErrorKind::Query, "the table was rewritten each time the read began").with_hint(
-                "Something rewrites the table continually (REFRESH MATERIALIZED VIEW, TRUNCATE, ...); run the sync when it does not.",
-            ),
-            transient: false,
-        }),
-        Ok(Err(e)) | Err(e) => Err(failure(e)),
-    }
-}
-
-/// Sends a statement's rows on in chunks of [`CHUNK_ROWS`] as they arrive: one request, no
-/// round trip per chunk. Returns `false` when the encoder stopped listening.
-async fn stream(rows: tokio_postgres::RowStream, target: &Target) -> std::result::Result<bool, tokio_postgres::Error> {
-    let mut rows = pin!(rows);
-    let mut chunk = Vec::with_capacity(CHUNK_ROWS);
-    while let Some(row) = rows.try_next().await? {
-        chunk.push(row);
-        if chunk.len() == CHUNK_ROWS {
-            // Free the rows the encoder has written here, where they were allocated.
-            while target.recycled.try_recv().is_ok() {}
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
-            if !target.send(Fetched::Rows(full)) {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(chunk.is_empty() || target.send(Fetched::Rows(chunk)))
 }

@@ -109,13 +109,7 @@ impl RowSink {
     ) -> Result<()> {
         // The record is encoded straight into the writer's buffer; a failure cuts it off again,
         // so no partial line is ever written.
-        let line = writer.line_buffer();
-        let line_start = line.len();
-        if let Err(e) = self.encode_row(row, columns, line) {
-            line.truncate(line_start);
-            return Err(e);
-        }
-        writer.end_line()?;
+        writer.write_record_with(|line| self.encode_row(row, columns, line))?;
         self.row_count += 1;
         Ok(())
     }

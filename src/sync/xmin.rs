@@ -27,7 +27,7 @@
 
 use std::io::Write;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::blocks::{self, BlockMark, BlockRead};
 use super::full_table::read_in_storage_order;
@@ -35,7 +35,7 @@ use super::pipeline::{self, Context, Event, Source};
 use super::plan::StreamPlan;
 use super::sink::RowSink;
 use super::{Outcome, now_version};
-use crate::connect::classify;
+use crate::connect::classify_query;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::MessageWriter;
 use crate::query;
@@ -132,31 +132,7 @@ pub(super) fn sync<W: Write>(
             },
         )?
     } else {
-        let source = || match horizon {
-            Some(h) => Source::Query {
-                sql: query::xmin_query(&items, &schema_name, &table_name),
-                params: vec![blocks::xid32(h)],
-                lock: plan.lock.clone(),
-            },
-            None => Source::Query {
-                sql: query::full_table(&items, &schema_name, &table_name, &[], query::KeyStart::First),
-                params: Vec::new(),
-                lock: plan.lock.clone(),
-            },
-        };
-        let mut sink = RowSink::new(plan, version, Vec::new());
-        pipeline::run(
-            cx,
-            (source(), &search_path),
-            (&mut plan.columns, &mut sink),
-            writer,
-            // No resume point: the pass is read again (its rows sent again).
-            |_| Some(source()),
-            |_, writer, _| {
-                state.set_bookmark(&id, bookmark.clone());
-                writer.write_state(&state.to_value())
-            },
-        )?
+        read_by_query(cx, plan, writer, (state, &id, &bookmark), horizon, version)?
     };
     if outcome == Outcome::Complete {
         bookmark.remove("block_resume");
@@ -171,13 +147,54 @@ pub(super) fn sync<W: Write>(
     Ok(outcome)
 }
 
+/// Reads the pass as one query on the pipeline (a relation without blocks of its own): the rows
+/// written since `horizon`, or every row; no resume point, so a lost connection reads the pass
+/// again (its rows sent again).
+fn read_by_query<W: Write>(
+    cx: &mut Context<'_>,
+    plan: &mut StreamPlan,
+    writer: &mut MessageWriter<W>,
+    (state, id, bookmark): (&mut State, &str, &Map<String, Value>),
+    horizon: Option<u64>,
+    version: i64,
+) -> Result<Outcome> {
+    let items: Vec<String> = plan.columns.iter().map(|c| c.select_item.clone()).collect();
+    let (schema_name, table_name) = (plan.selected.schema_name.clone(), plan.selected.table_name.clone());
+    let search_path = plan.search_path.clone();
+    let source = || match horizon {
+        Some(h) => Source::Query {
+            sql: query::xmin_query(&items, &schema_name, &table_name),
+            params: vec![blocks::xid32(h)],
+            lock: plan.lock.clone(),
+        },
+        None => Source::Query {
+            sql: query::full_table(&items, &schema_name, &table_name, &[], query::KeyStart::First),
+            params: Vec::new(),
+            lock: plan.lock.clone(),
+        },
+    };
+    let mut sink = RowSink::new(plan, version, Vec::new());
+    pipeline::run(
+        cx,
+        (source(), &search_path),
+        (&mut plan.columns, &mut sink),
+        writer,
+        // No resume point: the pass is read again (its rows sent again).
+        |_| Some(source()),
+        |_, writer, _| {
+            state.set_bookmark(id, bookmark.clone());
+            writer.write_state(&state.to_value())
+        },
+    )
+}
+
 /// The next transaction id and the xmin of a snapshot taken now, both epoch-qualified.
 fn transaction_ids(cx: &mut Context<'_>) -> Result<(u64, u64)> {
     let row = cx
         .session
         .client
         .query_opt("select txid_snapshot_xmax(s), txid_snapshot_xmin(s) from txid_current_snapshot() s", &[])
-        .map_err(|e| classify(e, "reading the current transaction id", cx.config.sslmode))?
+        .map_err(|e| classify_query(e, "reading the current transaction id"))?
         .ok_or_else(|| Error::new(ErrorKind::Internal, "reading the current transaction id: no row"))?;
     let internal = |e| Error::new(ErrorKind::Internal, "reading the current transaction id").with_source(e);
     let next: i64 = row.try_get(0).map_err(internal)?;

@@ -1,0 +1,220 @@
+//! The reader thread of [`super::pipeline`]: the stream's transaction and its statements, run on
+//! the session's runtime, each statement sent once (one `Execute` without a row limit) and its
+//! rows sent on to the encoder in chunks as they arrive. The channel is bounded
+//! ([`CHANNEL_CHUNKS`] chunks of [`CHUNK_ROWS`] rows): while it is full the reader stops reading
+//! the socket and TCP flow control holds the server back, which bounds memory.
+//!
+//! A failure is classified here ([`ReadFailure`]) and ends the channel; the pipeline decides
+//! whether to connect again.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::task::Poll;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use futures_util::TryStreamExt;
+use futures_util::future::{try_join, try_join3};
+use tokio_postgres::types::Type;
+
+use super::blocks::{self, Start, Tid};
+use super::pipeline::Source;
+use crate::connect::{classify_query, is_transient};
+use crate::error::{Error, ErrorKind};
+
+/// Rows per message from the reader thread to the encoder.
+pub(super) const CHUNK_ROWS: usize = 1024;
+/// Chunks in flight between the threads; with [`CHUNK_ROWS`] this bounds the rows held in memory.
+pub(super) const CHANNEL_CHUNKS: usize = 4;
+/// Transactions tried when the storage a storage-order read begins on changed under its snapshot.
+const STORAGE_CHANGED_ATTEMPTS: usize = 3;
+
+/// What the reader thread hands the encoder; a failure ends the channel and is the reader's result.
+pub(super) enum Fetched {
+    /// Rows, in server order.
+    Rows(Vec<tokio_postgres::Row>),
+    /// A storage-order read began: its storage and snapshot.
+    Started(Start),
+    /// One statement ended: the catch-up of a resumed storage-order read, or the read itself.
+    StatementEnd,
+}
+
+/// Why the reader stopped without finishing.
+pub(super) struct ReadFailure {
+    /// The classified error.
+    pub(super) error: Error,
+    /// A lost connection or a server that ended the statement for reasons of its own
+    /// (shutdown, failover, a standby's recovery conflict): worth another connection.
+    pub(super) transient: bool,
+}
+/// The reader thread's ends of the channels.
+pub(super) struct Target {
+    /// To the encoder.
+    pub(super) sender: SyncSender<Fetched>,
+    /// Written chunks coming back, to be freed here.
+    pub(super) recycled: Receiver<Vec<tokio_postgres::Row>>,
+}
+
+impl Target {
+    /// Sends `fetched` on; `false` when the encoder has stopped listening.
+    fn send(&self, fetched: Fetched) -> bool {
+        self.sender.send(fetched).is_ok()
+    }
+}
+
+/// Polls `request` once, which sends it, and leaves it to be awaited later: a request queued
+/// behind the ones in flight, answered when the server gets to it.
+async fn send_now<F: Future>(request: Pin<&mut F>) {
+    let mut request = Some(request);
+    std::future::poll_fn(|cx| {
+        if let Some(request) = request.take() {
+            let _ = request.poll(cx);
+        }
+        Poll::Ready(())
+    })
+    .await;
+}
+
+/// Text parameters as `query_typed_raw` takes them (every parameter is sent as text and cast in
+/// the statement).
+fn text_params(params: &[String]) -> impl ExactSizeIterator<Item = (&String, Type)> {
+    params.iter().map(|p| (p, Type::TEXT))
+}
+
+/// The reader thread: the stream's transaction and its source, as one piece of work on the
+/// session's runtime. Returns early (the transaction left open: the session is not used again)
+/// when the encoder has stopped listening.
+pub(super) fn read(
+    client: &mut crate::pg::Client,
+    source: &Source,
+    search_path: &str,
+    target: &Target,
+) -> std::result::Result<(), ReadFailure> {
+    let failure = |e: tokio_postgres::Error| {
+        let transient = is_transient(&e);
+        let closed = e.is_closed();
+        let mut error = classify_query(e, "reading rows");
+        if closed {
+            error = error.with_hint(
+                "The connection to the server was lost during the sync; run again with the last STATE to continue where this run stopped.",
+            );
+        }
+        ReadFailure { error, transient }
+    };
+    let begin = format!("begin isolation level repeatable read read only; set local search_path = {search_path}");
+    let work = client.run(|c| async move {
+        for _ in 0..STORAGE_CHANGED_ATTEMPTS {
+            match source {
+                Source::Query { sql, params, lock } => {
+                    let opening = match lock {
+                        Some(lock) => format!("{begin}; {lock}"),
+                        None => begin.clone(),
+                    };
+                    // Sent together, answered in order: the lock is taken before the statement's
+                    // parse takes the snapshot, and the statement's rows follow, in one round trip.
+                    let (_, rows) = try_join(c.batch_execute(&opening), c.query_typed_raw(sql, text_params(params))).await?;
+                    return Ok(stream(rows, target).await? && target.send(Fetched::StatementEnd));
+                }
+                Source::Blocks(read) => {
+                    // The opening statements, the storage check and the statement that reads
+                    // on from where the read is expected to resume (checked by `begin`) in one
+                    // round trip, answered in that order.
+                    let opening = format!("{begin}; {}", blocks::opening_sql(read));
+                    let expected_from = read.resume.map_or(Tid::block_start(0), |r| r.from);
+                    let main_params = read.select_params(expected_from);
+                    let main = c.query_typed_raw(&read.select_sql, text_params(&main_params));
+                    // Boxed so that it can be dropped (its answers discarded) before another
+                    // request is awaited: an undrained answer would hold up the ones behind it.
+                    let mut main = Box::pin(main);
+                    let (_, start) = if let Some(resume) = &read.resume {
+                        // The catch-up comes first; the main statement is sent behind it (polled
+                        // once so that its request goes out) and awaited after its rows.
+                        let catch_up_params = blocks::catch_up_params(resume);
+                        let mut catch_up = pin!(c.query_typed_raw(&read.catch_up_sql, text_params(&catch_up_params)));
+                        let (opened, start, catch_up) = try_join3(c.batch_execute(&opening), blocks::begin(c, read), async {
+                            send_now(catch_up.as_mut()).await;
+                            send_now(main.as_mut()).await;
+                            catch_up.await
+                        })
+                        .await?;
+                        let Some(start) = start else {
+                            log::info!("the table was rewritten while the read began; starting the read again");
+                            drop((catch_up, main));
+                            c.batch_execute("rollback").await?;
+                            continue;
+                        };
+                        if !target.send(Fetched::Started(start)) {
+                            return Ok(true);
+                        }
+                        if start.resume.is_some() {
+                            if !stream(catch_up, target).await? || !target.send(Fetched::StatementEnd) {
+                                return Ok(true);
+                            }
+                        } else {
+                            drop(catch_up);
+                        }
+                        (opened, start)
+                    } else {
+                        let (opened, start, ()) = try_join3(c.batch_execute(&opening), blocks::begin(c, read), async {
+                            send_now(main.as_mut()).await;
+                            Ok(())
+                        })
+                        .await?;
+                        let Some(start) = start else {
+                            log::info!("the table was rewritten while the read began; starting the read again");
+                            drop(main);
+                            c.batch_execute("rollback").await?;
+                            continue;
+                        };
+                        if !target.send(Fetched::Started(start)) {
+                            return Ok(true);
+                        }
+                        (opened, start)
+                    };
+                    let from = start.resume.map_or(Tid::block_start(0), |r| r.from);
+                    let rows = if from == expected_from {
+                        main.await?
+                    } else {
+                        // The resume point the read expected was dropped by the check (the
+                        // table's storage changed): read from the start instead.
+                        drop(main);
+                        c.query_typed_raw(&read.select_sql, text_params(&read.select_params(from))).await?
+                    };
+                    return Ok(stream(rows, target).await? && target.send(Fetched::StatementEnd));
+                }
+            }
+        }
+        Ok(false)
+    });
+    // A finished read's transaction wrote nothing: its commit goes out with the session's next
+    // request (or the session ends, which rolls it back), not in a round trip of its own.
+    client.commit_later();
+    match work {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(ReadFailure {
+            error: Error::new(ErrorKind::Query, "the table was rewritten each time the read began").with_hint(
+                "Something rewrites the table continually (REFRESH MATERIALIZED VIEW, TRUNCATE, ...); run the sync when it does not.",
+            ),
+            transient: false,
+        }),
+        Ok(Err(e)) | Err(e) => Err(failure(e)),
+    }
+}
+
+/// Sends a statement's rows on in chunks of [`CHUNK_ROWS`] as they arrive: one request, no
+/// round trip per chunk. Returns `false` when the encoder stopped listening.
+async fn stream(rows: tokio_postgres::RowStream, target: &Target) -> std::result::Result<bool, tokio_postgres::Error> {
+    let mut rows = pin!(rows);
+    let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+    while let Some(row) = rows.try_next().await? {
+        chunk.push(row);
+        if chunk.len() == CHUNK_ROWS {
+            // Free the rows the encoder has written here, where they were allocated.
+            while target.recycled.try_recv().is_ok() {}
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
+            if !target.send(Fetched::Rows(full)) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(chunk.is_empty() || target.send(Fetched::Rows(chunk)))
+}
