@@ -412,8 +412,11 @@ mod tests {
 
     #[test]
     fn begin_and_commit() {
-        let begin = Bytes::default().u8(b'B').i64(0x0100_0000_34B0_E40).i64(818_000_000).i32(-5).0;
-        assert_eq!(parse(&begin).unwrap(), Message::Begin { final_lsn: 0x0100_0000_34B0_E40, commit_time: 818_000_000, xid: u32::MAX - 4 });
+        let begin = Bytes::default().u8(b'B').i64(0x0010_0000_034B_0E40).i64(818_000_000).i32(-5).0;
+        assert_eq!(
+            parse(&begin).unwrap(),
+            Message::Begin { final_lsn: 0x0010_0000_034B_0E40, commit_time: 818_000_000, xid: u32::MAX - 4 }
+        );
         truncations_fail(&begin);
         let commit = Bytes::default().u8(b'C').u8(0).i64(10).i64(20).i64(30).0;
         assert_eq!(parse(&commit).unwrap(), Message::Commit { commit_lsn: 10, end_lsn: 20, commit_time: 30 });
@@ -457,22 +460,10 @@ mod tests {
 
     #[test]
     fn insert_update_delete_tuples() {
-        let insert = Bytes::default()
-            .u8(b'I')
-            .i32(5)
-            .u8(b'N')
-            .i16(4)
-            .u8(b'n')
-            .u8(b'u')
-            .value(b't', b"hi")
-            .value(b'b', &[0, 0, 0, 7])
-            .0;
+        let insert = Bytes::default().u8(b'I').i32(5).u8(b'N').i16(4).u8(b'n').u8(b'u').value(b't', b"hi").value(b'b', &[0, 0, 0, 7]).0;
         assert_eq!(
             parse(&insert).unwrap(),
-            Message::Insert {
-                relid: 5,
-                new: vec![Datum::Null, Datum::UnchangedToast, Datum::Text(b"hi"), Datum::Binary(&[0, 0, 0, 7])]
-            }
+            Message::Insert { relid: 5, new: vec![Datum::Null, Datum::UnchangedToast, Datum::Text(b"hi"), Datum::Binary(&[0, 0, 0, 7])] }
         );
         truncations_fail(&insert);
         let update = Bytes::default().u8(b'U').i32(5).u8(b'N').i16(1).value(b'b', &[1]).0;
@@ -485,7 +476,10 @@ mod tests {
         );
         truncations_fail(&keyed);
         let delete = Bytes::default().u8(b'D').i32(5).u8(b'O').i16(2).value(b'b', &[9]).u8(b'n').0;
-        assert_eq!(parse(&delete).unwrap(), Message::Delete { relid: 5, old_kind: OldKind::Full, old: vec![Datum::Binary(&[9]), Datum::Null] });
+        assert_eq!(
+            parse(&delete).unwrap(),
+            Message::Delete { relid: 5, old_kind: OldKind::Full, old: vec![Datum::Binary(&[9]), Datum::Null] }
+        );
         truncations_fail(&delete);
     }
 

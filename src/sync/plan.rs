@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pg::Client;
 use crate::query::{self, KeyColumn};
 use crate::state::State;
-use crate::typemap::{self, Encoder};
+use crate::typemap::{self, Cast, Encoder};
 
 /// Most key columns a FULL_TABLE resume point can hold (wider keys sync without resume).
 pub const MAX_TRACKED_COLUMNS: usize = 8;
@@ -38,6 +38,10 @@ pub struct ColumnPlan {
     pub encoder: Encoder,
     /// Special values met (see `encode::NOTE_*`), for one warning per column.
     pub notes: u8,
+    /// `atttypid`: LOG_BASED checks that the changes it decodes carry the type planned for.
+    pub typid: u32,
+    /// How the SELECT list reads the column; LOG_BASED reads only columns read as they are.
+    pub cast: Cast,
 }
 
 /// Everything needed to sync one stream, decided before any output.
@@ -64,6 +68,8 @@ pub struct StreamPlan {
     pub block_reads: Option<u32>,
     /// The bookmark this run starts from (already adopted from a pipelinewise-style id).
     pub bookmark: Map<String, Value>,
+    /// `pg_class.oid` of the relation (LOG_BASED matches decoded changes by it).
+    pub relid: u32,
     /// estimated rows (reltuples), for progress.
     pub row_estimate: i64,
     /// `search_path` for the stream's transaction: `public` plus the schemas of the key types'
@@ -139,8 +145,14 @@ pub fn plan_stream(
             select_item: query::select_item(name, mapped.cast),
             encoder: mapped.encoder,
             notes: 0,
+            typid: column.typid,
+            cast: mapped.cast,
         });
         cast_types.push(column.cast_type.clone());
+    }
+    if selected.method == ReplicationMethod::LogBased {
+        // singer-io's column for deletes (a RECORD with the key and the commit time).
+        properties.insert(super::log_based::DELETED_AT.into(), json!({"type": ["null", "string"], "format": "date-time"}));
     }
     let schema = json!({"type": "object", "properties": properties, "definitions": typemap::array_definitions()});
     let index_of = |name: &str| columns.iter().position(|c| c.name == name);
@@ -160,9 +172,17 @@ pub fn plan_stream(
     let lock =
         (facts.table_select && matches!(relation.relkind, b'r' | b'p' | b'v')).then(|| format!("lock table {table} in access share mode"));
     match selected.method {
-        ReplicationMethod::FullTable => {
-            if bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != "FULL_TABLE") {
+        // LOG_BASED reads the table as FULL_TABLE does the first time (and then its changes).
+        ReplicationMethod::FullTable | ReplicationMethod::LogBased => {
+            let method = selected.method.as_str();
+            if bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != method) {
+                if selected.method == ReplicationMethod::LogBased {
+                    log::info!("stream {}: replication method changed; starting with a new snapshot", selected.tap_stream_id);
+                }
                 bookmark = Map::new();
+            }
+            if selected.method == ReplicationMethod::LogBased {
+                super::log_based::check_stream(&mut session.client, (&selected, relation), &columns, &bookmark, config)?;
             }
             if !selected.is_view && !relation.primary_key.is_empty() {
                 let keys: Option<Vec<usize>> = relation.primary_key.iter().map(|k| index_of(k)).collect();
@@ -254,7 +274,6 @@ pub fn plan_stream(
             }
             replication_key = Some((i, cast_types[i].clone()));
         }
-        ReplicationMethod::LogBased => unreachable!("select_streams refuses LOG_BASED"),
     }
     let key_types: Vec<u32> = order_keys
         .iter()
@@ -273,6 +292,7 @@ pub fn plan_stream(
         replication_key,
         block_reads,
         bookmark,
+        relid: relation.oid,
         row_estimate: relation.row_count,
         search_path,
     })
