@@ -526,6 +526,28 @@ mod tests {
         assert_eq!(parse(&insert).unwrap(), Message::Insert { relid: 0x40fa, new: vec![Datum::Binary(&[0, 0, 0, 1]), Datum::Null] });
     }
 
+    #[test]
+    fn random_and_mutated_bytes_never_panic() {
+        let valid = Bytes::default().u8(b'U').i32(5).u8(b'K').i16(1).value(b'b', &[1]).u8(b'N').i16(2).u8(b'u').value(b't', b"x").0;
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        for _ in 0..20_000 {
+            let mut bytes = valid.clone();
+            for _ in 0..=next() % 4 {
+                let at = (next() as usize) % bytes.len();
+                bytes[at] = next() as u8;
+            }
+            let _ = parse(&bytes);
+            let random: Vec<u8> = (0..next() % 40).map(|_| next() as u8).collect();
+            let _ = parse(&random);
+        }
+    }
+
     /// Bytes of a hex string.
     fn hex(text: &str) -> Vec<u8> {
         (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
