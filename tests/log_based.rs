@@ -374,3 +374,63 @@ fn log_based_refuses_servers_and_roles_not_set_up_before_any_output() {
     let out = sync(&ldb.config, &catalog, None).fails_with(65, "is a view");
     assert!(out.stdout.is_empty(), "{}", out.stdout);
 }
+
+#[test]
+fn log_based_values_equal_full_tables_also_for_columns_read_through_a_cast() {
+    // Ranges, xml, macaddr, "char" (read ::text by FULL_TABLE), money (::numeric), arrays of
+    // them, beside columns read as they are; 2,500 rows in one transaction (more than a batch of
+    // rows waiting for the server's conversion), rows without a value to convert among them.
+    let ldb = LogicalDb::new(
+        "create table vals (id int primary key, r int4range, tr tstzrange, x xml, m macaddr, mo money, ra int4range[], \
+         moa money[], c \"char\", n numeric, t text, ts timestamptz, j jsonb, a int[])",
+        "create publication tap_heroku for table vals",
+        json!({}),
+    );
+    let catalog = ldb.catalog("vals");
+    let (_, state, _) = run(&ldb.config, &catalog, None);
+    db_exec(
+        &ldb,
+        "insert into vals select g, \
+           case when g % 3 = 0 then null else int4range(g, g + 10) end, \
+           case when g % 5 = 0 then null else tstzrange('2024-01-01 12:00+02', '2024-01-01 12:00+02'::timestamptz + g * interval '1 hour') end, \
+           case when g % 7 = 0 then null else ('<a>' || g || '</a>')::xml end, \
+           ('08:00:2b:01:02:' || lpad(to_hex(g % 256), 2, '0'))::macaddr, \
+           case when g % 11 = 0 then null else (g * 1.25)::money end, \
+           array[int4range(1, g), null], array[g::money], chr(65 + g % 26)::\"char\", g / 7.0, 'é' || g, \
+           '2024-03-01 10:00+00'::timestamptz + g * interval '1 minute', jsonb_build_object('g', g), array[g, null] \
+         from generate_series(1, 2500) g where g % 13 <> 0; \
+         insert into vals (id) select g from generate_series(1, 2500) g where g % 13 = 0",
+    );
+    db_exec(&ldb, "update vals set r = null, mo = 2.5 where id = 5; delete from vals where id = 6");
+    let (changes, _, _) = run(&ldb.config, &catalog, Some(&state));
+    let mut full = catalog.clone();
+    select(&mut full, "vals", "FULL_TABLE", None);
+    let (snapshot, _, _) = run(&ldb.config, &full, None);
+    let expected: BTreeMap<i64, Value> = records(&snapshot, "vals").into_iter().map(|r| (r["id"].as_i64().unwrap(), r)).collect();
+    assert_eq!(expected.len(), 2499);
+    let got = records(&changes, "vals");
+    // Commit order, and in a transaction the order of its changes.
+    let ids: Vec<i64> = got.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let mut want_ids: Vec<i64> = (1..=2500).filter(|g| g % 13 != 0).collect();
+    want_ids.extend((1..=2500).filter(|g| g % 13 == 0));
+    want_ids.extend([5, 6]);
+    assert_eq!(ids, want_ids);
+    let mut last: BTreeMap<i64, Value> = BTreeMap::new();
+    for mut r in got {
+        let deleted = r["_sdc_deleted_at"].is_string();
+        r.as_object_mut().unwrap().remove("_sdc_deleted_at");
+        let id = r["id"].as_i64().unwrap();
+        if deleted {
+            assert_eq!(r, json!({"id": 6}));
+            last.remove(&id);
+        } else {
+            last.insert(id, r);
+        }
+    }
+    assert_eq!(last.len(), expected.len());
+    for (id, want) in &expected {
+        assert_eq!(last.get(id), Some(want), "row {id}: LOG_BASED and FULL_TABLE differ");
+    }
+    assert_eq!(expected[&1]["r"], json!("[1,11)"), "a range as its text");
+    assert_eq!(expected[&5]["mo"].to_string(), "2.50", "money as a number");
+}

@@ -29,14 +29,19 @@
 //! progress is then sent again by the next run).
 //!
 //! Values: columns FULL_TABLE reads as they are (`Cast::None`) arrive in binary and go through
-//! [`encode::encode_value`] with the column's encoder, as FULL_TABLE's do. Columns FULL_TABLE
-//! casts (`::text` for ranges, xml, macaddr, composites...; `::numeric` for money) are refused at
-//! plan time. A value pgoutput sends as text (a type without a binary send function) is written
-//! for text columns and refused (an error, never a wrong value) for others.
+//! [`encode::encode_value`] with the column's encoder, as FULL_TABLE's do. Values of columns
+//! FULL_TABLE casts (`::text` for ranges, xml, macaddr...; `::numeric` for money), and values
+//! pgoutput sends as text (types without a binary send function) of columns that are not text,
+//! are turned into FULL_TABLE's wire form by the server, on a second session opened when first
+//! needed: rows wait (in order, at most [`PENDING_ROWS`] rows or [`PENDING_BYTES`]) until the
+//! commit or a full batch, then one statement per such column converts the batch's values
+//! (`select $1::text, $2::text, ...` with the values bound in binary as the column's type, or
+//! `cast($n::text as <type>)` for text), so the values are exactly FULL_TABLE's.
 //!
 //! Known gaps: each LOG_BASED stream peeks (decodes the WAL) once per run; a lost connection
 //! is not reconnected (the last STATE resumes); a partitioned table is refused (publish and
-//! select its partitions).
+//! select its partitions); the text-form conversion (types without a binary send function) has
+//! no test, no type of the test servers being sent that way.
 
 use std::io::Write;
 use std::pin::pin;
@@ -49,7 +54,7 @@ use tokio_postgres::types::{PgLsn, ToSql, Type};
 use super::full_table;
 use super::pipeline::Context;
 use super::plan::{ColumnPlan, StreamPlan};
-use super::sink::RowSink;
+use super::sink::{Raw, RowSink};
 use super::{Outcome, now_version};
 use crate::catalog::SelectedStream;
 use crate::config::{Config, default_slot_name};
@@ -77,6 +82,10 @@ const SIGNAL_CHECK_MESSAGES: u32 = 1024;
 const COMMITTED_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How long to wait for them before giving up.
 const COMMITTED_WAIT_LIMIT: Duration = Duration::from_secs(300);
+/// Rows that may wait for their values to be converted by the server.
+const PENDING_ROWS: usize = 1024;
+/// Bytes of values that may wait for the server's conversion.
+const PENDING_BYTES: usize = 16 << 20;
 
 /// The slot of `database`: the config's, or `tap_heroku_<dbname>`.
 pub fn slot_name(config: &Config, database: &str) -> String {
@@ -103,12 +112,11 @@ fn lsn_text(lsn: u64) -> String {
 /// set up is a `Config` error naming the command that fixes it.
 ///
 /// # Errors
-/// As above; a column read with a cast or a relation other than a table is a `Catalog` error, an
-/// `lsn` that is not an integer a `State` error.
+/// As above; a relation other than a table is a `Catalog` error, an `lsn` that is not an
+/// integer a `State` error.
 pub fn check_stream(
     client: &mut Client,
     (selected, relation): (&SelectedStream, &Relation),
-    columns: &[ColumnPlan],
     bookmark: &Map<String, Value>,
     config: &Config,
 ) -> Result<()> {
@@ -121,13 +129,6 @@ pub fn check_stream(
         };
         return Err(Error::new(ErrorKind::Catalog, format!("LOG_BASED reads the changes of tables, and {table} is {what}"))
             .with_hint("Use FULL_TABLE or XMIN for it (for a partitioned table: add its partitions to the publication and select them)."));
-    }
-    if let Some(column) = columns.iter().find(|c| c.cast != Cast::None) {
-        return Err(Error::new(
-            ErrorKind::Catalog,
-            format!("column {} is read through a cast by FULL_TABLE, which LOG_BASED cannot do yet", query::quote_ident(&column.name)),
-        )
-        .with_hint("Deselect the column, or use XMIN or FULL_TABLE for this stream."));
     }
     for key in ["lsn", "snapshot_lsn"] {
         if bookmark.get(key).is_some_and(|v| !v.is_null() && !v.is_u64()) {
@@ -414,6 +415,12 @@ fn changes<W: Write>(
         id: id.clone(),
         bookmark,
         truncated: false,
+        pending: Vec::new(),
+        pending_bytes: 0,
+        converter: None,
+        connector: cx.connector,
+        database: cx.database,
+        sslmode: cx.config.sslmode,
     };
     let sslmode = cx.config.sslmode;
     let cancel_token = cx.session.client.cancel_token();
@@ -472,6 +479,109 @@ struct RelationMap {
     columns: Vec<Option<usize>>,
     /// For each column of the relation, whether it is in the replica identity.
     key: Vec<bool>,
+    /// For each column of the relation, its type's oid.
+    types: Vec<u32>,
+}
+
+/// A column value owned by a row that waits for the server's conversion.
+enum OwnedDatum {
+    /// See [`Datum::Null`].
+    Null,
+    /// See [`Datum::UnchangedToast`].
+    UnchangedToast,
+    /// See [`Datum::Text`].
+    Text(Vec<u8>),
+    /// See [`Datum::Binary`].
+    Binary(Vec<u8>),
+}
+
+impl OwnedDatum {
+    /// A copy of `datum`.
+    fn of(datum: &Datum<'_>) -> OwnedDatum {
+        match datum {
+            Datum::Null => OwnedDatum::Null,
+            Datum::UnchangedToast => OwnedDatum::UnchangedToast,
+            Datum::Text(t) => OwnedDatum::Text(t.to_vec()),
+            Datum::Binary(b) => OwnedDatum::Binary(b.to_vec()),
+        }
+    }
+
+    /// The value borrowed again.
+    fn datum(&self) -> Datum<'_> {
+        match self {
+            OwnedDatum::Null => Datum::Null,
+            OwnedDatum::UnchangedToast => Datum::UnchangedToast,
+            OwnedDatum::Text(t) => Datum::Text(t),
+            OwnedDatum::Binary(b) => Datum::Binary(b),
+        }
+    }
+
+    /// Bytes held.
+    fn len(&self) -> usize {
+        match self {
+            OwnedDatum::Text(b) | OwnedDatum::Binary(b) => b.len(),
+            OwnedDatum::Null | OwnedDatum::UnchangedToast => 0,
+        }
+    }
+}
+
+/// A row waiting for some of its values to be converted by the server.
+struct PendingRow {
+    /// Its values, in the relation's column order.
+    values: Vec<OwnedDatum>,
+    /// An old key or row (a delete) or `None` (a new row).
+    old: Option<OldKind>,
+    /// Its transaction's commit time.
+    commit_time: i64,
+}
+
+/// Per relation column of a row: `Some(value)` when the server converted it (`None` inside:
+/// NULL), `None` when it is written as it arrived.
+type Converted = Vec<Option<Option<Vec<u8>>>>;
+
+/// A conversion statement: its text, its parameters, and the (row, relation column) each of its
+/// result columns is for.
+type Conversion<'a> = (String, Vec<(Box<dyn ToSql + Sync + 'a>, Type)>, Vec<(usize, usize)>);
+
+/// A value bound in binary as the type the statement was prepared with.
+#[derive(Debug)]
+struct RawParam<'a>(&'a [u8]);
+
+impl ToSql for RawParam<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Whether a value of `column` must be converted by the server before it is encoded.
+fn needs_conversion(column: &ColumnPlan, datum: &Datum<'_>) -> bool {
+    match datum {
+        Datum::Binary(_) => column.cast != Cast::None,
+        Datum::Text(_) => column.cast != Cast::None || column.encoder != Encoder::Text,
+        Datum::Null | Datum::UnchangedToast => false,
+    }
+}
+
+/// The SQL suffix that turns a value of the column's type into FULL_TABLE's wire form.
+fn cast_suffix(cast: Cast) -> &'static str {
+    match cast {
+        Cast::None => "",
+        Cast::Text => "::text",
+        Cast::TextArray => "::text[]",
+        Cast::Numeric => "::numeric",
+        Cast::NumericArray => "::numeric[]",
+    }
 }
 
 /// One stream's decoding state: the messages of one peek in order.
@@ -511,6 +621,18 @@ struct Decoder<'p> {
     bookmark: Map<String, Value>,
     /// A TRUNCATE of the table was warned about in this run.
     truncated: bool,
+    /// Rows waiting for the server to convert some of their values, in order.
+    pending: Vec<PendingRow>,
+    /// Bytes of the values in `pending`.
+    pending_bytes: usize,
+    /// The second session, which converts values (opened when first needed).
+    converter: Option<Client>,
+    /// Opens the second session.
+    connector: &'p crate::connect::Connector,
+    /// The stream's database.
+    database: &'p str,
+    /// For classifying errors.
+    sslmode: crate::config::SslMode,
 }
 
 impl Decoder<'_> {
@@ -537,6 +659,7 @@ impl Decoder<'_> {
                 self.commit_time = commit_time;
             }
             Message::Commit { end_lsn, .. } => {
+                self.flush(writer)?;
                 if !self.skip {
                     self.lsn = self.lsn.max(end_lsn);
                 }
@@ -589,14 +712,152 @@ impl Decoder<'_> {
             }
             columns.push(planned);
         }
-        Ok(RelationMap { columns, key: relation.columns.iter().map(|c| c.is_key).collect() })
+        Ok(RelationMap {
+            columns,
+            key: relation.columns.iter().map(|c| c.is_key).collect(),
+            types: relation.columns.iter().map(|c| c.type_oid).collect(),
+        })
     }
 
-    /// Writes one RECORD: the new row, or (with `old`) a delete with the old key or row.
+    /// The table's columns, or an error when a change came before its Relation message.
+    fn relation(&self) -> Result<&RelationMap> {
+        self.relation.as_ref().ok_or_else(|| {
+            Error::new(ErrorKind::Query, "a change of the table came before its Relation message")
+                .with_hint("Please report this with the server's version.")
+        })
+    }
+
+    /// Writes one RECORD: the new row, or (with `old`) a delete with the old key or row; a row
+    /// with values the server must convert (and every row after it, to keep the order) waits.
     fn write_row<W: Write>(&mut self, tuple: &[Datum<'_>], old: Option<OldKind>, writer: &mut MessageWriter<W>) -> Result<()> {
+        let relation = self.relation()?;
+        let convert = tuple.iter().zip(&relation.columns).any(|(datum, c)| c.is_some_and(|c| needs_conversion(&self.columns[c], datum)));
+        if !convert && self.pending.is_empty() {
+            return self.write_line(tuple, (old, self.commit_time), None, writer);
+        }
+        let values: Vec<OwnedDatum> = tuple.iter().map(OwnedDatum::of).collect();
+        self.pending_bytes += values.iter().map(OwnedDatum::len).sum::<usize>();
+        self.pending.push(PendingRow { values, old, commit_time: self.commit_time });
+        if self.pending.len() >= PENDING_ROWS || self.pending_bytes >= PENDING_BYTES {
+            self.flush(writer)?;
+        }
+        Ok(())
+    }
+
+    /// Converts the waiting rows' values on the server and writes the rows, in order.
+    fn flush<W: Write>(&mut self, writer: &mut MessageWriter<W>) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let converted = self.convert(&pending)?;
+        for (row, converted) in pending.iter().zip(&converted) {
+            let tuple: Vec<Datum<'_>> = row.values.iter().map(OwnedDatum::datum).collect();
+            self.write_line(&tuple, (row.old, row.commit_time), Some(converted), writer)?;
+        }
+        Ok(())
+    }
+
+    /// Has the server turn the values of `rows` that need it into FULL_TABLE's wire form: per
+    /// column and form, one statement of one row with a result column per value.
+    fn convert(&mut self, rows: &[PendingRow]) -> Result<Vec<Converted>> {
+        let relation = self.relation()?;
+        let mut out: Vec<Converted> = rows.iter().map(|r| (0..r.values.len()).map(|_| None).collect()).collect();
+        let mut statements: Vec<Conversion<'_>> = Vec::new();
+        for (i, planned) in relation.columns.iter().enumerate() {
+            let Some(c) = *planned else { continue };
+            let column = &self.columns[c];
+            let suffix = cast_suffix(column.cast);
+            // Only the oid goes to the server (as the parameter's type in Parse).
+            let value_type = Type::new(column.cast_type.clone(), relation.types[i], tokio_postgres::types::Kind::Simple, String::new());
+            let mut binary: Conversion<'_> = (String::from("select "), Vec::new(), Vec::new());
+            let mut text: Conversion<'_> = (String::from("select "), Vec::new(), Vec::new());
+            for (r, row) in rows.iter().enumerate() {
+                let datum = row.values[i].datum();
+                if !needs_conversion(column, &datum) {
+                    continue;
+                }
+                match datum {
+                    Datum::Binary(bytes) => {
+                        let n = binary.1.len() + 1;
+                        let comma = if n > 1 { ", " } else { "" };
+                        binary.0.push_str(&format!("{comma}${n}{suffix}"));
+                        binary.1.push((Box::new(RawParam(bytes)), value_type.clone()));
+                        binary.2.push((r, i));
+                    }
+                    Datum::Text(bytes) => {
+                        let value = std::str::from_utf8(bytes).map_err(|e| {
+                            Error::new(
+                                ErrorKind::Encode,
+                                format!("column {} arrived as text that is not UTF-8", query::quote_ident(&column.name)),
+                            )
+                            .with_source(e)
+                            .with_hint("Deselect the column, or use XMIN or FULL_TABLE for this stream.")
+                        })?;
+                        let n = text.1.len() + 1;
+                        let comma = if n > 1 { ", " } else { "" };
+                        text.0.push_str(&format!("{comma}cast(${n}::text as {}){suffix}", column.cast_type));
+                        text.1.push((Box::new(value), Type::TEXT));
+                        text.2.push((r, i));
+                    }
+                    Datum::Null | Datum::UnchangedToast => {}
+                }
+            }
+            statements.extend([binary, text].into_iter().filter(|s| !s.1.is_empty()));
+        }
+        if statements.is_empty() {
+            return Ok(out);
+        }
+        // The stream's session is busy with the peek, and this thread inside its runtime: the
+        // second session runs on a thread of its own.
+        let (connector, database, sslmode) = (self.connector, self.database, self.sslmode);
+        let mut converter = self.converter.take();
+        let results = std::thread::scope(|scope| {
+            let work = scope.spawn(|| -> Result<Vec<Vec<Option<Vec<u8>>>>> {
+                let client = match &mut converter {
+                    Some(client) => client,
+                    None => converter.insert(connector.connect(database)?),
+                };
+                let mut results = Vec::with_capacity(statements.len());
+                for (sql, params, _) in &statements {
+                    let params: Vec<(&(dyn ToSql + Sync), Type)> = params.iter().map(|(p, t)| (p.as_ref(), t.clone())).collect();
+                    let row = client
+                        .query_opt(sql, &params)
+                        .map_err(|e| classify(e, "converting values to their FULL_TABLE form", sslmode))?
+                        .ok_or_else(|| Error::new(ErrorKind::Internal, "converting values: no row"))?;
+                    let mut values = Vec::with_capacity(params.len());
+                    for k in 0..params.len() {
+                        let value: Option<Raw<'_>> =
+                            row.try_get(k).map_err(|e| Error::new(ErrorKind::Internal, "reading converted values").with_source(e))?;
+                        values.push(value.map(|Raw(bytes)| bytes.to_vec()));
+                    }
+                    results.push(values);
+                }
+                Ok(results)
+            });
+            work.join().unwrap_or_else(|_| Err(Error::new(ErrorKind::Internal, "the conversion thread panicked")))
+        });
+        self.converter = converter;
+        for ((_, _, places), values) in statements.iter().zip(results?) {
+            for (&(r, i), value) in places.iter().zip(values) {
+                out[r][i] = Some(value);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Encodes one row into a RECORD line and writes it.
+    fn write_line<W: Write>(
+        &mut self,
+        tuple: &[Datum<'_>],
+        (old, commit_time): (Option<OldKind>, i64),
+        converted: Option<&Converted>,
+        writer: &mut MessageWriter<W>,
+    ) -> Result<()> {
         let line = writer.line_buffer();
         let start = line.len();
-        if let Err(e) = self.encode_row(tuple, old, line) {
+        if let Err(e) = self.encode_row(tuple, (old, commit_time), converted, line) {
             line.truncate(start);
             return Err(e);
         }
@@ -606,8 +867,14 @@ impl Decoder<'_> {
         Ok(())
     }
 
-    /// Appends the RECORD line of `tuple` to `line`.
-    fn encode_row(&mut self, tuple: &[Datum<'_>], old: Option<OldKind>, line: &mut Vec<u8>) -> Result<()> {
+    /// Appends the RECORD line of `tuple` to `line`, with the values the server converted.
+    fn encode_row(
+        &mut self,
+        tuple: &[Datum<'_>],
+        (old, commit_time): (Option<OldKind>, i64),
+        converted: Option<&Converted>,
+        line: &mut Vec<u8>,
+    ) -> Result<()> {
         let Some(relation) = &self.relation else {
             return Err(Error::new(ErrorKind::Query, "a change of the table came before its Relation message")
                 .with_hint("Please report this with the server's version."));
@@ -628,23 +895,14 @@ impl Decoder<'_> {
                 continue;
             }
             let column = &mut self.columns[c];
-            let bytes = match datum {
-                Datum::UnchangedToast => continue,
-                Datum::Null => None,
-                Datum::Binary(bytes) => Some(bytes),
-                Datum::Text(text) => {
-                    if column.encoder != Encoder::Text {
-                        return Err(Error::new(
-                            ErrorKind::Encode,
-                            format!(
-                                "column {} arrived in text form, which tap-heroku cannot encode for its type",
-                                query::quote_ident(&column.name)
-                            ),
-                        )
-                        .with_hint("Deselect the column, or use XMIN or FULL_TABLE for this stream."));
-                    }
-                    Some(text)
+            let bytes: Option<&[u8]> = match (converted.and_then(|v| v[i].as_ref()), datum) {
+                (Some(value), _) => value.as_deref(),
+                (None, Datum::UnchangedToast) => continue,
+                (None, Datum::Null) => None,
+                (None, datum) if needs_conversion(column, datum) => {
+                    return Err(Error::new(ErrorKind::Internal, format!("a value of column {} was not converted", column.name)));
                 }
+                (None, Datum::Binary(bytes) | Datum::Text(bytes)) => Some(bytes),
             };
             if !first {
                 line.push(b',');
@@ -671,7 +929,7 @@ impl Decoder<'_> {
         line.push(b':');
         if old.is_some() {
             let mut notes = 0;
-            encode::encode_value(&Encoder::TimestampTz(OutOfRangeDates::Clamp), &self.commit_time.to_be_bytes(), line, &mut notes)
+            encode::encode_value(&Encoder::TimestampTz(OutOfRangeDates::Clamp), &commit_time.to_be_bytes(), line, &mut notes)
                 .map_err(|e| Error::new(ErrorKind::Internal, "encoding a commit time").with_source(e))?;
         } else {
             line.extend_from_slice(b"null");

@@ -40,8 +40,10 @@ pub struct ColumnPlan {
     pub notes: u8,
     /// `atttypid`: LOG_BASED checks that the changes it decodes carry the type planned for.
     pub typid: u32,
-    /// How the SELECT list reads the column; LOG_BASED reads only columns read as they are.
+    /// How the SELECT list reads the column (LOG_BASED has the server apply it to decoded values).
     pub cast: Cast,
+    /// `format_type(atttypid, atttypmod)`.
+    pub cast_type: String,
 }
 
 /// Everything needed to sync one stream, decided before any output.
@@ -147,6 +149,7 @@ pub fn plan_stream(
             notes: 0,
             typid: column.typid,
             cast: mapped.cast,
+            cast_type: column.cast_type.clone(),
         });
         cast_types.push(column.cast_type.clone());
     }
@@ -182,7 +185,7 @@ pub fn plan_stream(
                 bookmark = Map::new();
             }
             if selected.method == ReplicationMethod::LogBased {
-                super::log_based::check_stream(&mut session.client, (&selected, relation), &columns, &bookmark, config)?;
+                super::log_based::check_stream(&mut session.client, (&selected, relation), &bookmark, config)?;
             }
             if !selected.is_view && !relation.primary_key.is_empty() {
                 let keys: Option<Vec<usize>> = relation.primary_key.iter().map(|k| index_of(k)).collect();
