@@ -23,6 +23,13 @@ of each to COPY binary through the same link in the same run, and peak RSS (from
 /usr/bin/time -v), plus output bytes per row. Also measures peak RSS on a 200,000-row prefix of
 narrow and the discovery time of a database with 2,000 tables of 21 columns at each round trip.
 
+LOG_BASED (--log-based-rows N, default 1,000,000; 0 skips it; no link): as the REPLICATION
+role, a first run of `log_bench` (empty) makes a state, then N rows are inserted in one
+transaction, and over --reps repetitions from that same state it times the tap's catch-up of
+those changes, the server's own decoding of them (`select count(*) from
+pg_logical_slot_peek_binary_changes(...)` on the same slot: the floor) and a FULL_TABLE of the
+same rows, with peak RSS; the slot is dropped at the end.
+
 Row counts can differ per round trip, so that a run over a slow link stays bounded:
 --narrow-rows 2000000,2000000,200000 with --rtt 0,10,40 reads 200,000 rows at 40 ms (a table
 narrow_200000, the first 200,000 rows of narrow, is created for it). One number applies to
@@ -31,7 +38,7 @@ message naming these options.
 
 Usage: bench/run.sh [--rtt MS[,MS...]] [--narrow-rows N[,N...]] [--wide-rows N[,N...]]
                     [--uuid-rows N[,N...]] [--prefix-rows N] [--reps N] [--timeout S]
-                    [--skip-discovery]
+                    [--log-based-rows N] [--skip-discovery]
 (bench/run.sh starts the servers with tests/server.sh and stops them afterwards.)
 """
 
@@ -360,6 +367,7 @@ def main():
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one command may take")
     parser.add_argument("--skip-discovery", action="store_true")
+    parser.add_argument("--log-based-rows", type=int, default=1_000_000, help="changed rows of the LOG_BASED catch-up (0: skip it)")
     args = parser.parse_args()
     rtts = args.rtt
     narrow_sizes = per_rtt(parser, "narrow-rows", args.narrow_rows, rtts)
@@ -443,12 +451,70 @@ def measure_all(args, rtts, narrow_sizes, wide_sizes, uuid_sizes, tmp):
             link.stop()
 
     print_table(run, rtts, args)
+    if args.log_based_rows > 0:
+        log_based_benchmark(args, tmp)
     if discovery:
         streams = {d[0] for d in discovery.values()}
         print(f"\nDiscovery of {', '.join(map(str, sorted(streams)))} tables of 21 columns, median of {args.reps} runs: "
               + ", ".join(f"{rtt} ms RTT {d[1]:.2f}s" for rtt, d in discovery.items()) + ".")
         admin_sql(f"drop database {TABLES_DB}", db="postgres")
     admin_sql(f"drop database {DB}", db="postgres")
+
+
+LOG_DB = "tap_bench_log"
+
+
+def log_based_benchmark(args, tmp):
+    """LOG_BASED catch-up of --log-based-rows inserted rows beside the server's own decoding of
+    them and a FULL_TABLE of the same rows, all straight to the server, from the same state."""
+    user = env("TAP_HEROKU_TEST_LOGICAL_USER")
+    password = env("TAP_HEROKU_TEST_LOGICAL_PASSWORD")
+    admin_sql(f"drop database if exists {LOG_DB} with (force)", db="postgres")
+    admin_sql(f"create database {LOG_DB}", db="postgres")
+    admin_sql(f"grant connect on database {LOG_DB} to {user}", db="postgres")
+    admin_sql(f"create table log_bench (id bigint primary key, k int, v text, t timestamptz, n numeric); "
+              f"create publication tap_heroku for table log_bench; grant select on log_bench to {user}", db=LOG_DB)
+    try:
+        config = write(os.path.join(tmp, "config_log.json"),
+                       {"host": env("TAP_HEROKU_TEST_HOST"), "port": env("TAP_HEROKU_TEST_PORT"), "user": user, "password": password,
+                        "dbname": LOG_DB, "filter_dbs": LOG_DB})
+        cats = catalogs(tmp, config, [("log_bench", "LOG_BASED", None), ("log_bench", "FULL_TABLE", None)])
+        out = subprocess.run([TAP, "--config", config, "--catalog", cats[("log_bench", "LOG_BASED")], "--log-level", "warn"],
+                             check=True, capture_output=True, text=True).stdout
+        state = write(os.path.join(tmp, "state_log.json"), [json.loads(line) for line in out.splitlines() if '"STATE"' in line][-1]["value"])
+        rows = args.log_based_rows
+        admin_sql(f"set synchronous_commit = on; insert into log_bench select g, g % 1000, md5(g::text), now(), g * 1.25 "
+                  f"from generate_series(1, {rows}) g", db=LOG_DB)
+        slot = f"tap_heroku_{LOG_DB}"
+        psql = ["psql", "-X", "-At", f"host={env('TAP_HEROKU_TEST_HOST')} port={env('TAP_HEROKU_TEST_PORT')} user={user} "
+                f"password={password} dbname={LOG_DB} sslmode=require"]
+        decode = psql + ["-c", f"select count(*) from pg_logical_slot_peek_binary_changes('{slot}', pg_current_wal_flush_lsn(), NULL, "
+                               "'proto_version', '1', 'publication_names', 'tap_heroku', 'binary', 'true')"]
+        commands = [
+            ("server decoding: count(*) of the peek", decode),
+            ("tap-heroku LOG_BASED catch-up",
+             [TAP, "--config", config, "--catalog", cats[("log_bench", "LOG_BASED")], "--state", state, "--log-level", "warn"]),
+            ("tap-heroku FULL_TABLE", [TAP, "--config", config, "--catalog", cats[("log_bench", "FULL_TABLE")], "--log-level", "warn"]),
+        ]
+        results = {}
+        # Interleaved, so that a busy moment of the machine falls on each about equally.
+        for _ in range(args.reps):
+            for what, cmd in commands:
+                results.setdefault(what, []).append(timed(cmd, args.timeout))
+        floor = statistics.median(w for w, _ in results[commands[0][0]])
+        print(f"\nLOG_BASED: {rows} rows inserted in one transaction, straight to the server, median of {args.reps} runs:\n")
+        print("| what | wall | ratio to decoding | rows/s | peak RSS |")
+        print("|---|---|---|---|---|")
+        for what, _ in commands:
+            walls = [w for w, _ in results[what]]
+            wall = statistics.median(walls)
+            rss = max(r for _, r in results[what])
+            print(f"| {what} | {wall:.2f}s | {wall / floor:.2f} | {rows / wall:,.0f} | {rss / 1024:.0f} MiB |")
+            print(f"bench: log_based: {what}: {', '.join(f'{w:.3f}' for w in walls)}", file=sys.stderr)
+    finally:
+        admin_sql("do $$ begin perform pg_drop_replication_slot(slot_name) from pg_replication_slots "
+                  "where database = current_database(); end $$", db=LOG_DB)
+        admin_sql(f"drop database {LOG_DB} with (force)", db="postgres")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ use crate::config::SETTINGS;
 use crate::error::{ErrorKind, Result, ResultExt};
 
 /// What the tap can do, in Meltano's capability words.
-pub const CAPABILITIES: &[&str] = &["catalog", "discover", "state", "about", "activate-version", "properties"];
+pub const CAPABILITIES: &[&str] = &["catalog", "discover", "state", "about", "activate-version", "properties", "log-based"];
 
 /// The about document as JSON.
 pub fn about_json() -> Value {

@@ -229,12 +229,6 @@ pub fn select_streams(catalog: &Catalog, config: &Config, currently_syncing: Opt
         }
         let is_view = truthy(root.get("is-view")).unwrap_or(false);
         let method = replication_method(root, config, &bad)?;
-        if method == ReplicationMethod::LogBased {
-            return Err(bad(
-                "LOG_BASED replication is not supported yet".into(),
-                "Use \"XMIN\" (every insert and update, no slot needed), \"INCREMENTAL\" or \"FULL_TABLE\" for this stream.",
-            ));
-        }
         let catalog_columns = entry.columns();
         let unsupported = |name: &str| {
             catalog_columns
@@ -309,8 +303,8 @@ fn replication_method(root: &Map<String, Value>, config: &Config, bad: &impl Fn(
     match root.get("replication-method") {
         Some(Value::String(s)) if !s.is_empty() => ReplicationMethod::parse(s).ok_or_else(|| {
             bad(
-                format!("replication-method {s:?} is not FULL_TABLE, INCREMENTAL or XMIN"),
-                "Set \"replication-method\" to \"FULL_TABLE\", \"INCREMENTAL\" or \"XMIN\" in the stream's [] metadata.",
+                format!("replication-method {s:?} is not FULL_TABLE, INCREMENTAL, XMIN or LOG_BASED"),
+                "Set \"replication-method\" to \"FULL_TABLE\", \"INCREMENTAL\", \"XMIN\" or \"LOG_BASED\" in the stream's [] metadata.",
             )
         }),
         None | Some(Value::Null) | Some(Value::String(_)) => config.default_replication_method.ok_or_else(|| {
@@ -500,7 +494,7 @@ mod tests {
             (json!({"selected": true, "schema-name": "public"}), "has no replication-method"),
             (
                 json!({"selected": true, "schema-name": "public", "replication-method": "SOMETIMES"}),
-                "is not FULL_TABLE, INCREMENTAL or XMIN",
+                "is not FULL_TABLE, INCREMENTAL, XMIN or LOG_BASED",
             ),
             (json!({"selected": true, "schema-name": "public", "replication-method": "INCREMENTAL"}), "has no replication-key"),
             (
@@ -511,7 +505,6 @@ mod tests {
                 json!({"selected": true, "schema-name": "public", "replication-method": "INCREMENTAL", "replication-key": "blob"}),
                 "cannot encode",
             ),
-            (json!({"selected": true, "schema-name": "public", "replication-method": "LOG_BASED"}), "LOG_BASED"),
             (json!({"selected": true, "replication-method": "FULL_TABLE"}), "has no schema-name"),
             (
                 json!({"selected": true, "schema-name": "public", "replication-method": "FULL_TABLE", "is-view": true, "view-key-properties": ["nope"]}),

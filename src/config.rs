@@ -145,6 +145,12 @@ pub struct Config {
     pub full_table_order: FullTableOrder,
     /// How dates and timestamps with years outside 1..=9999 are written.
     pub out_of_range_dates: OutOfRangeDates,
+    /// LOG_BASED: the publication whose changes are read.
+    pub logical_publication: String,
+    /// LOG_BASED: the slot name, or `None` for `tap_heroku_<dbname>` per database.
+    pub logical_slot: Option<String>,
+    /// LOG_BASED: WAL a slot may retain before a warning, in MiB.
+    pub logical_max_retained_wal_mb: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -301,7 +307,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "default_replication_method",
         kind: "string",
-        description: "FULL_TABLE, INCREMENTAL or XMIN, for selected streams whose metadata names no replication-method.",
+        description: "FULL_TABLE, INCREMENTAL, XMIN or LOG_BASED, for selected streams whose metadata names no replication-method.",
         default: None,
         secret: false,
     },
@@ -347,7 +353,47 @@ pub const SETTINGS: &[Setting] = &[
         default: Some(DefaultValue::Text(DEFAULT_OUT_OF_RANGE_DATES.as_str())),
         secret: false,
     },
+    Setting {
+        name: "logical_publication",
+        kind: "string",
+        description: "LOG_BASED: the publication whose changes are read (created by an admin: CREATE PUBLICATION tap_heroku FOR TABLE ...; the tap never creates or alters publications).",
+        default: Some(DefaultValue::Text(DEFAULT_LOGICAL_PUBLICATION)),
+        secret: false,
+    },
+    Setting {
+        name: "logical_slot",
+        kind: "string",
+        description: "LOG_BASED: the logical replication slot (pgoutput) of each database, created by the tap when missing; default tap_heroku_<dbname> (lowercase, characters other than a-z, 0-9 and _ as _, at most 63 bytes).",
+        default: None,
+        secret: false,
+    },
+    Setting {
+        name: "logical_max_retained_wal_mb",
+        kind: "integer",
+        description: "LOG_BASED: warn when the slot holds back more than this much WAL (MiB) on the server.",
+        default: Some(DefaultValue::Integer(DEFAULT_LOGICAL_MAX_RETAINED_WAL_MB)),
+        secret: false,
+    },
 ];
+
+/// WAL a slot may retain before a warning, when the config does not say.
+pub const DEFAULT_LOGICAL_MAX_RETAINED_WAL_MB: u64 = 1024;
+/// The publication LOG_BASED reads, when the config does not say.
+pub const DEFAULT_LOGICAL_PUBLICATION: &str = "tap_heroku";
+/// The longest replication slot name (NAMEDATALEN - 1).
+const MAX_SLOT_NAME_BYTES: usize = 63;
+
+/// The slot name for `dbname` when the config names none: `tap_heroku_<dbname>`, lowercase,
+/// every character other than `a-z`, `0-9` and `_` as `_`, cut to 63 bytes.
+pub fn default_slot_name(dbname: &str) -> String {
+    let mut name: String = format!("tap_heroku_{dbname}")
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' })
+        .collect();
+    name.truncate(MAX_SLOT_NAME_BYTES);
+    name
+}
 
 /// Keys other taps accept that tap-heroku reads but does not act on; a notice, not an unknown key.
 const IGNORED_KEYS: &[&str] = &[
@@ -418,9 +464,21 @@ impl Config {
         let default_replication_method = match opt_string(map, "default_replication_method")? {
             Some(text) if !text.is_empty() => Some(ReplicationMethod::parse(&text.to_ascii_uppercase()).ok_or_else(|| {
                 Error::new(ErrorKind::Config, "default_replication_method is not FULL_TABLE, INCREMENTAL, XMIN or LOG_BASED")
-                    .with_hint("Set default_replication_method to \"FULL_TABLE\", \"INCREMENTAL\" or \"XMIN\".")
+                    .with_hint("Set default_replication_method to \"FULL_TABLE\", \"INCREMENTAL\", \"XMIN\" or \"LOG_BASED\".")
             })?),
             _ => None,
+        };
+        let logical_slot = opt_string(map, "logical_slot")?;
+        if let Some(slot) = &logical_slot
+            && (slot.len() > MAX_SLOT_NAME_BYTES || !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+        {
+            return Err(Error::new(ErrorKind::Config, "logical_slot is not a valid replication slot name")
+                .with_hint("Use at most 63 characters of a-z, 0-9 and _ (PostgreSQL's rule for slot names), e.g. \"tap_heroku_app\"."));
+        }
+        let logical_publication = opt_string(map, "logical_publication")?.unwrap_or_else(|| DEFAULT_LOGICAL_PUBLICATION.to_string());
+        let logical_max_retained_wal_mb = match map.get("logical_max_retained_wal_mb") {
+            Some(v) if !v.is_null() => parse_uint(v, "logical_max_retained_wal_mb", 1, u64::MAX / (1 << 21))?,
+            _ => DEFAULT_LOGICAL_MAX_RETAINED_WAL_MB,
         };
         let include_schemas_in_destination_stream_name = match map.get("include_schemas_in_destination_stream_name") {
             Some(v) if !v.is_null() => parse_bool(v, "include_schemas_in_destination_stream_name")?,
@@ -471,6 +529,9 @@ impl Config {
                         .with_hint("Set out_of_range_dates to \"clamp\" (the default) or \"expanded\"."));
                 }
             },
+            logical_publication,
+            logical_slot,
+            logical_max_retained_wal_mb,
         })
     }
 
@@ -776,6 +837,22 @@ mod tests {
         assert_eq!(c.filter_schemas, None);
         assert_eq!(c.max_run_seconds, None);
         assert_eq!(c.out_of_range_dates, OutOfRangeDates::Clamp);
+        assert_eq!((c.logical_publication.as_str(), c.logical_slot.as_deref()), ("tap_heroku", None));
+        assert_eq!(c.logical_max_retained_wal_mb, 1024);
+    }
+
+    #[test]
+    fn slot_names_default_per_database_and_are_checked() {
+        assert_eq!(default_slot_name("App-Prod.db"), "tap_heroku_app_prod_db");
+        assert_eq!(default_slot_name("Ünï"), "tap_heroku__n_");
+        assert_eq!(default_slot_name(&"d".repeat(100)).len(), 63);
+        let c = parse(json!({"host": "h", "user": "u", "dbname": "d", "logical_slot": "s_1", "logical_publication": "pub"}), None).unwrap();
+        assert_eq!((c.logical_slot.as_deref(), c.logical_publication.as_str()), (Some("s_1"), "pub"));
+        for bad in ["Slot", "a-b", &"s".repeat(64)] {
+            let e = parse(json!({"host": "h", "user": "u", "dbname": "d", "logical_slot": bad}), None).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{bad}");
+            assert!(e.hint().unwrap().contains("63"));
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde_json::{Map, Value, json};
 
-use crate::catalog::{Catalog, ReplicationMethod, select_streams};
+use crate::catalog::{Catalog, select_streams};
 use crate::config::{Config, SETTINGS};
 use crate::encode::encode_value;
 use crate::state::State;
@@ -462,7 +462,6 @@ fn catalog_parse_and_select_streams_never_panic() {
             let mut names = std::collections::HashSet::new();
             for s in &streams {
                 assert!(names.insert(s.stream.clone()), "two selected streams share the destination {}", s.stream);
-                assert_ne!(s.method, ReplicationMethod::LogBased, "LOG_BASED was accepted");
                 if let Some(key) = &s.replication_key {
                     assert!(s.columns.contains(key), "replication key {key} is not emitted");
                 }

@@ -17,6 +17,7 @@ mod error;
 mod fuzz_tests;
 mod message;
 mod pg;
+mod pgoutput;
 mod query;
 mod signals;
 mod state;

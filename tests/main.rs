@@ -7,6 +7,7 @@ mod client_certs;
 mod discover;
 mod errors;
 mod faults;
+mod log_based;
 mod network;
 mod resume_races;
 mod sync;

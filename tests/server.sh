@@ -23,6 +23,10 @@ READER_USER=tap_reader
 READER_PASSWORD=reader-Secret-9
 REPL_USER=replicator
 REPL_PASSWORD=repl-secret-3
+# A login role with REPLICATION (and SELECT granted per test) for the LOG_BASED tests; the
+# admin creates the publications.
+LOGICAL_USER=tap_logical
+LOGICAL_PASSWORD=logical-Secret-5
 # The role that must present a client certificate (pg_hba: clientcert=verify-full), its
 # password, and the passphrase of the encrypted copies of its key.
 CERT_USER=tap_cert_user
@@ -209,6 +213,7 @@ SET password_encryption = 'scram-sha-256';
 CREATE ROLE $ADMIN_USER WITH LOGIN SUPERUSER PASSWORD '$ADMIN_PASSWORD';
 CREATE ROLE $READER_USER WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD '$READER_PASSWORD';
 CREATE ROLE $REPL_USER WITH LOGIN REPLICATION NOSUPERUSER PASSWORD '$REPL_PASSWORD';
+CREATE ROLE $LOGICAL_USER WITH LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$LOGICAL_PASSWORD';
 EOF
 }
 
@@ -290,8 +295,11 @@ password_encryption = 'scram-sha-256'
 fsync = off
 synchronous_commit = off
 full_page_writes = off
-wal_level = replica
+# logical: the LOG_BASED tests decode the WAL (a hot standby works with it as with replica).
+wal_level = logical
 max_wal_senders = 4
+# The standby's physical slot plus one logical slot per LOG_BASED test running at once.
+max_replication_slots = 40
 hot_standby = on
 log_min_messages = warning
 logging_collector = off
@@ -443,6 +451,8 @@ EOF
         printf 'export TAP_HEROKU_TEST_ADMIN_PASSWORD=%q\n' "$ADMIN_PASSWORD"
         printf 'export TAP_HEROKU_TEST_READER_USER=%q\n' "$READER_USER"
         printf 'export TAP_HEROKU_TEST_READER_PASSWORD=%q\n' "$READER_PASSWORD"
+        printf 'export TAP_HEROKU_TEST_LOGICAL_USER=%q\n' "$LOGICAL_USER"
+        printf 'export TAP_HEROKU_TEST_LOGICAL_PASSWORD=%q\n' "$LOGICAL_PASSWORD"
         printf 'export TAP_HEROKU_TEST_CA=%q\n' "$DIR/ca.crt"
         printf 'export TAP_HEROKU_TEST_OTHER_CA=%q\n' "$DIR/other-ca.crt"
         printf 'export TAP_HEROKU_TEST_CERT_USER=%q\n' "$CERT_USER"

@@ -34,6 +34,19 @@ pub(super) fn sync<W: Write>(
     state: &mut State,
     writer: &mut MessageWriter<W>,
 ) -> Result<Outcome> {
+    sync_as(cx, plan, state, writer, ("FULL_TABLE", |_| {}))
+}
+
+/// Reads every row as FULL_TABLE does, the bookmark saying `method` (LOG_BASED's snapshot
+/// too); `finish` completes the bookmark before the STATE that ends a complete read (other
+/// keys of the plan's bookmark are kept throughout).
+pub(super) fn sync_as<W: Write>(
+    cx: &mut Context<'_>,
+    plan: &mut StreamPlan,
+    state: &mut State,
+    writer: &mut MessageWriter<W>,
+    (method, finish): (&str, impl FnOnce(&mut Map<String, Value>)),
+) -> Result<Outcome> {
     let id = plan.selected.tap_stream_id.clone();
     let stream = plan.selected.stream.clone();
     let mut bookmark = plan.bookmark.clone();
@@ -65,7 +78,7 @@ pub(super) fn sync<W: Write>(
         bookmark.remove("block_resume");
     }
     bookmark.remove("xmin");
-    bookmark.insert("last_replication_method".into(), json!("FULL_TABLE"));
+    bookmark.insert("last_replication_method".into(), json!(method));
     bookmark.insert("version".into(), json!(version));
     state.set_bookmark(&id, bookmark.clone());
     writer.write_state(&state.to_value())?;
@@ -103,6 +116,7 @@ pub(super) fn sync<W: Write>(
     if outcome == Outcome::Complete {
         bookmark.remove("last_pk_fetched");
         bookmark.remove("block_resume");
+        finish(&mut bookmark);
         state.set_bookmark(&id, bookmark);
         writer.write_activate_version(&stream, version)?;
         state.set_currently_syncing(None);

@@ -15,6 +15,7 @@ mod blocks;
 mod bookmarks;
 mod full_table;
 mod incremental;
+mod log_based;
 mod pipeline;
 mod plan;
 mod reader;
@@ -118,6 +119,35 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
             Err(e) => return Err(e.within(format!("stream {id}"))),
         }
     }
+    // LOG_BASED: each database's slot, made ready before any output.
+    let mut databases: Vec<String> =
+        plans.iter().filter(|p| p.selected.method == ReplicationMethod::LogBased).map(|p| p.selected.database.clone()).collect();
+    databases.sort();
+    databases.dedup();
+    for database in databases {
+        let Some(session) = sessions.get_mut(&database) else {
+            return Err(Error::new(ErrorKind::Internal, format!("database {database} has no session")));
+        };
+        let indices: Vec<usize> = (0..plans.len())
+            .filter(|&i| plans[i].selected.method == ReplicationMethod::LogBased && plans[i].selected.database == database)
+            .collect();
+        let of_database: Vec<&StreamPlan> = indices.iter().map(|&i| &plans[i]).collect();
+        let behind = log_based::prepare_slot(&mut session.client, config, &database, &of_database)?;
+        let mut dropped: Vec<usize> = Vec::new();
+        for (i, e) in behind {
+            let e = e.within(format!("stream {}", plans[indices[i]].selected.tap_stream_id));
+            log::error!("skipping stream: {}", e.chain());
+            if let Some(hint) = e.hint() {
+                log::error!("{hint}");
+            }
+            skipped.push(e);
+            dropped.push(indices[i]);
+        }
+        dropped.sort_unstable();
+        for i in dropped.into_iter().rev() {
+            plans.remove(i);
+        }
+    }
 
     // Beyond what an Instant can hold means no deadline.
     let deadline = config.max_run_seconds.and_then(|s| run_started.checked_add(Duration::from_secs(s)));
@@ -170,13 +200,17 @@ fn sync_stream<W: Write>(cx: &mut Context<'_>, plan: &mut StreamPlan, state: &mu
     let id = plan.selected.tap_stream_id.clone();
     log::info!("beginning sync of stream {id} ({})", plan.selected.method.as_str());
     state.set_currently_syncing(Some(&id));
-    let bookmark_properties: Vec<String> = plan.selected.replication_key.iter().cloned().collect();
+    let bookmark_properties: Vec<String> = match plan.selected.method {
+        // singer-io's tap-postgres names the bookmark's lsn for LOG_BASED streams.
+        ReplicationMethod::LogBased => vec!["lsn".to_string()],
+        _ => plan.selected.replication_key.iter().cloned().collect(),
+    };
     writer.write_schema(&plan.selected.stream, &plan.schema, &plan.selected.key_properties, &bookmark_properties)?;
     let outcome = match plan.selected.method {
         ReplicationMethod::FullTable => full_table::sync(cx, plan, state, writer),
         ReplicationMethod::Xmin => xmin::sync(cx, plan, state, writer),
         ReplicationMethod::Incremental => incremental::sync(cx, plan, state, writer),
-        ReplicationMethod::LogBased => Err(Error::new(ErrorKind::Internal, "a LOG_BASED stream was planned")),
+        ReplicationMethod::LogBased => log_based::sync(cx, plan, state, writer),
     }?;
     for column in &plan.columns {
         let (min, max) = encode::sentinels(&column.encoder);

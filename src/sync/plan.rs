@@ -20,7 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pg::Client;
 use crate::query::{self, KeyColumn};
 use crate::state::State;
-use crate::typemap::{self, Encoder, TypeMap};
+use crate::typemap::{self, Cast, Encoder, TypeMap};
 
 /// Most key columns a FULL_TABLE resume point can hold (wider keys sync without resume).
 pub const MAX_TRACKED_COLUMNS: usize = 8;
@@ -37,6 +37,12 @@ pub struct ColumnPlan {
     pub encoder: Encoder,
     /// Special values met (see `encode::NOTE_*`), for one warning per column.
     pub notes: u8,
+    /// `atttypid`: LOG_BASED checks that the changes it decodes carry the type planned for.
+    pub typid: u32,
+    /// How the SELECT list reads the column (LOG_BASED has the server apply it to decoded values).
+    pub cast: Cast,
+    /// `format_type(atttypid, atttypmod)`.
+    pub cast_type: String,
 }
 
 /// Everything needed to sync one stream, decided before any output.
@@ -63,6 +69,8 @@ pub struct StreamPlan {
     pub block_reads: Option<u32>,
     /// The bookmark this run starts from (already adopted from a pipelinewise-style id).
     pub bookmark: Map<String, Value>,
+    /// `pg_class.oid` of the relation (LOG_BASED matches decoded changes by it).
+    pub relid: u32,
     /// estimated rows (reltuples), for progress.
     pub row_estimate: i64,
     /// `search_path` for the stream's transaction: `public` plus the schemas of the key types'
@@ -114,14 +122,17 @@ pub fn plan_stream(
         replication_key: None,
         block_reads: None,
         bookmark,
+        relid: relation.oid,
         row_estimate: relation.row_count,
         search_path: String::new(),
     };
     match plan.selected.method {
-        ReplicationMethod::FullTable => plan_full_table(&mut plan, &mut session.client, (relation, &facts), &cast_types, config)?,
+        // LOG_BASED reads the table as FULL_TABLE does the first time (and then its changes).
+        ReplicationMethod::FullTable | ReplicationMethod::LogBased => {
+            plan_full_table(&mut plan, &mut session.client, (relation, &facts), &cast_types, config)?
+        }
         ReplicationMethod::Xmin => plan_xmin(&mut plan, (relation, &facts), &table)?,
         ReplicationMethod::Incremental => plan_incremental(&mut plan, &mut session.client, relation, &cast_types)?,
-        ReplicationMethod::LogBased => unreachable!("select_streams refuses LOG_BASED"),
     }
     let key_types: Vec<u32> = plan
         .order_keys
@@ -188,14 +199,22 @@ fn plan_columns(
             select_item: query::select_item(name, mapped.cast),
             encoder: mapped.encoder,
             notes: 0,
+            typid: column.typid,
+            cast: mapped.cast,
+            cast_type: column.cast_type.clone(),
         });
         cast_types.push(column.cast_type.clone());
+    }
+    if selected.method == ReplicationMethod::LogBased {
+        // singer-io's column for deletes (a RECORD with the key and the commit time).
+        properties.insert(super::log_based::DELETED_AT.into(), json!({"type": ["null", "string"], "format": "date-time"}));
     }
     let schema = json!({"type": "object", "properties": properties, "definitions": typemap::array_definitions()});
     Ok((columns, schema, cast_types))
 }
 
-/// FULL_TABLE's part of the plan: the primary key as order keys (when every key column can be a
+/// FULL_TABLE's part of the plan (also LOG_BASED's, whose first run is a FULL_TABLE read, after
+/// its own checks): the primary key as order keys (when every key column can be a
 /// bookmark), block reads when the config and the table allow them, and the resume point checked.
 fn plan_full_table(
     plan: &mut StreamPlan,
@@ -206,8 +225,15 @@ fn plan_full_table(
 ) -> Result<()> {
     let (selected, columns) = (&plan.selected, &plan.columns);
     let index_of = |name: &str| columns.iter().position(|c| c.name == name);
-    if plan.bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != "FULL_TABLE") {
+    let method = selected.method.as_str();
+    if plan.bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != method) {
+        if selected.method == ReplicationMethod::LogBased {
+            log::info!("stream {}: replication method changed; starting with a new snapshot", selected.tap_stream_id);
+        }
         plan.bookmark = Map::new();
+    }
+    if selected.method == ReplicationMethod::LogBased {
+        super::log_based::check_stream(client, (selected, relation), &plan.bookmark, config)?;
     }
     if !selected.is_view && !relation.primary_key.is_empty() {
         let keys: Option<Vec<usize>> = relation.primary_key.iter().map(|k| index_of(k)).collect();
