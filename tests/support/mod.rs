@@ -10,6 +10,8 @@
 #![allow(dead_code)]
 
 pub mod link;
+pub mod live;
+pub mod output;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
