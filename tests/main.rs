@@ -13,6 +13,7 @@ mod faults_large_values;
 mod faults_output;
 mod faults_signals;
 mod network;
+mod pgbouncer;
 mod resume_races;
 mod sync_bookmarks;
 mod sync_incremental;
