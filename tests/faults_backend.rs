@@ -16,24 +16,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::support::activity::{terminate_tap_backends, wait_for_tap_query};
 use crate::support::link::Link;
 use crate::support::live::{BIG_ROWS, EXIT_LIMIT, Live, big_table_sql, slow_view_sql, sync_args};
 use crate::support::output::{assert_covers, assert_failure, last_state_at, log_lines, record_ids};
 use crate::support::{TestDb, assert_records_match_schemas, fixture, id, select, server, sync};
 
 // ---- 1. the server ends our backend mid-stream -----------------------------------------------
-
-/// Terminates every tap-heroku backend of `db`'s role; returns how many were ended.
-fn terminate_tap_backends(db: &TestDb) -> i64 {
-    db.admin()
-        .query_one(
-            "select count(*) from (select pg_terminate_backend(pid) as ok from pg_stat_activity \
-             where usename = $1 and application_name = 'tap-heroku') t where ok",
-            &[&db.role],
-        )
-        .expect("terminating the tap's backend")
-        .get(0)
-}
 
 /// Waits until the tap's backend is blocked on the tap for 200 ms: idle in its transaction, or
 /// streaming rows into a socket the tap does not read (`ClientWrite`), because the tap is
@@ -239,6 +228,7 @@ fn a_slow_sync_from_a_standby_that_cancels_it_for_recovery_conflicts_finishes() 
                 admin.batch_execute(&format!("update busy set v = v + 1 where id % 500 = {}", round % 500)).expect("updating");
                 admin.batch_execute("vacuum busy").expect("vacuuming");
                 round += 1;
+                // A pause, on purpose: a steady trickle of conflicts over the read's whole length.
                 std::thread::sleep(Duration::from_millis(100));
             }
         })
@@ -249,6 +239,7 @@ fn a_slow_sync_from_a_standby_that_cancels_it_for_recovery_conflicts_finishes() 
     while live.next_message().is_some() {
         seen += 1;
         if seen % 1000 == 0 {
+            // A delay, on purpose: the slow target that keeps the read open.
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -276,7 +267,7 @@ fn backend_terminated_while_the_query_runs_exits_69_with_a_hint() {
     for _ in 0..2 {
         live.next_message().expect("the stream's first messages");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_tap_query(&db, "%slow_v%");
     assert_eq!(terminate_tap_backends(&db), 1, "one tap-heroku backend, busy in its query");
     let out = live.finish(EXIT_LIMIT).out;
     let messages = out.messages();

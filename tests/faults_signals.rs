@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::support::activity::wait_for_tap_query;
 use crate::support::live::{BIG_ROWS, EXIT_LIMIT, Live, big_table_sql, sync_args};
 use crate::support::output::{assert_covers, assert_failure, record_ids};
 use crate::support::{assert_records_match_schemas, catch_up_ids, fixture, id, select, sync};
@@ -80,7 +81,7 @@ fn sigterm_while_the_server_computes_a_batch_exits_promptly() {
     for _ in 0..2 {
         live.next_message().expect("SCHEMA and STATE");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_tap_query(&db, "%slow_one%");
     live.signal("TERM");
     let finished = live.finish(EXIT_LIMIT);
     // Today: exit 143 only once the 6 s query returned its row (about 5.7 s after the signal).

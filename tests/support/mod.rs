@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod activity;
 pub mod link;
 pub mod live;
 pub mod output;
