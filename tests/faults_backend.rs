@@ -53,7 +53,7 @@ fn wait_until_backend_blocked(db: &TestDb) {
 
 #[test]
 fn backend_terminated_mid_stream_exits_69_and_resumes_without_loss() {
-    // Without reconnects, so the run ends with the failure (reconnects: tests/reconnect.rs).
+    // Without reconnects, so the run ends with the failure (with them: reconnect_after_terminated_backend).
     let (db, config, mut catalog) =
         fixture(&big_table_sql("big"), json!({"full_table_order": "primary_key", "itersize": 1000, "reconnect_attempts": 0}));
     select(&mut catalog, "big", "FULL_TABLE", None);
@@ -273,7 +273,8 @@ fn backend_terminated_while_the_query_runs_exits_69_with_a_hint() {
     let messages = out.messages();
     let kinds: Vec<&str> = messages.iter().map(|m| m["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["SCHEMA", "STATE", "ACTIVATE_VERSION"], "no record was sent");
-    // Today: exit 65, `... reading rows: db error: FATAL: terminating connection due to
-    // administrator command` and no hint line (an idle backend gives "connection closed", 69).
+    // A backend the administrator ends while its statement runs is a lost connection like an
+    // idle one: exit 69 (not 65, as if the query were at fault), the stream named, and the hint
+    // to run again from the last STATE; reconnect_attempts 0, so no retry hides it.
     assert_failure(&out, "terminated during a query", 69, &[&sid], true);
 }

@@ -103,8 +103,9 @@ fn unparsable_bookmark_for_a_timestamp_key_stops_before_any_output() {
     let sid = id(&db, "public", "ts_key");
     let state = json!({"bookmarks": {&sid: {"replication_key": "at", "replication_key_value": "yesterday-ish"}}});
     let out = sync(&config, &catalog, Some(&state));
-    // Today: a_first syncs, then `stream ...ts_key: reading rows: db error: ERROR: invalid input
-    // syntax for type timestamp with time zone: "yesterday-ish"`, exit 65, no hint line.
+    // The bookmark is checked against the key's type before any output, so a_first, which comes
+    // first, writes nothing either: exit 65 naming the stream and replication_key_value, with a
+    // hint, rather than the server's "invalid input syntax" halfway through the run.
     assert_failure(&out, "bad timestamp bookmark", 65, &[&sid, "replication_key_value"], true);
     assert!(out.stdout.is_empty(), "nothing is written:\n{}", out.stdout);
 }
