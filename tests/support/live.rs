@@ -1,6 +1,6 @@
 //! A tap-heroku run the test holds while it runs: it reads stdout message by message, acts at a
 //! chosen point (a signal, a terminated backend, a closed pipe) and then collects the rest, the
-//! exit code and the peak RSS. Used by the fault and resume-race tests; the tables those
+//! exit code and the peak RSS. Used by the fault, resume-race and XMIN tests; the tables the fault
 //! tests interrupt are here too.
 
 use std::io::{BufRead, BufReader, Read};
