@@ -310,6 +310,33 @@ pub fn tap_stream_id(db: &str, schema: &str, table: &str) -> String {
     format!("{db}-{schema}-{table}")
 }
 
+/// The `[]` metadata key whose object says, per replication method, what that method sends
+/// for this relation: read where a user chooses the method (a catalog editor, Meltano's
+/// `meltano select --list`), not by the sync.
+pub const REPLICATION_NOTES_KEY: &str = "tap-heroku-replication-notes";
+
+/// What each replication method sends, one sentence each. Deletes are what users miss: XMIN and
+/// INCREMENTAL never see them, and only FULL_TABLE's ACTIVATE_VERSION lets a target drop them.
+const FULL_TABLE_NOTE: &str = "every row on every run; its ACTIVATE_VERSION lets the target drop rows deleted since the last run";
+/// See [`FULL_TABLE_NOTE`].
+const INCREMENTAL_NOTE: &str = "rows whose replication-key value is at or after the bookmark; needs a column every writer keeps current (such as updated_at); deleted rows are not seen";
+/// See [`FULL_TABLE_NOTE`].
+const XMIN_NOTE: &str = "rows inserted or updated since the last run, with no key column and no replication slot (SELECT only); deleted rows are not seen: use FULL_TABLE (or LOG_BASED where the server allows it) where the target must drop them";
+/// See [`FULL_TABLE_NOTE`]; the sync refuses XMIN for a view (src/sync/plan.rs).
+const XMIN_VIEW_NOTE: &str = "not available: a view has no stored rows whose xmin could be read; use FULL_TABLE or INCREMENTAL";
+
+/// See [`FULL_TABLE_NOTE`].
+const LOG_BASED_NOTE: &str = "inserts, updates and deletes (a record with the key and _sdc_deleted_at) in commit order, from a logical replication slot (pgoutput); needs wal_level = logical, a role with REPLICATION and a publication that holds the table (Heroku's classic plans allow no slots)";
+/// See [`FULL_TABLE_NOTE`]; the sync refuses LOG_BASED for these (src/sync/log_based.rs).
+const LOG_BASED_UNAVAILABLE_NOTE: &str = "not available: only tables with storage of their own are published row by row (for a partitioned table, select and publish its partitions); use FULL_TABLE, INCREMENTAL or XMIN";
+
+/// The [`REPLICATION_NOTES_KEY`] object for a relation of `relkind`.
+fn replication_notes(relkind: u8) -> Value {
+    let xmin = if relkind == b'v' { XMIN_VIEW_NOTE } else { XMIN_NOTE };
+    let log_based = if relkind == b'r' { LOG_BASED_NOTE } else { LOG_BASED_UNAVAILABLE_NOTE };
+    json!({"FULL_TABLE": FULL_TABLE_NOTE, "INCREMENTAL": INCREMENTAL_NOTE, "LOG_BASED": log_based, "XMIN": xmin})
+}
+
 /// Builds one catalog entry (schema with `definitions`, `[]` and per-column metadata).
 pub fn catalog_entry(db: &str, relation: &Relation, types: &TypeMap, config: &Config) -> CatalogStream {
     let mut properties = Map::new();
@@ -329,6 +356,7 @@ pub fn catalog_entry(db: &str, relation: &Relation, types: &TypeMap, config: &Co
     root.insert("row-count".into(), json!(relation.row_count));
     root.insert("is-view".into(), json!(relation.is_view()));
     root.insert("selected-by-default".into(), json!(false));
+    root.insert(REPLICATION_NOTES_KEY.into(), replication_notes(relation.relkind));
     metadata.push(MetadataEntry { breadcrumb: vec![], metadata: root });
     for (column, mapped) in relation.columns.iter().zip(mapped) {
         let is_key = keys.contains(&column.name);

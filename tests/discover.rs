@@ -131,3 +131,46 @@ fn discover_writes_only_json_on_stdout() {
     assert!(catalog["streams"].as_array().unwrap().len() > 5);
     assert!(out.stderr.contains("INFO discovered database"), "progress goes to stderr: {}", out.stderr);
 }
+
+/// Where a user chooses the method, the catalog says what each one sends, and that XMIN (and
+/// INCREMENTAL) never see deleted rows (issue 11); a view is told XMIN is not available.
+#[test]
+fn replication_notes_say_what_each_method_sends_and_misses() {
+    let db = fixture_db();
+    let catalog = discover(&db.config_file(json!({})));
+    let notes = |table: &str| -> Value {
+        let stream = catalog["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["table_name"] == table && s["tap_stream_id"].as_str().unwrap().contains("-public-"))
+            .unwrap_or_else(|| panic!("no stream {table}"));
+        let root = stream["metadata"].as_array().unwrap().iter().find(|m| m["breadcrumb"] == json!([])).expect("[] metadata");
+        root["metadata"]["tap-heroku-replication-notes"].clone()
+    };
+    for table in ["numbers", "events", "events_2024", "numbers_mv", "texts_view"] {
+        let n = notes(table);
+        let methods: Vec<&String> = n.as_object().unwrap_or_else(|| panic!("{table}: notes are an object: {n}")).keys().collect();
+        assert_eq!(methods, ["FULL_TABLE", "INCREMENTAL", "LOG_BASED", "XMIN"], "{table}: one note per method");
+        assert!(n["INCREMENTAL"].as_str().unwrap().contains("deleted rows are not seen"), "{table}: {n}");
+        assert!(n["FULL_TABLE"].as_str().unwrap().contains("ACTIVATE_VERSION"), "{table}: {n}");
+    }
+    // Tables, partitions and materialized views: XMIN works and misses deletes.
+    for table in ["numbers", "events", "events_2024", "numbers_mv"] {
+        let xmin = notes(table)["XMIN"].as_str().unwrap().to_string();
+        assert!(xmin.contains("deleted rows are not seen") && xmin.contains("FULL_TABLE"), "{table}: {xmin}");
+    }
+    // A view: the sync refuses XMIN, and the catalog says so first.
+    let xmin = notes("texts_view")["XMIN"].as_str().unwrap().to_string();
+    assert!(xmin.starts_with("not available"), "texts_view: {xmin}");
+    // LOG_BASED: tables and partitions have their own rows published; a partitioned table,
+    // a materialized view and a view do not (the sync refuses them).
+    for table in ["numbers", "events_2024"] {
+        let log_based = notes(table)["LOG_BASED"].as_str().unwrap().to_string();
+        assert!(log_based.contains("_sdc_deleted_at") && log_based.contains("REPLICATION"), "{table}: {log_based}");
+    }
+    for table in ["events", "numbers_mv", "texts_view"] {
+        let log_based = notes(table)["LOG_BASED"].as_str().unwrap().to_string();
+        assert!(log_based.starts_with("not available"), "{table}: {log_based}");
+    }
+}

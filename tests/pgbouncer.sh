@@ -21,12 +21,22 @@
 #     relies on session state fails every time instead of passing by luck. A pool is per
 #     database and user and starts with one server connection, with which a single client
 #     always gets the same backend back and transaction mode goes unnoticed: warm the pool of
-#     the test's database and role first. "start" warms and checks (postgres, reader role).
+#     the test's database and role first. "start" warms and checks (postgres, the superuser).
+#   - server_login_retry = 1: after a failed server login (a role without CONNECT on the
+#     database, say) pgbouncer holds the client until it retries; its default, 15 s, made our
+#     own checks look hung. Every psql here has connect_timeout, so nothing waits unbounded.
+#
+# Why the checks log in as the superuser: the integration tests revoke CONNECT on "postgres"
+# from PUBLIC (tests/support: discovery must see only a test's own databases), so the reader
+# role cannot log in there; through pgbouncer that failed login held each check's psql for
+# server_login_retry, 50 times over, and "start" seemed to hang in its warm-up psql.
 # Needs the pgbouncer binary (Debian/Ubuntu: apt-get install pgbouncer; Debian 12 ships 1.18,
 # which has no support for protocol-level prepared statements in transaction mode).
 set -euo pipefail
 
 PROG="tests/pgbouncer.sh"
+# pgbouncer lives in /usr/sbin on Debian/Ubuntu, which is not on every user's PATH.
+PATH=$PATH:/usr/sbin
 die() { echo "$PROG: $*" >&2; exit 1; }
 say() { echo "$PROG: $*" >&2; }
 
@@ -71,6 +81,7 @@ auth_user = $TAP_HEROKU_TEST_ADMIN_USER
 pool_mode = transaction
 default_pool_size = 2
 server_round_robin = 1
+server_login_retry = 1
 server_tls_sslmode = require
 client_tls_sslmode = require
 client_tls_cert_file = $dir/server.crt
@@ -86,7 +97,7 @@ EOF
         stop "$dir"
         [[ $attempt == 3 ]] && die "pgbouncer did not start; see $pgb/pgbouncer.log"
     done
-    warm_port "$port" postgres "$TAP_HEROKU_TEST_READER_USER" "$TAP_HEROKU_TEST_READER_PASSWORD" ||
+    warm_port "$port" postgres "$TAP_HEROKU_TEST_ADMIN_USER" "$TAP_HEROKU_TEST_ADMIN_PASSWORD" ||
         die "pgbouncer does not alternate between two server connections; see $pgb/pgbouncer.log"
     echo "export TAP_HEROKU_TEST_PGBOUNCER_PORT=$port" >"$pgb/env"
     say "pgbouncer (transaction mode, TLS, scram) on 127.0.0.1:$port in front of :$TAP_HEROKU_TEST_PORT; env in $pgb/env"
@@ -97,7 +108,7 @@ EOF
 # one client run on two different backends. Pools are per database and user: warm each one a
 # test uses, before running the tap.
 warm_port() {
-    local conninfo="host=127.0.0.1 port=$1 user=$3 password=$4 dbname=$2 sslmode=require" pids
+    local conninfo="host=127.0.0.1 port=$1 user=$3 password=$4 dbname=$2 sslmode=require connect_timeout=10" pids
     psql -X -q -w "$conninfo" -c "select pg_sleep(0.3)" >/dev/null &
     psql -X -q -w "$conninfo" -c "select pg_sleep(0.3)" >/dev/null
     wait
@@ -108,7 +119,7 @@ warm_port() {
 wait_ready() {
     local port=$1 i
     for i in $(seq 50); do
-        if psql -X -At -w "host=127.0.0.1 port=$port user=$TAP_HEROKU_TEST_READER_USER password=$TAP_HEROKU_TEST_READER_PASSWORD dbname=postgres sslmode=require" \
+        if psql -X -At -w "host=127.0.0.1 port=$port user=$TAP_HEROKU_TEST_ADMIN_USER password=$TAP_HEROKU_TEST_ADMIN_PASSWORD dbname=postgres sslmode=require connect_timeout=2" \
             -c "select 1" >/dev/null 2>&1; then
             return 0
         fi

@@ -14,120 +14,19 @@
 //! across the two runs, and ACTIVATE_VERSION comes at the end" for primary key order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postgres::Client;
 use serde_json::{Value, json};
 
-use crate::support::{self, Rng, TapOutput, TestDb, assert_records_match_schemas, fixture, id, select, stream_mut, write_json};
+use crate::support::live::{Live, WATCHDOG};
+use crate::support::output::cut_after_state;
+use crate::support::{self, Rng, TapOutput, TestDb, assert_records_match_schemas, fixture, id, select, stream_mut};
 
-/// A hung tap is killed after this long, so a bug fails the test instead of hanging it.
-const WATCHDOG: Duration = Duration::from_secs(120);
 /// Most a test waits for a backend to start waiting on a lock.
 const LOCK_WAIT_LIMIT: Duration = Duration::from_secs(30);
 /// Pause between two looks at `pg_stat_activity` (polling, not timing).
 const POLL: Duration = Duration::from_millis(5);
-
-// ---- a tap run the test can hold, interrupt and read -----------------------------------------
-
-/// A running tap-heroku: the test reads its stdout line by line (while it does not read, the tap
-/// blocks on the full pipe), may signal it, and collects the rest at the end. A watchdog kills
-/// it after [`WATCHDOG`].
-struct Running {
-    /// The process.
-    child: Child,
-    /// Its stdout.
-    out: BufReader<ChildStdout>,
-    /// The stdout bytes read so far.
-    stdout: Vec<u8>,
-    /// Collects stderr.
-    stderr: Option<JoinHandle<String>>,
-    /// Set once the process has been reaped (stops the watchdog).
-    done: Arc<AtomicBool>,
-}
-
-impl Running {
-    /// Starts a sync with `config`, `catalog` and `state`.
-    fn start(config: &Path, catalog: &Value, state: Option<&Value>) -> Running {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-heroku"));
-        cmd.arg("--config").arg(config).arg("--catalog").arg(write_json(catalog));
-        if let Some(state) = state {
-            cmd.arg("--state").arg(write_json(state));
-        }
-        cmd.env_remove("DATABASE_URL").env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("starting tap-heroku");
-        let pid = child.id();
-        let mut err = child.stderr.take().expect("piped stderr");
-        let stderr = std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = err.read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).into_owned()
-        });
-        let done = Arc::new(AtomicBool::new(false));
-        let watchdog_done = Arc::clone(&done);
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            while start.elapsed() < WATCHDOG {
-                if watchdog_done.load(Ordering::SeqCst) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if !watchdog_done.load(Ordering::SeqCst) {
-                eprintln!("watchdog: tap-heroku (pid {pid}) still runs after {WATCHDOG:?}; killing it");
-                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-            }
-        });
-        let out = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Running { child, out, stdout: Vec::new(), stderr: Some(stderr), done }
-    }
-
-    /// Whether the process has exited.
-    fn exited(&mut self) -> bool {
-        self.child.try_wait().expect("polling tap-heroku").is_some()
-    }
-
-    /// Reads stdout until `n` RECORDs were seen; false when stdout ended first.
-    fn read_records(&mut self, n: usize) -> bool {
-        let mut seen = 0;
-        while seen < n {
-            let mut line = Vec::new();
-            let read = self.out.read_until(b'\n', &mut line).expect("reading the tap's stdout");
-            self.stdout.extend_from_slice(&line);
-            if read == 0 || line.last() != Some(&b'\n') {
-                return false;
-            }
-            if line.starts_with(br#"{"type":"RECORD""#) {
-                seen += 1;
-            }
-        }
-        true
-    }
-
-    /// Sends `signal` (`TERM`, ...) with kill(1); the process may have exited already.
-    fn signal(&self, signal: &str) {
-        let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).stderr(Stdio::null()).status();
-    }
-
-    /// Reads the rest of stdout and waits for the exit.
-    fn finish(mut self) -> TapOutput {
-        self.out.read_to_end(&mut self.stdout).expect("reading the tap's stdout");
-        let status = self.child.wait().expect("waiting for tap-heroku");
-        self.done.store(true, Ordering::SeqCst);
-        let stderr = self.stderr.take().expect("stderr collector").join().expect("stderr collector thread");
-        TapOutput {
-            stdout: String::from_utf8(std::mem::take(&mut self.stdout)).expect("stdout is UTF-8"),
-            stderr,
-            code: status.code().unwrap_or(-1),
-        }
-    }
-}
 
 // ---- locks: making a rewrite land inside the tap's first statement -------------------------
 
@@ -201,7 +100,7 @@ fn relfilenode(db: &TestDb, table: &str) -> i64 {
 /// started; `vacuum full` and `cluster` cannot run in a transaction block, so a second session
 /// holds ACCESS SHARE, the rewrite queues behind it for ACCESS EXCLUSIVE, the tap queues behind
 /// the rewrite, and the holder commits.
-fn race(db: &TestDb, rewrite: Rewrite, table: &str, index: &str, reload: &str, start: impl FnOnce() -> Running) -> Running {
+fn race(db: &TestDb, rewrite: Rewrite, table: &str, index: &str, reload: &str, start: impl FnOnce() -> Live) -> Live {
     let sql = rewrite_sql(rewrite, table, index, reload);
     let mut watcher = db.admin();
     let before = relfilenode(db, table);
@@ -233,12 +132,6 @@ fn race(db: &TestDb, rewrite: Rewrite, table: &str, index: &str, reload: &str, s
 }
 
 // ---- reading outputs -----------------------------------------------------------------------
-
-/// The messages before a crash right after the `n`th STATE line (1-based), and that STATE's value.
-fn cut_after_state(messages: &[Value], n: usize) -> (Vec<Value>, Value) {
-    let at = messages.iter().enumerate().filter(|(_, m)| m["type"] == "STATE").nth(n - 1).unwrap_or_else(|| panic!("no STATE #{n}")).0;
-    (messages[..=at].to_vec(), messages[at]["value"].clone())
-}
 
 /// How many STATE messages there are.
 fn state_count(messages: &[Value]) -> usize {
@@ -350,8 +243,8 @@ fn resumed_read_racing(rewrite: Rewrite) {
         db.exec(&format!("delete from t where ctid < '({next_block},0)'"));
     }
 
-    let tap = race(&db, rewrite, "t", "t_pkey", RACE_RELOAD_SQL, || Running::start(&config, &catalog, Some(&state)));
-    let out = tap.finish().success();
+    let tap = race(&db, rewrite, "t", "t_pkey", RACE_RELOAD_SQL, || Live::sync(&config, &catalog, Some(&state)));
+    let out = tap.finish(WATCHDOG).out.success();
     let after = checked(&out);
     let runs = vec![before, after];
     let version = activated_version(&runs[1], "t", &label);
@@ -401,8 +294,8 @@ fn resume_racing_truncate_and_reload_starts_over_with_a_new_version() {
     let interrupted = activated_version(&full, "t", "full run");
     let (_, state) = cut_after_state(&full, 5);
     assert!(state["bookmarks"][&sid]["block_resume"].is_object(), "a block_resume bookmark: {state}");
-    let tap = race(&db, Rewrite::TruncateReload, "t", "t_pkey", RACE_RELOAD_SQL, || Running::start(&config, &catalog, Some(&state)));
-    let out = tap.finish().success();
+    let tap = race(&db, Rewrite::TruncateReload, "t", "t_pkey", RACE_RELOAD_SQL, || Live::sync(&config, &catalog, Some(&state)));
+    let out = tap.finish(WATCHDOG).out.success();
     let after = checked(&out);
     let version = activated_version(&after, "t", "resumed run");
     let sent: Vec<i64> = records_in_version(std::slice::from_ref(&after), "t", version).iter().map(|(_, r)| record_id(r)).collect();
@@ -423,8 +316,8 @@ fn key_order_resume_racing_a_rewriting_alter_column_type_sends_every_row_once() 
     let full = checked(&support::sync(&config, &catalog, None).success());
     let (before, state) = cut_after_state(&full, 5);
     assert_eq!(state["bookmarks"][&sid]["last_pk_fetched"], json!({"id": 40}), "cut after four batches");
-    let tap = race(&db, Rewrite::AlterType, "t", "t_pkey", RACE_RELOAD_SQL, || Running::start(&config, &catalog, Some(&state)));
-    let out = tap.finish().success();
+    let tap = race(&db, Rewrite::AlterType, "t", "t_pkey", RACE_RELOAD_SQL, || Live::sync(&config, &catalog, Some(&state)));
+    let out = tap.finish(WATCHDOG).out.success();
     let runs = vec![before, checked(&out)];
     let version = activated_version(&runs[1], "t", "resumed run");
     let mut count: BTreeMap<i64, usize> = BTreeMap::new();
@@ -449,8 +342,8 @@ fn first_read_racing(rewrite: Rewrite, order: &str) {
     let label = format!("first {order} read racing {rewrite:?}");
     let (db, config, mut catalog) = fixture(RACE_TABLE_SQL, json!({"itersize": 10, "full_table_order": order}));
     select(&mut catalog, "t", "FULL_TABLE", None);
-    let tap = race(&db, rewrite, "t", "t_pkey", RACE_RELOAD_SQL, || Running::start(&config, &catalog, None));
-    let out = tap.finish().success();
+    let tap = race(&db, rewrite, "t", "t_pkey", RACE_RELOAD_SQL, || Live::sync(&config, &catalog, None));
+    let out = tap.finish(WATCHDOG).out.success();
     let runs = vec![checked(&out)];
     let version = activated_version(&runs[0], "t", &label);
     let received = records_in_version(&runs, "t", version);
@@ -826,17 +719,17 @@ impl Schedule<'_> {
             let ids_at_start: BTreeSet<i64> = self.ids().into_iter().collect();
             let storage_before = relfilenode(self.db, table);
             let config_path = config(run_order, matches!(interrupt, Some(Interrupt::MaxRunSeconds)));
-            let start = || Running::start(&config_path, &self.catalog, state.as_ref());
+            let start = || Live::sync(&config_path, &self.catalog, state.as_ref());
             let mut tap = match racing.as_ref() {
                 Some((kind, reload)) => race(self.db, *kind, table, index, reload, start),
                 None => start(),
             };
             if let Some(Interrupt::Sigterm(n)) = interrupt
-                && tap.read_records(n)
+                && tap.try_read_records(n)
             {
-                tap.signal("TERM");
+                tap.signal_if_running("TERM");
             }
-            let out = tap.finish();
+            let out = tap.finish(WATCHDOG).out;
             let signalled = matches!(interrupt, Some(Interrupt::Sigterm(_))) && out.code == 143;
             assert!(out.code == 0 || signalled, "run {r} ({interrupt:?}) exited {}:\n{}", out.code, out.stderr);
             let messages = checked(&out);

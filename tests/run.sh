@@ -23,6 +23,7 @@ teardown() {
         say "TAP_HEROKU_TEST_KEEP=1: leaving servers running; stop with: tests/server.sh stop $SERVER_DIR && rm -rf $SERVER_DIR"
     else
         say "stopping test servers"
+        tests/pgbouncer.sh stop "$SERVER_DIR" || true   # in case a killed test left its pooler
         tests/server.sh stop "$SERVER_DIR" || true
         rm -rf "$SERVER_DIR"
     fi

@@ -1,12 +1,16 @@
 //! XMIN change capture: every inserted or updated row arrives, deletes never do, the version
 //! stays across runs, views are refused, and writers, freezing, rewrites and interruptions
-//! during the syncs lose nothing (docs/sync.md, "XMIN").
+//! (max_run_seconds, a cut stdout, SIGTERM, a terminated backend) during the syncs lose nothing
+//! (docs/sync.md, "XMIN").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde_json::{Value, json};
 
+use crate::support::activity::{terminate_tap_backends, wait_for_tap_query};
+use crate::support::live::{Live, WATCHDOG};
+use crate::support::output::log_lines;
 use crate::support::{Rng, TapOutput, TestDb, assert_records_match_schemas, fixture, id, select, sync};
 
 /// Rows of `stream`'s RECORDs as (id, v) in message order.
@@ -175,82 +179,226 @@ fn xmin_horizon_too_old_or_ahead_reads_everything_with_a_warning_and_views_are_r
     assert!(out.stderr.contains(&id(&db, "public", "items_v")), "{}", out.stderr);
 }
 
+/// Rows of the schedules' table: more than the tap holds between the server and stdout (its
+/// channel of row chunks, its 1 MiB stdout buffer, the pipe), so that after some records the
+/// backend still waits on the tap and a terminated backend is one the run needs.
+const W_ROWS: i64 = 60_000;
+
+/// How a run of [`xmin_schedule`] is interrupted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Interrupt {
+    /// `max_run_seconds` 0: one batch, then a clean stop.
+    MaxRunSeconds,
+    /// The run completes, but the target keeps only the messages up to a random STATE, as if
+    /// the process had died there.
+    CutAfterState,
+    /// SIGTERM after this many records (exit 143, or 0 when the run ended first).
+    Sigterm(usize),
+    /// The tap's backend (found in `pg_stat_activity`) is terminated: with `after` 0 while it
+    /// waits for the table lock the test holds (before its first row), else once `after`
+    /// records were read and the backend waits on the tap (idle in its transaction, or blocked
+    /// writing rows the tap does not read), if it still does. With `reconnects` the run
+    /// reconnects and finishes (default `reconnect_attempts`); without, `reconnect_attempts` is
+    /// 0 and it exits 69.
+    Terminated { after: usize, reconnects: bool },
+    /// None: the run completes.
+    Complete,
+}
+
+/// What the interruptions of all schedules did, to show that each kind happened.
+#[derive(Default, Debug)]
+struct Seen {
+    /// Runs that SIGTERM ended with exit 143.
+    sigterm_exits: usize,
+    /// Connections lost (backends terminated) that a run reconnected from and finished.
+    reconnects: usize,
+    /// Runs that a terminated backend ended with exit 69.
+    terminated_exits: usize,
+}
+
+/// Writes of one round: inserts, updates (some growing the row, so it moves) and deletes.
+fn xmin_writes(rng: &mut Rng, next_id: &mut i64, round: usize) -> String {
+    let mut sql = String::new();
+    for _ in 0..(1 + rng.below(4)) {
+        match rng.below(4) {
+            0 => {
+                sql.push_str(&format!(
+                    "insert into w select g, 'ins {round} ' || g from generate_series({}, {}) g;",
+                    *next_id,
+                    *next_id + 20
+                ));
+                *next_id += 21;
+            }
+            1 => sql.push_str(&format!("update w set v = 'upd {round} ' || id where id % 97 = {};", rng.below(97))),
+            2 => sql.push_str(&format!("update w set v = repeat('grow ', 30) || id where id % 211 = {};", rng.below(211))),
+            _ => sql.push_str(&format!("delete from w where id % 389 = {};", rng.below(389))),
+        }
+    }
+    sql
+}
+
+/// Whether the tap's backend of `db` is (within 5 s) waiting on the tap: idle in its
+/// transaction, or blocked writing rows into a socket the tap does not read. False when the
+/// read has ended (the backend idle outside a transaction, or gone).
+fn tap_waits_on_the_tap(db: &TestDb) -> bool {
+    let mut admin = db.admin();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let row = admin
+            .query_one(
+                "select count(*) filter (where state = 'idle in transaction' or wait_event = 'ClientWrite'), \
+                 count(*) filter (where state = 'active') from pg_stat_activity where usename = $1 and application_name = 'tap-heroku'",
+                &[&db.role],
+            )
+            .expect("reading pg_stat_activity");
+        let (waiting, active): (i64, i64) = (row.get(0), row.get(1));
+        if waiting > 0 {
+            return true;
+        }
+        if active == 0 {
+            return false;
+        }
+        // Polling while the backend is still active (sending the rows the tap will block on).
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+/// One schedule: four interrupted or complete XMIN runs of `w` with writers between and during
+/// them, then a complete run; the last record of every row of the table must carry its final
+/// value. Interruption kinds that happened are counted in `seen`.
+fn xmin_schedule(seed: u64, schedule: usize, seen: &mut Seen) {
+    let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (schedule as u64 + 1));
+    let label = format!("seed {seed}, schedule {schedule}");
+    let (db, _, mut catalog) = fixture(
+        &format!(
+            "create table w (id int primary key, v text not null) with (fillfactor = 70, autovacuum_enabled = off); \
+         insert into w select g, 'v0 ' || g from generate_series(1, {W_ROWS}) g"
+        ),
+        json!({}),
+    );
+    select(&mut catalog, "w", "XMIN", None);
+    let itersize = 100 + rng.below(900);
+    let config = db.config_file(json!({"itersize": itersize}));
+    let mut state: Option<Value> = None;
+    let mut last: BTreeMap<i64, String> = BTreeMap::new();
+    let mut next_id = W_ROWS + 1;
+    for round in 0..4 {
+        db.exec(&xmin_writes(&mut rng, &mut next_id, round));
+        if rng.below(3) == 0 {
+            db.exec(if rng.below(2) == 0 { "vacuum (freeze) w" } else { "vacuum full w" });
+        }
+        // Round 0 (a read of every row, long enough for an interruption after some records to
+        // land) takes the kinds in turn across schedules, so every kind happens; later rounds
+        // draw one.
+        let after = 1 + rng.below(1000);
+        let kinds = [
+            Interrupt::Sigterm(after),
+            Interrupt::Terminated { after, reconnects: true },
+            Interrupt::Terminated { after: 0, reconnects: true },
+            Interrupt::Terminated { after: 0, reconnects: false },
+            Interrupt::Terminated { after, reconnects: false },
+            Interrupt::MaxRunSeconds,
+            Interrupt::CutAfterState,
+            Interrupt::Complete,
+        ];
+        let interrupt = if round == 0 { kinds[schedule % kinds.len()] } else { rng.pick(&kinds) };
+        let run_config = match interrupt {
+            Interrupt::MaxRunSeconds => db.config_file(json!({"itersize": 100, "max_run_seconds": 0})),
+            Interrupt::Terminated { reconnects: false, .. } => db.config_file(json!({"itersize": itersize, "reconnect_attempts": 0})),
+            _ => config.clone(),
+        };
+        // From a second connection, writes while the run reads.
+        let during = xmin_writes(&mut rng, &mut next_id, round);
+        let writer = {
+            let mut admin = db.admin();
+            std::thread::spawn(move || admin.batch_execute(&during).expect("concurrent writes"))
+        };
+        let mut terminated = 0;
+        let mut tap = match interrupt {
+            Interrupt::Terminated { after: 0, .. } => {
+                // The tap's `lock table` waits behind ours: its backend is ended there, then the
+                // lock goes (the writer waits for it too).
+                let mut holder = db.admin();
+                holder.batch_execute("begin; lock table w in access exclusive mode").expect("locking w");
+                let tap = Live::sync(&run_config, &catalog, state.as_ref());
+                wait_for_tap_query(&db, "%lock table %");
+                terminated = terminate_tap_backends(&db);
+                holder.batch_execute("commit").expect("releasing the lock");
+                tap
+            }
+            _ => Live::sync(&run_config, &catalog, state.as_ref()),
+        };
+        match interrupt {
+            Interrupt::Sigterm(n) if tap.try_read_records(n) => tap.signal_if_running("TERM"),
+            Interrupt::Terminated { after, .. } if after > 0 && tap.try_read_records(after) && tap_waits_on_the_tap(&db) => {
+                terminated = terminate_tap_backends(&db);
+            }
+            _ => {}
+        }
+        let out = tap.finish(WATCHDOG).out;
+        writer.join().expect("writer");
+        let what = format!("[{label}] round {round} ({interrupt:?}, {terminated} backends terminated)");
+        let lost = log_lines(&out, "WARN", &["lost the connection"]).len();
+        match (interrupt, out.code) {
+            (_, 0) => {}
+            (Interrupt::Sigterm(_), 143) => seen.sigterm_exits += 1,
+            (Interrupt::Terminated { reconnects: false, .. }, 69) if terminated > 0 => seen.terminated_exits += 1,
+            _ => panic!("{what} exited {}:\n{}", out.code, out.stderr),
+        }
+        if let Interrupt::Terminated { reconnects: true, .. } = interrupt
+            && terminated > 0
+        {
+            assert_eq!(out.code, 0, "{what}: the run reconnects and finishes:\n{}", out.stderr);
+            assert!(lost <= 1, "{what}: one reconnect at most:\n{}", out.stderr);
+            seen.reconnects += lost;
+        }
+        let mut messages = out.messages();
+        assert_records_match_schemas(&messages);
+        if interrupt == Interrupt::CutAfterState {
+            let states: Vec<usize> = messages.iter().enumerate().filter(|(_, m)| m["type"] == "STATE").map(|(i, _)| i).collect();
+            let at = states[rng.below(states.len())];
+            messages.truncate(at + 1);
+        }
+        for (id, v) in rows(&messages, "w") {
+            last.insert(id, v);
+        }
+        if let Some(m) = messages.iter().rev().find(|m| m["type"] == "STATE") {
+            state = Some(m["value"].clone());
+        }
+    }
+    // The final run completes with no writer.
+    let (messages, _) = run(&config, &catalog, state.as_ref());
+    for (id, v) in rows(&messages, "w") {
+        last.insert(id, v);
+    }
+    let now = table(&db, "w");
+    let wrong: Vec<(&i64, &String)> = now.iter().filter(|(id, v)| last.get(id) != Some(v)).take(5).collect();
+    assert!(wrong.is_empty(), "[{label}] rows whose last record is not their final value: {wrong:?}");
+}
+
 /// Writers insert, update and delete while XMIN syncs run and are interrupted (max_run_seconds
-/// 0, a cut after a STATE, a terminated backend that the run reconnects from); after a final
-/// complete run, the last record of every row of the table carries its final value.
+/// 0, a cut after a STATE, SIGTERM, the tap's backend terminated with and without reconnects);
+/// after a final complete run, the last record of every row of the table carries its final
+/// value. Seeded: a failure names its seed (TAP_HEROKU_FUZZ_SEED reruns it).
 #[test]
 fn xmin_under_concurrent_writers_and_interruptions_ends_with_every_row_final() {
     let seed: u64 = std::env::var("TAP_HEROKU_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let schedules = 6 * std::env::var("TAP_HEROKU_FUZZ_SCALE").ok().and_then(|s| s.parse::<usize>().ok()).unwrap_or(1);
+    let mut seen = Seen::default();
     for schedule in 0..schedules {
-        let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (schedule as u64 + 1));
-        let label = format!("seed {seed}, schedule {schedule}");
-        let (db, _, mut catalog) = fixture(
-            "create table w (id int primary key, v text not null) with (fillfactor = 70, autovacuum_enabled = off); \
-             insert into w select g, 'v0 ' || g from generate_series(1, 4000) g",
-            json!({}),
-        );
-        select(&mut catalog, "w", "XMIN", None);
-        let config = db.config_file(json!({"itersize": 100 + rng.below(900)}));
-        let mut state: Option<Value> = None;
-        let mut last: BTreeMap<i64, String> = BTreeMap::new();
-        let mut next_id = 4001;
-        for round in 0..4 {
-            // Writes between runs and, from a second connection, during the run.
-            let writes = |rng: &mut Rng, next_id: &mut i64| -> String {
-                let mut sql = String::new();
-                for _ in 0..(1 + rng.below(4)) {
-                    match rng.below(4) {
-                        0 => {
-                            sql.push_str(&format!(
-                                "insert into w select g, 'ins {round} ' || g from generate_series({}, {}) g;",
-                                *next_id,
-                                *next_id + 20
-                            ));
-                            *next_id += 21;
-                        }
-                        1 => sql.push_str(&format!("update w set v = 'upd {round} ' || id where id % 97 = {};", rng.below(97))),
-                        2 => sql.push_str(&format!("update w set v = repeat('grow ', 30) || id where id % 211 = {};", rng.below(211))),
-                        _ => sql.push_str(&format!("delete from w where id % 389 = {};", rng.below(389))),
-                    }
-                }
-                sql
-            };
-            db.exec(&writes(&mut rng, &mut next_id));
-            if rng.below(3) == 0 {
-                db.exec(if rng.below(2) == 0 { "vacuum (freeze) w" } else { "vacuum full w" });
-            }
-            let during = writes(&mut rng, &mut next_id);
-            let writer = {
-                let mut admin = db.admin();
-                std::thread::spawn(move || admin.batch_execute(&during).expect("concurrent writes"))
-            };
-            let mode = rng.below(3);
-            let run_config = if mode == 0 { db.config_file(json!({"itersize": 100, "max_run_seconds": 0})) } else { config.clone() };
-            let out = sync(&run_config, &catalog, state.as_ref());
-            writer.join().expect("writer");
-            assert!(out.code == 0, "[{label}] round {round}: {}", out.stderr);
-            let mut messages = out.messages();
-            if mode == 1 {
-                // Cut after a random STATE, as if the process died there.
-                let states: Vec<usize> = messages.iter().enumerate().filter(|(_, m)| m["type"] == "STATE").map(|(i, _)| i).collect();
-                let at = states[rng.below(states.len())];
-                messages.truncate(at + 1);
-            }
-            for (id, v) in rows(&messages, "w") {
-                last.insert(id, v);
-            }
-            state = Some(messages.iter().rev().find(|m| m["type"] == "STATE").expect("a STATE")["value"].clone());
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| xmin_schedule(seed, schedule, &mut seen)));
+        if let Err(panic) = result {
+            let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            panic!(
+                "XMIN schedule {schedule} of seed {seed} failed (rerun: TAP_HEROKU_FUZZ_SEED={seed} cargo test xmin_under_concurrent): {}",
+                message.unwrap_or_default()
+            );
         }
-        // The final run completes with no writer.
-        let (messages, _) = run(&config, &catalog, state.as_ref());
-        for (id, v) in rows(&messages, "w") {
-            last.insert(id, v);
-        }
-        let now = table(&db, "w");
-        let wrong: Vec<(&i64, &String)> = now.iter().filter(|(id, v)| last.get(id) != Some(v)).take(5).collect();
-        assert!(wrong.is_empty(), "[{label}] rows whose last record is not their final value: {wrong:?}");
     }
+    // Each kind of interruption happened (the first reads take them in turn), so a green run
+    // says something about each.
+    assert!(seen.sigterm_exits >= 1 && seen.reconnects >= 1 && seen.terminated_exits >= 1, "not every interruption happened: {seen:?}");
 }
 
 /// Tables that cannot be read by blocks (here a partitioned table: no blocks of its own) are
@@ -280,4 +428,26 @@ fn xmin_on_a_partitioned_table_sends_the_rows_written_since() {
     let (changed, _) = run(&config, &catalog, Some(&state));
     let want = BTreeMap::from([(5, "changed".to_string()), (1500, "changed".to_string()), (2500, "new".to_string())]);
     assert_changes(&rows(&changed, "parted"), &want, &may_repeat, &table(&db, "parted"), "partitioned");
+}
+
+/// A connection lost before a storage-order read has started (the backend terminated while its
+/// `lock table` waits behind another session's lock) is retried like one lost mid-stream:
+/// nothing was sent, so the read starts again (it once ended the run with exit 69).
+#[test]
+fn xmin_reconnects_after_its_backend_is_terminated_while_it_waits_for_the_table_lock() {
+    let (db, config, mut catalog) = fixture(
+        "create table l (id int primary key, v text not null); insert into l select g, 'v' || g from generate_series(1, 100) g",
+        json!({}),
+    );
+    select(&mut catalog, "l", "XMIN", None);
+    let mut holder = db.admin();
+    holder.batch_execute("begin; lock table l in access exclusive mode").expect("locking l");
+    let tap = Live::sync(&config, &catalog, None);
+    wait_for_tap_query(&db, "%lock table %");
+    assert_eq!(terminate_tap_backends(&db), 1, "the tap's backend, waiting for the lock");
+    holder.batch_execute("commit").expect("releasing the lock");
+    let out = tap.finish(WATCHDOG).out;
+    assert_eq!(out.code, 0, "the run reconnects and finishes:\n{}", out.stderr);
+    assert_eq!(log_lines(&out, "WARN", &["lost the connection", "attempt 1 of 3"]).len(), 1, "one retry:\n{}", out.stderr);
+    assert_eq!(rows(&out.messages(), "l").len(), 100);
 }

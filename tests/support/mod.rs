@@ -9,7 +9,10 @@
 
 #![allow(dead_code)]
 
+pub mod activity;
 pub mod link;
+pub mod live;
+pub mod output;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -151,11 +154,12 @@ fn start_servers() -> Result<Server, String> {
     }
     let watchdog = Command::new("bash")
         .arg("-c")
-        .arg(r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; bash "$2" stop "$3"; rm -rf "$3""#)
+        .arg(r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; bash "$4" stop "$3"; bash "$2" stop "$3"; rm -rf "$3""#)
         .arg("tap-heroku-test-watchdog")
         .arg(std::process::id().to_string())
         .arg(script)
         .arg(&dir)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pgbouncer.sh"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
