@@ -12,6 +12,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
+use crate::support::activity::{QUERY_START_LIMIT, TAP_APPLICATION_NAME, terminate_backends_of, wait_for_query};
+use crate::support::live::{Live, WATCHDOG};
+use crate::support::output::log_lines;
 use crate::support::{TapOutput, TestDb, assert_records_match_schemas, discover, id, select, server, sync, write_json};
 
 /// A test database read by the REPLICATION role (`tap_logical`), with the publication
@@ -245,6 +248,91 @@ fn log_based_interrupted_runs_resume_without_loss() {
             assert_eq!(r["v"], format!("v{id}"));
         }
     }
+}
+
+/// The ids of `stream`'s RECORDs in `messages`.
+fn record_ids(messages: &[Value], stream: &str) -> Vec<i64> {
+    records(messages, stream).iter().map(|r| r["id"].as_i64().expect("an integer id")).collect()
+}
+
+/// Asserts that `got` holds exactly the ids of `want`, naming the first few that differ.
+fn assert_same_ids(got: &BTreeSet<i64>, want: &BTreeSet<i64>, what: &str) {
+    let missing: Vec<_> = want.difference(got).take(5).collect();
+    let extra: Vec<_> = got.difference(want).take(5).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "{what}: ids missing (first 5): {missing:?}, not expected: {extra:?}");
+}
+
+/// Starts a changes run of `config` from `state`, waits until `after` RECORDs were read (the tap
+/// then reads the changes of a later transaction, blocked on the pipe), terminates the tap's
+/// backends (the REPLICATION role's) and returns the run's output.
+fn terminated_mid_changes(ldb: &LogicalDb, config: &Path, catalog: &Value, state: &Value, after: usize) -> TapOutput {
+    let user = server().var("TAP_HEROKU_TEST_LOGICAL_USER").expect("tests/server.sh names the REPLICATION role");
+    let mut tap = Live::sync(config, catalog, Some(state));
+    assert!(tap.try_read_records(after), "the run sent {after} records");
+    wait_for_query(&ldb.db, user, TAP_APPLICATION_NAME, "%pg_logical_slot_peek_binary_changes%", QUERY_START_LIMIT);
+    assert!(terminate_backends_of(&ldb.db, user) >= 1, "the tap's backend was terminated");
+    tap.finish(WATCHDOG).out
+}
+
+#[test]
+fn log_based_reconnects_when_its_backend_is_terminated_mid_transaction() {
+    // Ten transactions of 20,000 rows of 200 bytes. The server's socket buffers hold tens of
+    // thousands of changes: the tap reads them after its backend was terminated, so there must
+    // be many more changes than the test reads before it terminates the backend.
+    const TRANSACTIONS: i64 = 10;
+    const ROWS: i64 = 20_000;
+    let ldb = LogicalDb::new(
+        "create table big (id bigint primary key, v text)",
+        "create publication tap_heroku for table big",
+        json!({"itersize": 1000}),
+    );
+    let catalog = ldb.catalog("big");
+    let sid = id(&ldb.db, "public", "big");
+    let (_, state0, _) = run(&ldb.config, &catalog, None);
+    let lsn0 = state0["bookmarks"][&sid]["lsn"].as_u64().expect("an integer lsn");
+    for t in 0..TRANSACTIONS {
+        db_exec(
+            &ldb,
+            &format!("insert into big select g, repeat('v', 200) || g from generate_series({} + 1, {} + {ROWS}) g", t * ROWS, t * ROWS),
+        );
+    }
+    let all: BTreeSet<i64> = (1..=TRANSACTIONS * ROWS).collect();
+
+    // Without reconnects: exit 69 with the resume hint, after a STATE for the transactions
+    // written.
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&ldb.config).unwrap()).unwrap();
+    config["reconnect_attempts"] = json!(0);
+    let no_retry = write_json(&config);
+    let out = terminated_mid_changes(&ldb, &no_retry, &catalog, &state0, (2 * ROWS + ROWS / 2) as usize);
+    assert_eq!(out.code, 69, "{}", out.stderr);
+    assert!(out.stderr.contains("run again with the last STATE"), "{}", out.stderr);
+    assert!(log_lines(&out, "WARN", &["lost the connection"]).is_empty(), "no retry:\n{}", out.stderr);
+    let failed_ids: BTreeSet<i64> = record_ids(&out.messages(), "big").into_iter().collect();
+    let failed_state = out.last_state();
+    assert!(failed_state["bookmarks"][&sid]["lsn"].as_u64().unwrap() > lsn0, "{failed_state}");
+
+    // From its STATE, with the default reconnect_attempts, terminated again in the middle of a
+    // transaction: one WARN, a reconnect, and every change from the first transaction the failed
+    // run did not finish, at least once (the transaction cut short is sent again).
+    let out = terminated_mid_changes(&ldb, &ldb.config, &catalog, &failed_state, (ROWS / 2) as usize);
+    assert_eq!(out.code, 0, "the run reconnects and finishes:\n{}", out.stderr);
+    let lost = log_lines(&out, "WARN", &["lost the connection", "reconnecting in 1s, attempt 1 of"]);
+    assert_eq!(lost.len(), 1, "one WARN for the one retry:\n{}", out.stderr);
+    let messages = out.messages();
+    assert_records_match_schemas(&messages);
+    let ids = record_ids(&messages, "big");
+    let first = *ids.first().expect("the resumed run sends the rest");
+    assert!(first > 2 * ROWS && (first - 1) % ROWS == 0, "the resumed run starts at a transaction boundary ({first})");
+    assert!((1..first).all(|i| failed_ids.contains(&i)), "the failed run sent every change before {first}");
+    let resumed: BTreeSet<i64> = ids.iter().copied().collect();
+    assert_same_ids(&resumed, &(first..=TRANSACTIONS * ROWS).collect(), "the reconnecting run");
+    assert!(ids.len() > resumed.len(), "the transaction cut short was sent again ({} records)", ids.len());
+    let mut union = failed_ids;
+    union.extend(resumed);
+    assert_same_ids(&union, &all, "the two runs");
+    let done = out.last_state();
+    assert!(done["currently_syncing"].is_null(), "{done}");
+    assert_eq!(records(&sync(&ldb.config, &catalog, Some(&done)).messages(), "big").len(), 0, "caught up");
 }
 
 /// Runs a sync and returns its output and the peak resident memory (VmHWM, kB) of the tap.
