@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::support::activity::{QUERY_START_LIMIT, TAP_APPLICATION_NAME, terminate_backends_of, wait_for_query};
 use crate::support::live::{Live, WATCHDOG};
 use crate::support::output::log_lines;
-use crate::support::{TapOutput, TestDb, assert_records_match_schemas, discover, id, select, server, sync, write_json};
+use crate::support::{TapOutput, TestDb, admin_client, assert_records_match_schemas, discover, id, select, server, sync, write_json};
 
 /// A test database read by the REPLICATION role (`tap_logical`), with the publication
 /// `tap_heroku` created by the admin; drops the database's replication slots before the database.
@@ -461,6 +461,43 @@ fn log_based_refuses_servers_and_roles_not_set_up_before_any_output() {
     select(&mut catalog, "items_v", "LOG_BASED", None);
     let out = sync(&ldb.config, &catalog, None).fails_with(65, "is a view");
     assert!(out.stdout.is_empty(), "{}", out.stdout);
+}
+
+#[test]
+fn log_based_refuses_a_server_whose_wal_level_is_not_logical_before_any_output() {
+    // tests/server.sh's server without SSL runs with wal_level = replica; the REPLICATION role
+    // exists there too.
+    let s = server();
+    let user = s.var("TAP_HEROKU_TEST_LOGICAL_USER").expect("tests/server.sh names the REPLICATION role");
+    let password = s.var("TAP_HEROKU_TEST_LOGICAL_PASSWORD").expect("and its password");
+    let dbname = format!("tap_replica_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = admin_client(s.plain_port, "postgres");
+    let level: String = admin.query_one("show wal_level", &[]).expect("reading wal_level").get(0);
+    assert_eq!(level, "replica", "tests/server.sh's plain server");
+    admin.batch_execute(&format!("create database {dbname}")).expect("creating the database");
+    /// Drops the database when the test ends.
+    struct Dropped(String);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            let _ =
+                admin_client(server().plain_port, "postgres").batch_execute(&format!("drop database if exists {} with (force)", self.0));
+        }
+    }
+    let _dropped = Dropped(dbname.clone());
+    admin_client(s.plain_port, &dbname)
+        .batch_execute(&format!(
+            "create table items (id int primary key); create publication tap_heroku for table items; grant select on items to {user}"
+        ))
+        .expect("creating the table");
+    let config = write_json(&json!({"host": s.host, "port": s.plain_port, "user": user, "password": password, "dbname": dbname,
+                                    "filter_dbs": dbname, "sslmode": "disable"}));
+    let mut catalog = discover(&config);
+    select(&mut catalog, "items", "LOG_BASED", None);
+    let out = sync(&config, &catalog, None).fails_with(78, "the server's wal_level is replica, and LOG_BASED needs logical");
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert!(out.stderr.contains("ALTER SYSTEM SET wal_level = logical; then restart the server"), "{}", out.stderr);
+    let slots: i64 = admin.query_one("select count(*) from pg_replication_slots", &[]).expect("reading the slots").get(0);
+    assert_eq!(slots, 0, "no slot was created");
 }
 
 #[test]
