@@ -559,3 +559,61 @@ fn log_based_values_equal_full_tables_also_for_columns_read_through_a_cast() {
     assert_eq!(expected[&1]["r"], json!("[1,11)"), "a range as its text");
     assert_eq!(expected[&5]["mo"].to_string(), "2.50", "money as a number");
 }
+
+#[test]
+fn log_based_values_pgoutput_sends_as_text_equal_full_tables() {
+    // pgoutput sends a value in binary only when its type has a send function; on PostgreSQL 15
+    // aclitem (core), seg and isn's types (contrib) have none and arrive as text ('t'), to be
+    // converted by the server into FULL_TABLE's form. 1,500 rows in one transaction: more than a
+    // batch of rows waiting for the conversion.
+    let admin = &server().admin_user;
+    let user = server().var("TAP_HEROKU_TEST_LOGICAL_USER").expect("tests/server.sh names the REPLICATION role");
+    let ldb = LogicalDb::new(
+        "create extension seg; create extension isn; \
+         create table texts (id int primary key, a aclitem, s seg, i isbn, u upc, t text)",
+        "create publication tap_heroku for table texts",
+        json!({}),
+    );
+    let catalog = ldb.catalog("texts");
+    let (_, state, _) = run(&ldb.config, &catalog, None);
+    db_exec(
+        &ldb,
+        &format!(
+            "insert into texts select g, \
+               case g % 3 when 0 then '=r/{admin}'::aclitem when 1 then '{user}=ar*w/{admin}'::aclitem end, \
+               case when g % 4 <> 0 then (g || ' .. ' || (g * 2.5))::seg end, \
+               case when g % 5 <> 0 then '978-0-393-04002-9'::isbn end, \
+               case when g % 7 <> 0 then '036000291452'::upc end, 'x' || g \
+             from generate_series(1, 1500) g"
+        ),
+    );
+    db_exec(&ldb, "update texts set s = '-1.5e3 .. 2'::seg, a = null where id = 5; delete from texts where id = 6");
+    let (changes, _, _) = run(&ldb.config, &catalog, Some(&state));
+    let mut full = catalog.clone();
+    select(&mut full, "texts", "FULL_TABLE", None);
+    let (snapshot, _, _) = run(&ldb.config, &full, None);
+    let expected: BTreeMap<i64, Value> = records(&snapshot, "texts").into_iter().map(|r| (r["id"].as_i64().unwrap(), r)).collect();
+    assert_eq!(expected.len(), 1499);
+    let got = records(&changes, "texts");
+    assert_eq!(got.len(), 1502, "1,500 inserts, an update, a delete");
+    let mut last: BTreeMap<i64, Value> = BTreeMap::new();
+    for mut r in got {
+        let deleted = r["_sdc_deleted_at"].is_string();
+        r.as_object_mut().unwrap().remove("_sdc_deleted_at");
+        let id = r["id"].as_i64().unwrap();
+        if deleted {
+            assert_eq!(r, json!({"id": 6}));
+            last.remove(&id);
+        } else {
+            last.insert(id, r);
+        }
+    }
+    assert_eq!(last.len(), expected.len());
+    for (id, want) in &expected {
+        assert_eq!(last.get(id), Some(want), "row {id}: LOG_BASED and FULL_TABLE differ");
+    }
+    assert_eq!(expected[&1]["a"], json!(format!("{user}=ar*w/{admin}")), "an aclitem as its text");
+    assert_eq!(expected[&3]["a"], json!(format!("=r/{admin}")));
+    assert_eq!(expected[&5]["s"], json!("-1.5e3 .. 2"), "a seg as its text");
+    assert_eq!(expected[&1]["i"], json!("0-393-04002-X"), "an isbn as its text");
+}

@@ -16,7 +16,7 @@
 set -euo pipefail
 
 PROG="tests/server.sh"
-INSTALL_HINT="install the PostgreSQL server and contrib modules, e.g. 'apt-get install postgresql postgresql-contrib' on Debian/Ubuntu (contrib provides the hstore and citext extensions the tests need)"
+INSTALL_HINT="install the PostgreSQL server and contrib modules, e.g. 'apt-get install postgresql postgresql-contrib' on Debian/Ubuntu (contrib provides the hstore, citext, seg and isn extensions the tests need)"
 
 ADMIN_USER=tap_admin
 ADMIN_PASSWORD=admin-secret-1
@@ -372,7 +372,7 @@ do_start() {
     PGBIN=$(find_bindir) || { echo "$PROG: PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; $INSTALL_HINT" >&2; exit 2; }
     local sharedir ext
     sharedir=$(find_sharedir "$PGBIN") || { echo "$PROG: PostgreSQL share directory for $PGBIN not found; $INSTALL_HINT" >&2; exit 2; }
-    for ext in hstore citext; do
+    for ext in hstore citext seg isn; do
         [[ -f $sharedir/extension/$ext.control ]] \
             || { echo "$PROG: PostgreSQL extension '$ext' not available ($sharedir/extension/$ext.control missing); $INSTALL_HINT" >&2; exit 2; }
     done
