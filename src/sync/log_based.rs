@@ -3,7 +3,8 @@
 //!
 //! **Plan time**, before any output ([`check_stream`], [`prepare_slot`]): PostgreSQL 14+ (for
 //! pgoutput's `binary` values), `wal_level = logical`, a role with REPLICATION (or superuser),
-//! the publication exists and holds the table; refusals name the command that fixes them. The
+//! the publication exists and holds the table, no published column is an array pgoutput cannot
+//! send in binary; refusals name the command that fixes them. The
 //! slot (`logical_slot`, default `tap_heroku_<dbname>`) is created when missing; publications
 //! are never created or altered. Then, per database, the slot is advanced to the smallest `lsn`
 //! (or `snapshot_lsn`) of the LOG_BASED bookmarks of the state the run was started with (what the
@@ -48,8 +49,10 @@
 //! select its partitions). On PostgreSQL 15 the types without a binary send function (so sent as
 //! text) are aclitem and contrib's seg, isn's and intarray's query_int (tested with aclitem,
 //! seg, isbn and upc); an *array* of such a type has a send function (array_send) that fails
-//! for its elements, so the server cannot decode a change of such a table in binary: the peek
-//! fails with "no binary output function available for type ...".
+//! for its elements, so the server cannot decode a change of such a table in binary (the peek
+//! would fail with "no binary output function available for type ..." on every run): a table
+//! publishing such a column is refused at plan time. A domain over a domain over such an array
+//! is not recognized (one level of domain is).
 
 use std::io::Write;
 use std::pin::pin;
@@ -149,7 +152,17 @@ pub fn check_stream(
                coalesce((select rolreplication or rolsuper from pg_roles where rolname = current_user), false), \
                (select puballtables from pg_publication where pubname = $1), \
                exists (select 1 from pg_publication_tables where pubname = $1 and schemaname = $2 and tablename = $3), \
-               current_user::text";
+               current_user::text, \
+               (select string_agg(quote_ident(a.attname), ', ' order by a.attnum) \
+                from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace \
+                join pg_type t on t.oid = a.atttypid \
+                join pg_type b on b.oid = case when t.typtype = 'd' then t.typbasetype else t.oid end \
+                join pg_type e on e.oid = b.typelem and b.typsubscript = 'array_subscript_handler'::regproc \
+                where n.nspname = $2 and c.relname = $3 and a.attnum > 0 and not a.attisdropped and a.attgenerated = '' \
+                and e.typsend = 0 \
+                and not exists (select 1 from pg_publication_tables pt where pt.pubname = $1 and pt.schemaname = $2 \
+                    and pt.tablename = $3 and jsonb_typeof(to_jsonb(pt) -> 'attnames') = 'array' \
+                    and not (to_jsonb(pt) -> 'attnames') ? a.attname::text))";
     let publication = &config.logical_publication;
     let params: [(&(dyn ToSql + Sync), Type); 3] =
         [(publication, Type::TEXT), (&selected.schema_name, Type::TEXT), (&selected.table_name, Type::TEXT)];
@@ -164,6 +177,10 @@ pub fn check_stream(
     let all_tables: Option<bool> = row.try_get(3).map_err(internal)?;
     let in_publication: bool = row.try_get(4).map_err(internal)?;
     let user: String = row.try_get(5).map_err(internal)?;
+    // Published columns (PostgreSQL 15's column lists: `attnames`) that are arrays of a type
+    // without a binary send function: array_send fails for their elements, so the server cannot
+    // decode a change of the table in binary.
+    let unsendable: Option<String> = row.try_get(6).map_err(internal)?;
     if version < MIN_SERVER_VERSION {
         return Err(Error::new(ErrorKind::Config, format!("LOG_BASED needs PostgreSQL 14 or later, and the server is version {version}"))
             .with_hint("Use XMIN (every insert and update, no slot needed) or FULL_TABLE on this server."));
@@ -190,7 +207,16 @@ pub fn check_stream(
             Err(Error::new(ErrorKind::Config, format!("table {table} is not in publication {quoted_publication}"))
                 .with_hint(format!("As the table's owner or a superuser: ALTER PUBLICATION {quoted_publication} ADD TABLE {table};")))
         }
-        Some(_) => Ok(()),
+        Some(_) => match unsendable {
+            Some(columns) => Err(Error::new(
+                ErrorKind::Catalog,
+                format!(
+                    "LOG_BASED cannot read {table}: the server cannot send column {columns} in binary (an array of a type without a binary send function, such as aclitem[] or seg[])"
+                ),
+            )
+            .with_hint("Use XMIN or FULL_TABLE for it (on PostgreSQL 15 or later, a publication column list without that column also works).")),
+            None => Ok(()),
+        },
     }
 }
 
