@@ -105,12 +105,7 @@ pub fn xmin_query(items: &[String], schema: &str, table: &str) -> String {
 /// compares the ids on the wraparound circle; a negative age is a frozen id from more than
 /// 2^31 transactions ago.
 pub fn full_table_catch_up(items: &[String], schema: &str, table: &str) -> String {
-    format!(
-        "select {} from {} where ctid < cast($1::text as tid) and {}",
-        items.join(", "),
-        qualified_name(schema, table),
-        xmin_since(2)
-    )
+    format!("select {} from {} where ctid < cast($1::text as tid) and {}", items.join(", "), qualified_name(schema, table), xmin_since(2))
 }
 
 /// INCREMENTAL: `select <items> from <table> [where <key> >= $1] order by <key>` (Stitch's query).

@@ -12,7 +12,10 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::support::{TapOutput, TestDb, assert_records_match_schemas, discover, id, select, server, sync, write_json};
+use crate::support::activity::{QUERY_START_LIMIT, TAP_APPLICATION_NAME, terminate_backends_of, wait_for_query};
+use crate::support::live::{Live, WATCHDOG};
+use crate::support::output::log_lines;
+use crate::support::{TapOutput, TestDb, admin_client, assert_records_match_schemas, discover, id, select, server, sync, write_json};
 
 /// A test database read by the REPLICATION role (`tap_logical`), with the publication
 /// `tap_heroku` created by the admin; drops the database's replication slots before the database.
@@ -247,6 +250,91 @@ fn log_based_interrupted_runs_resume_without_loss() {
     }
 }
 
+/// The ids of `stream`'s RECORDs in `messages`.
+fn record_ids(messages: &[Value], stream: &str) -> Vec<i64> {
+    records(messages, stream).iter().map(|r| r["id"].as_i64().expect("an integer id")).collect()
+}
+
+/// Asserts that `got` holds exactly the ids of `want`, naming the first few that differ.
+fn assert_same_ids(got: &BTreeSet<i64>, want: &BTreeSet<i64>, what: &str) {
+    let missing: Vec<_> = want.difference(got).take(5).collect();
+    let extra: Vec<_> = got.difference(want).take(5).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "{what}: ids missing (first 5): {missing:?}, not expected: {extra:?}");
+}
+
+/// Starts a changes run of `config` from `state`, waits until `after` RECORDs were read (the tap
+/// then reads the changes of a later transaction, blocked on the pipe), terminates the tap's
+/// backends (the REPLICATION role's) and returns the run's output.
+fn terminated_mid_changes(ldb: &LogicalDb, config: &Path, catalog: &Value, state: &Value, after: usize) -> TapOutput {
+    let user = server().var("TAP_HEROKU_TEST_LOGICAL_USER").expect("tests/server.sh names the REPLICATION role");
+    let mut tap = Live::sync(config, catalog, Some(state));
+    assert!(tap.try_read_records(after), "the run sent {after} records");
+    wait_for_query(&ldb.db, user, TAP_APPLICATION_NAME, "%pg_logical_slot_peek_binary_changes%", QUERY_START_LIMIT);
+    assert!(terminate_backends_of(&ldb.db, user) >= 1, "the tap's backend was terminated");
+    tap.finish(WATCHDOG).out
+}
+
+#[test]
+fn log_based_reconnects_when_its_backend_is_terminated_mid_transaction() {
+    // Ten transactions of 20,000 rows of 200 bytes. The server's socket buffers hold tens of
+    // thousands of changes: the tap reads them after its backend was terminated, so there must
+    // be many more changes than the test reads before it terminates the backend.
+    const TRANSACTIONS: i64 = 10;
+    const ROWS: i64 = 20_000;
+    let ldb = LogicalDb::new(
+        "create table big (id bigint primary key, v text)",
+        "create publication tap_heroku for table big",
+        json!({"itersize": 1000}),
+    );
+    let catalog = ldb.catalog("big");
+    let sid = id(&ldb.db, "public", "big");
+    let (_, state0, _) = run(&ldb.config, &catalog, None);
+    let lsn0 = state0["bookmarks"][&sid]["lsn"].as_u64().expect("an integer lsn");
+    for t in 0..TRANSACTIONS {
+        db_exec(
+            &ldb,
+            &format!("insert into big select g, repeat('v', 200) || g from generate_series({} + 1, {} + {ROWS}) g", t * ROWS, t * ROWS),
+        );
+    }
+    let all: BTreeSet<i64> = (1..=TRANSACTIONS * ROWS).collect();
+
+    // Without reconnects: exit 69 with the resume hint, after a STATE for the transactions
+    // written.
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&ldb.config).unwrap()).unwrap();
+    config["reconnect_attempts"] = json!(0);
+    let no_retry = write_json(&config);
+    let out = terminated_mid_changes(&ldb, &no_retry, &catalog, &state0, (2 * ROWS + ROWS / 2) as usize);
+    assert_eq!(out.code, 69, "{}", out.stderr);
+    assert!(out.stderr.contains("run again with the last STATE"), "{}", out.stderr);
+    assert!(log_lines(&out, "WARN", &["lost the connection"]).is_empty(), "no retry:\n{}", out.stderr);
+    let failed_ids: BTreeSet<i64> = record_ids(&out.messages(), "big").into_iter().collect();
+    let failed_state = out.last_state();
+    assert!(failed_state["bookmarks"][&sid]["lsn"].as_u64().unwrap() > lsn0, "{failed_state}");
+
+    // From its STATE, with the default reconnect_attempts, terminated again in the middle of a
+    // transaction: one WARN, a reconnect, and every change from the first transaction the failed
+    // run did not finish, at least once (the transaction cut short is sent again).
+    let out = terminated_mid_changes(&ldb, &ldb.config, &catalog, &failed_state, (ROWS / 2) as usize);
+    assert_eq!(out.code, 0, "the run reconnects and finishes:\n{}", out.stderr);
+    let lost = log_lines(&out, "WARN", &["lost the connection", "reconnecting in 1s, attempt 1 of"]);
+    assert_eq!(lost.len(), 1, "one WARN for the one retry:\n{}", out.stderr);
+    let messages = out.messages();
+    assert_records_match_schemas(&messages);
+    let ids = record_ids(&messages, "big");
+    let first = *ids.first().expect("the resumed run sends the rest");
+    assert!(first > 2 * ROWS && (first - 1) % ROWS == 0, "the resumed run starts at a transaction boundary ({first})");
+    assert!((1..first).all(|i| failed_ids.contains(&i)), "the failed run sent every change before {first}");
+    let resumed: BTreeSet<i64> = ids.iter().copied().collect();
+    assert_same_ids(&resumed, &(first..=TRANSACTIONS * ROWS).collect(), "the reconnecting run");
+    assert!(ids.len() > resumed.len(), "the transaction cut short was sent again ({} records)", ids.len());
+    let mut union = failed_ids;
+    union.extend(resumed);
+    assert_same_ids(&union, &all, "the two runs");
+    let done = out.last_state();
+    assert!(done["currently_syncing"].is_null(), "{done}");
+    assert_eq!(records(&sync(&ldb.config, &catalog, Some(&done)).messages(), "big").len(), 0, "caught up");
+}
+
 /// Runs a sync and returns its output and the peak resident memory (VmHWM, kB) of the tap.
 fn sync_measured(config: &Path, catalog: &Value, state: &Value) -> (TapOutput, u64) {
     let catalog_path = write_json(catalog);
@@ -376,6 +464,43 @@ fn log_based_refuses_servers_and_roles_not_set_up_before_any_output() {
 }
 
 #[test]
+fn log_based_refuses_a_server_whose_wal_level_is_not_logical_before_any_output() {
+    // tests/server.sh's server without SSL runs with wal_level = replica; the REPLICATION role
+    // exists there too.
+    let s = server();
+    let user = s.var("TAP_HEROKU_TEST_LOGICAL_USER").expect("tests/server.sh names the REPLICATION role");
+    let password = s.var("TAP_HEROKU_TEST_LOGICAL_PASSWORD").expect("and its password");
+    let dbname = format!("tap_replica_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = admin_client(s.plain_port, "postgres");
+    let level: String = admin.query_one("show wal_level", &[]).expect("reading wal_level").get(0);
+    assert_eq!(level, "replica", "tests/server.sh's plain server");
+    admin.batch_execute(&format!("create database {dbname}")).expect("creating the database");
+    /// Drops the database when the test ends.
+    struct Dropped(String);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            let _ =
+                admin_client(server().plain_port, "postgres").batch_execute(&format!("drop database if exists {} with (force)", self.0));
+        }
+    }
+    let _dropped = Dropped(dbname.clone());
+    admin_client(s.plain_port, &dbname)
+        .batch_execute(&format!(
+            "create table items (id int primary key); create publication tap_heroku for table items; grant select on items to {user}"
+        ))
+        .expect("creating the table");
+    let config = write_json(&json!({"host": s.host, "port": s.plain_port, "user": user, "password": password, "dbname": dbname,
+                                    "filter_dbs": dbname, "sslmode": "disable"}));
+    let mut catalog = discover(&config);
+    select(&mut catalog, "items", "LOG_BASED", None);
+    let out = sync(&config, &catalog, None).fails_with(78, "the server's wal_level is replica, and LOG_BASED needs logical");
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert!(out.stderr.contains("ALTER SYSTEM SET wal_level = logical; then restart the server"), "{}", out.stderr);
+    let slots: i64 = admin.query_one("select count(*) from pg_replication_slots", &[]).expect("reading the slots").get(0);
+    assert_eq!(slots, 0, "no slot was created");
+}
+
+#[test]
 fn log_based_values_equal_full_tables_also_for_columns_read_through_a_cast() {
     // Ranges, xml, macaddr, "char" (read ::text by FULL_TABLE), money (::numeric), arrays of
     // them, beside columns read as they are; 2,500 rows in one transaction (more than a batch of
@@ -433,4 +558,85 @@ fn log_based_values_equal_full_tables_also_for_columns_read_through_a_cast() {
     }
     assert_eq!(expected[&1]["r"], json!("[1,11)"), "a range as its text");
     assert_eq!(expected[&5]["mo"].to_string(), "2.50", "money as a number");
+}
+
+#[test]
+fn log_based_values_pgoutput_sends_as_text_equal_full_tables() {
+    // pgoutput sends a value in binary only when its type has a send function; on PostgreSQL 15
+    // aclitem (core), seg and isn's types (contrib) have none and arrive as text ('t'), to be
+    // converted by the server into FULL_TABLE's form. 1,500 rows in one transaction: more than a
+    // batch of rows waiting for the conversion.
+    let admin = &server().admin_user;
+    let user = server().var("TAP_HEROKU_TEST_LOGICAL_USER").expect("tests/server.sh names the REPLICATION role");
+    let ldb = LogicalDb::new(
+        "create extension seg; create extension isn; \
+         create table texts (id int primary key, a aclitem, s seg, i isbn, u upc, t text)",
+        "create publication tap_heroku for table texts",
+        json!({}),
+    );
+    let catalog = ldb.catalog("texts");
+    let (_, state, _) = run(&ldb.config, &catalog, None);
+    db_exec(
+        &ldb,
+        &format!(
+            "insert into texts select g, \
+               case g % 3 when 0 then '=r/{admin}'::aclitem when 1 then '{user}=ar*w/{admin}'::aclitem end, \
+               case when g % 4 <> 0 then (g || ' .. ' || (g * 2.5))::seg end, \
+               case when g % 5 <> 0 then '978-0-393-04002-9'::isbn end, \
+               case when g % 7 <> 0 then '036000291452'::upc end, 'x' || g \
+             from generate_series(1, 1500) g"
+        ),
+    );
+    db_exec(&ldb, "update texts set s = '-1.5e3 .. 2'::seg, a = null where id = 5; delete from texts where id = 6");
+    let (changes, _, _) = run(&ldb.config, &catalog, Some(&state));
+    let mut full = catalog.clone();
+    select(&mut full, "texts", "FULL_TABLE", None);
+    let (snapshot, _, _) = run(&ldb.config, &full, None);
+    let expected: BTreeMap<i64, Value> = records(&snapshot, "texts").into_iter().map(|r| (r["id"].as_i64().unwrap(), r)).collect();
+    assert_eq!(expected.len(), 1499);
+    let got = records(&changes, "texts");
+    assert_eq!(got.len(), 1502, "1,500 inserts, an update, a delete");
+    let mut last: BTreeMap<i64, Value> = BTreeMap::new();
+    for mut r in got {
+        let deleted = r["_sdc_deleted_at"].is_string();
+        r.as_object_mut().unwrap().remove("_sdc_deleted_at");
+        let id = r["id"].as_i64().unwrap();
+        if deleted {
+            assert_eq!(r, json!({"id": 6}));
+            last.remove(&id);
+        } else {
+            last.insert(id, r);
+        }
+    }
+    assert_eq!(last.len(), expected.len());
+    for (id, want) in &expected {
+        assert_eq!(last.get(id), Some(want), "row {id}: LOG_BASED and FULL_TABLE differ");
+    }
+    assert_eq!(expected[&1]["a"], json!(format!("{user}=ar*w/{admin}")), "an aclitem as its text");
+    assert_eq!(expected[&3]["a"], json!(format!("=r/{admin}")));
+    assert_eq!(expected[&5]["s"], json!("-1.5e3 .. 2"), "a seg as its text");
+    assert_eq!(expected[&1]["i"], json!("0-393-04002-X"), "an isbn as its text");
+}
+
+#[test]
+fn log_based_refuses_a_published_array_column_pgoutput_cannot_send_before_any_output() {
+    // aclitem has no binary send function: pgoutput's binary mode fails for an aclitem[] value.
+    let admin = &server().admin_user;
+    let ldb = LogicalDb::new(
+        "create domain acls as aclitem[]; \
+         create table perms (id int primary key, v text, a aclitem[], d acls, ok aclitem)",
+        "create publication tap_heroku for table perms",
+        json!({}),
+    );
+    let catalog = ldb.catalog("perms");
+    let out = sync(&ldb.config, &catalog, None).fails_with(65, "cannot send column a, d in binary");
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert!(out.stderr.contains("Use XMIN or FULL_TABLE for it"), "{}", out.stderr);
+
+    // A publication column list without those columns (PostgreSQL 15): the changes arrive.
+    ldb.db.exec("drop publication tap_heroku; create publication tap_heroku for table perms (id, v, ok)");
+    let (_, state, _) = run(&ldb.config, &catalog, None);
+    db_exec(&ldb, &format!("insert into perms values (1, 'x', array['=r/{admin}'::aclitem], null, '=r/{admin}')"));
+    let (changes, _, _) = run(&ldb.config, &catalog, Some(&state));
+    assert_eq!(records(&changes, "perms"), vec![json!({"id": 1, "v": "x", "ok": format!("=r/{admin}"), "_sdc_deleted_at": null})]);
 }

@@ -8,14 +8,15 @@
 #   primary  SSL-only (self-signed test CA), scram-sha-256 passwords, like Heroku; the role
 #            tap_cert_user must also present a client certificate (Heroku Private/Shield mTLS)
 #   standby  hot standby of the primary (pg_basebackup over SSL as "replicator")
-#   plain    ssl = off, scram-sha-256 over plain TCP (for the "server without SSL" test)
+#   plain    ssl = off, scram-sha-256 over plain TCP, wal_level = replica (for the "server
+#            without SSL" tests and LOG_BASED's wal_level refusal)
 #
 # "start" writes DIR/env with the TAP_HEROKU_TEST_* variables the tests read.
 # Nothing here touches any other PostgreSQL on the machine (e.g. 127.0.0.1:5432).
 set -euo pipefail
 
 PROG="tests/server.sh"
-INSTALL_HINT="install the PostgreSQL server and contrib modules, e.g. 'apt-get install postgresql postgresql-contrib' on Debian/Ubuntu (contrib provides the hstore and citext extensions the tests need)"
+INSTALL_HINT="install the PostgreSQL server and contrib modules, e.g. 'apt-get install postgresql postgresql-contrib' on Debian/Ubuntu (contrib provides the hstore, citext, seg and isn extensions the tests need)"
 
 ADMIN_USER=tap_admin
 ADMIN_PASSWORD=admin-secret-1
@@ -344,6 +345,9 @@ write_plain_conf() {
     {
         common_conf
         echo "ssl = off"
+        # No logical decoding here (the later setting wins): LOG_BASED's refusal of a server
+        # whose wal_level is not logical is tested against this server.
+        echo "wal_level = replica"
     } >>"$data/postgresql.conf"
     cat >"$data/pg_hba.conf" <<EOF
 # TYPE    DATABASE     USER        ADDRESS        METHOD
@@ -368,7 +372,7 @@ do_start() {
     PGBIN=$(find_bindir) || { echo "$PROG: PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; $INSTALL_HINT" >&2; exit 2; }
     local sharedir ext
     sharedir=$(find_sharedir "$PGBIN") || { echo "$PROG: PostgreSQL share directory for $PGBIN not found; $INSTALL_HINT" >&2; exit 2; }
-    for ext in hstore citext; do
+    for ext in hstore citext seg isn; do
         [[ -f $sharedir/extension/$ext.control ]] \
             || { echo "$PROG: PostgreSQL extension '$ext' not available ($sharedir/extension/$ext.control missing); $INSTALL_HINT" >&2; exit 2; }
     done

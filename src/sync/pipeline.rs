@@ -155,8 +155,8 @@ pub fn run<W: Write>(
 
 /// Waits (1, 4, 16 s, ...) and opens the stream's session again, counting failed connection
 /// attempts against `reconnect_attempts` too. Errors that another attempt cannot mend (a wrong
-/// password, a vanished database) end the run at once.
-fn reconnect(cx: &mut Context<'_>, mut attempt: u32, cause: &Error) -> Result<()> {
+/// password, a vanished database) end the run at once. LOG_BASED's changes read uses it too.
+pub(super) fn reconnect(cx: &mut Context<'_>, mut attempt: u32, cause: &Error) -> Result<()> {
     loop {
         let delay = FIRST_RECONNECT_DELAY * 4u32.saturating_pow(attempt - 1);
         log::warn!(

@@ -9,8 +9,8 @@
 
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::task::Poll;
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::task::Poll;
 
 use futures_util::TryStreamExt;
 use futures_util::future::{try_join, try_join3};
@@ -45,6 +45,23 @@ pub(super) struct ReadFailure {
     /// A lost connection or a server that ended the statement for reasons of its own
     /// (shutdown, failover, a standby's recovery conflict): worth another connection.
     pub(super) transient: bool,
+}
+
+impl ReadFailure {
+    /// The failure of a statement that was reading (`what`): classified, marked transient when
+    /// another connection may mend it, and with the resume hint when the connection was lost
+    /// (closed, or cut in the middle of a message: "bytes remaining on stream").
+    pub(super) fn of(e: tokio_postgres::Error, what: &str) -> ReadFailure {
+        let transient = is_transient(&e);
+        let lost = transient && e.as_db_error().is_none();
+        let mut error = classify_query(e, what);
+        if lost {
+            error = error.with_hint(
+                "The connection to the server was lost during the sync; run again with the last STATE to continue where this run stopped.",
+            );
+        }
+        ReadFailure { error, transient }
+    }
 }
 /// The reader thread's ends of the channels.
 pub(super) struct Target {
@@ -89,17 +106,7 @@ pub(super) fn read(
     search_path: &str,
     target: &Target,
 ) -> std::result::Result<(), ReadFailure> {
-    let failure = |e: tokio_postgres::Error| {
-        let transient = is_transient(&e);
-        let closed = e.is_closed();
-        let mut error = classify_query(e, "reading rows");
-        if closed {
-            error = error.with_hint(
-                "The connection to the server was lost during the sync; run again with the last STATE to continue where this run stopped.",
-            );
-        }
-        ReadFailure { error, transient }
-    };
+    let failure = |e: tokio_postgres::Error| ReadFailure::of(e, "reading rows");
     let begin = format!("begin isolation level repeatable read read only; set local search_path = {search_path}");
     let work = client.run(|c| async move {
         for _ in 0..STORAGE_CHANGED_ATTEMPTS {

@@ -57,11 +57,17 @@ pub fn wait_for_tap_query(db: &TestDb, query_like: &str) -> i32 {
 
 /// Terminates every tap-heroku backend of `db`'s role; returns how many were ended.
 pub fn terminate_tap_backends(db: &TestDb) -> i64 {
+    terminate_backends_of(db, &db.role)
+}
+
+/// Terminates every tap-heroku backend of `usename` (in any database); returns how many were
+/// ended.
+pub fn terminate_backends_of(db: &TestDb, usename: &str) -> i64 {
     db.admin()
         .query_one(
             "select count(*) from (select pg_terminate_backend(pid) as ok from pg_stat_activity \
              where usename = $1 and application_name = $2) t where ok",
-            &[&db.role, &TAP_APPLICATION_NAME],
+            &[&usename, &TAP_APPLICATION_NAME],
         )
         .expect("terminating the tap's backend")
         .get(0)
