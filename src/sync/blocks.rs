@@ -21,7 +21,6 @@
 //!
 //! This module knows the queries and the storage checks; the pipeline runs them.
 
-use serde_json::{Value, json};
 use tokio_postgres::types::Type;
 
 use crate::connect::classify_query;
@@ -29,39 +28,12 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pg::Client;
 use crate::query;
 
-/// The mark after the last block: past every block a table can have.
-pub const END_BLOCK: u64 = u32::MAX as u64;
+/// The bookmark's form of a read's position lives with the bookmark (`block_resume`).
+pub use crate::state::{BlockMark, END_BLOCK};
+
 /// How many transaction ids may pass before a resume point is too old to compare 32-bit xmins
 /// with (half of the 2^31 that `age()` can tell apart).
 pub const MAX_RESUME_XID_AGE: u64 = 1 << 30;
-
-/// Where a block-range read stands: rows visible to the snapshot whose xmin horizon is
-/// `snapshot_xmin` in blocks before `next_block` have been sent; the table's storage is
-/// `relfilenode`. Kept in the bookmark as `block_resume`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BlockMark {
-    /// First block not yet read.
-    pub next_block: u64,
-    /// `pg_relation_filenode` of the table when it was read.
-    pub relfilenode: u64,
-    /// `txid_snapshot_xmin` (epoch-qualified) of that run's snapshot.
-    pub snapshot_xmin: u64,
-}
-
-impl BlockMark {
-    /// The bookmark form.
-    pub fn to_value(self) -> Value {
-        json!({"next_block": self.next_block, "relfilenode": self.relfilenode, "snapshot_xmin": self.snapshot_xmin})
-    }
-
-    /// Reads the bookmark form; `None` when it is not one.
-    pub fn from_value(value: &Value) -> Option<BlockMark> {
-        let field = |name: &str| value.get(name).and_then(Value::as_u64);
-        // Block numbers are 32-bit; END_BLOCK is the mark after the last block.
-        let next_block = field("next_block").filter(|&b| b <= END_BLOCK)?;
-        Some(BlockMark { next_block, relfilenode: field("relfilenode")?, snapshot_xmin: field("snapshot_xmin")? })
-    }
-}
 
 /// A tuple's place: block and line pointer (offsets start at 1, so `(b, 0)` is before every
 /// tuple of block `b`).
@@ -265,18 +237,6 @@ pub fn catch_up_params(resume: &Resume) -> [String; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn marks_round_trip_and_reject_other_shapes() {
-        let mark = BlockMark { next_block: 12, relfilenode: 16388, snapshot_xmin: 4_294_967_300 };
-        assert_eq!(BlockMark::from_value(&mark.to_value()), Some(mark));
-        assert_eq!(BlockMark::from_value(&json!({"next_block": 1, "relfilenode": 2})), None);
-        assert_eq!(BlockMark::from_value(&json!({"next_block": -1, "relfilenode": 2, "snapshot_xmin": 3})), None);
-        assert_eq!(BlockMark::from_value(&json!("12")), None);
-        let end = BlockMark { next_block: END_BLOCK, ..mark };
-        assert_eq!(BlockMark::from_value(&end.to_value()), Some(end));
-        assert_eq!(BlockMark::from_value(&json!({"next_block": END_BLOCK + 1, "relfilenode": 2, "snapshot_xmin": 3})), None);
-    }
 
     #[test]
     fn tids_order_decode_and_step() {

@@ -7,7 +7,7 @@
 //! A bookmark that does not fit is a `State` error; a key of a type that cannot be compared or
 //! bookmarked is a `Catalog` error.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio_postgres::types::Type;
 
 use crate::catalog::SelectedStream;
@@ -15,18 +15,19 @@ use crate::connect::classify_query;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::Client;
 use crate::query::{self, KeyColumn};
+use crate::state::Bookmark;
 use crate::typemap::Encoder;
 
 /// Refuses, before any output, a `block_resume` that is not a block mark.
-pub(super) fn check_block_resume(bookmark: &Map<String, Value>) -> Result<()> {
-    match bookmark.get("block_resume").filter(|v| !v.is_null()) {
-        Some(resume) if super::blocks::BlockMark::from_value(resume).is_none() => Err(Error::new(
+pub(super) fn check_block_resume(bookmark: &Bookmark) -> Result<()> {
+    if bookmark.misfit("block_resume") {
+        return Err(Error::new(
             ErrorKind::State,
             "the state's bookmark block_resume is not an object of next_block, relfilenode and snapshot_xmin",
         )
-        .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning).")),
-        _ => Ok(()),
+        .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning)."));
     }
+    Ok(())
 }
 
 /// Whether values of this encoder can serve as a bookmark that the server reads back.
