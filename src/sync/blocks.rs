@@ -23,9 +23,6 @@
 
 use tokio_postgres::types::Type;
 
-use crate::connect::classify_query;
-use crate::error::{Error, ErrorKind, Result};
-use crate::pg::Client;
 use crate::query;
 
 /// The bookmark's form of a read's position lives with the bookmark (`block_resume`).
@@ -174,19 +171,20 @@ impl Start {
     }
 }
 
-/// Whether `mark` can still be resumed from: the table has the same storage and not too many
-/// transactions passed for 32-bit xmin comparisons.
-pub fn resumable(client: &mut Client, oid: u32, mark: &BlockMark) -> Result<bool> {
-    let row = client
-        .query_opt("select pg_relation_filenode($1::oid)::bigint, txid_snapshot_xmax(txid_current_snapshot())", &[(&oid, Type::OID)])
-        .map_err(|e| classify_query(e, "checking the table's storage for resuming"))?;
-    let Some(row) = row else { return Ok(false) };
-    let internal = |e| Error::new(ErrorKind::Internal, "checking the table's storage").with_source(e);
-    let relfilenode: Option<i64> = row.try_get(0).map_err(internal)?;
-    let xmax: i64 = row.try_get(1).map_err(internal)?;
-    let same_storage = relfilenode.is_some_and(|f| f as u64 == mark.relfilenode);
-    let recent = (xmax as u64).checked_sub(mark.snapshot_xmin).is_some_and(|age| age < MAX_RESUME_XID_AGE);
-    Ok(same_storage && recent)
+/// Whether `mark` can still be resumed from: the table has the same storage (`relfilenode`,
+/// `pg_relation_filenode` as read with the catalog) and not too many transactions passed for
+/// 32-bit xmin comparisons (`next_xid`, the next transaction id read with the catalog).
+///
+/// Both were read with the catalog at the start of the run, which costs no query here, and is
+/// no less safe than asking now: the read's own [`begin`] checks the storage again inside its
+/// transaction, after its lock, and starts over with a new version when the table was
+/// rewritten in between; and the few transaction ids that pass between the catalog read and
+/// this read are nothing against the margin `MAX_RESUME_XID_AGE` keeps (half of the 2^31 that
+/// `age()` tells apart).
+pub fn resumable(mark: &BlockMark, relfilenode: Option<u64>, next_xid: u64) -> bool {
+    let same_storage = relfilenode == Some(mark.relfilenode);
+    let recent = next_xid.checked_sub(mark.snapshot_xmin).is_some_and(|age| age < MAX_RESUME_XID_AGE);
+    same_storage && recent
 }
 
 /// The statements that open a read, in the stream's REPEATABLE READ transaction, before its
@@ -249,5 +247,16 @@ mod tests {
         assert_eq!(Tid::block_start(END_BLOCK), Tid { block: u32::MAX, offset: 0 });
         let resume = Resume::from(BlockMark { next_block: 4, relfilenode: 1, snapshot_xmin: (1 << 32) + 5 });
         assert_eq!(catch_up_params(&resume), ["(4,0)".to_string(), "5".to_string()]);
+    }
+
+    #[test]
+    fn marks_resume_on_the_same_storage_within_the_xid_margin() {
+        let mark = BlockMark { next_block: 9, relfilenode: 16388, snapshot_xmin: 1000 };
+        assert!(resumable(&mark, Some(16388), 1000));
+        assert!(resumable(&mark, Some(16388), 1000 + MAX_RESUME_XID_AGE - 1));
+        assert!(!resumable(&mark, Some(16388), 1000 + MAX_RESUME_XID_AGE), "too old for 32-bit xmins");
+        assert!(!resumable(&mark, Some(16388), 999), "ahead of the server");
+        assert!(!resumable(&mark, Some(16389), 1000), "rewritten");
+        assert!(!resumable(&mark, None, 1000), "no storage");
     }
 }

@@ -144,8 +144,8 @@ fn resume_points(cx: &mut Context<'_>, plan: &StreamPlan, bookmark: &Bookmark, p
         (Some(oid), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
         _ => None,
     };
-    if let Some((oid, mark)) = block_resume
-        && !blocks::resumable(&mut cx.session.client, oid, &mark)?
+    if let Some((_, mark)) = block_resume
+        && !blocks::resumable(&mark, plan.relfilenode, cx.session.transaction_ids.0)
     {
         log::info!(
             "stream {}: the table was rewritten (VACUUM FULL, CLUSTER, TRUNCATE, ...) or too many transactions passed since the interrupted sync; it is read again from the start",

@@ -71,6 +71,8 @@ pub struct StreamPlan {
     pub bookmark: Bookmark,
     /// `pg_class.oid` of the relation (LOG_BASED matches decoded changes by it).
     pub relid: u32,
+    /// The relation's storage when the catalog was read ([`Relation::relfilenode`]).
+    pub relfilenode: Option<u64>,
     /// estimated rows (reltuples), for progress.
     pub row_estimate: i64,
     /// `search_path` for the stream's transaction: `public` plus the schemas of the key types'
@@ -123,6 +125,7 @@ pub fn plan_stream(
         block_reads: None,
         bookmark,
         relid: relation.oid,
+        relfilenode: relation.relfilenode,
         row_estimate: relation.row_count,
         search_path: String::new(),
     };

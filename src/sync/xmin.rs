@@ -70,8 +70,8 @@ pub(super) fn sync<W: Write>(
         (Some(oid), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
         _ => None,
     };
-    if let Some((oid, mark)) = block_resume
-        && !blocks::resumable(&mut cx.session.client, oid, &mark)?
+    if let Some((_, mark)) = block_resume
+        && !blocks::resumable(&mark, plan.relfilenode, next_xid)
     {
         log::info!(
             "stream {id}: the table was rewritten or too many transactions passed since the interrupted run; this pass reads it from the start"
