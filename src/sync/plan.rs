@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 use super::Session;
-use super::bookmarks::{bookmarkable, check_block_resume, check_bookmark_value, check_replication_key};
+use super::bookmarks::{bookmarkable, check_block_resume, check_bookmark_values, check_replication_key};
 use crate::catalog::{ReplicationMethod, SelectedStream};
 use crate::config::{Config, FullTableOrder};
 use crate::discover::{self, Column, Relation};
@@ -261,11 +261,15 @@ fn plan_full_table(
     }
     check_block_resume(&plan.bookmark)?;
     if let Some(last) = &plan.bookmark.last_pk_fetched {
-        for (i, cast_type) in &plan.order_keys {
-            let column = &columns[*i];
-            let key = KeyColumn { name: &column.name, cast_type };
-            check_bookmark_value(client, last.get(&column.name), &column.encoder, &key, "last_pk_fetched")?;
-        }
+        let keys: Vec<_> = plan
+            .order_keys
+            .iter()
+            .map(|(i, cast_type)| {
+                let column = &columns[*i];
+                (last.get(&column.name), &column.encoder, KeyColumn { name: &column.name, cast_type })
+            })
+            .collect();
+        check_bookmark_values(client, &keys, "last_pk_fetched")?;
     }
     Ok(())
 }
