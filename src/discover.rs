@@ -56,6 +56,9 @@ pub struct Relation {
     pub table_select: bool,
     /// `server_version_num`.
     pub server_version: i32,
+    /// `pg_relation_filenode` when the catalog was read: the table's storage (`None` for a
+    /// relation without storage of its own), which a storage-order resume point must match.
+    pub relfilenode: Option<u64>,
     /// Columns the role can SELECT, by `attnum`.
     pub columns: Vec<Column>,
     /// Names of the columns the role may not SELECT (neither table nor column privilege), so
@@ -172,7 +175,8 @@ pub struct LiveCatalog {
     /// Type oid -> schemas of its default btree comparison operators, outside pg_catalog/public.
     pub operator_schemas: HashMap<u32, Vec<String>>,
     /// The next transaction id and the xmin of a snapshot taken with the catalog read, both
-    /// epoch-qualified (XMIN's starting points, read here to save a round trip per stream).
+    /// epoch-qualified (XMIN's starting points, and the age a storage-order resume point is
+    /// checked against, read here to save a round trip per stream).
     pub transaction_ids: (u64, u64),
 }
 
@@ -208,7 +212,8 @@ pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<LiveCatalog
     );
     let rel_sql = format!(
         "select c.oid, n.nspname::text, c.relname::text, c.relkind, c.reltuples::float8, \
-           c.relhassubclass, has_table_privilege(c.oid, 'select'), current_setting('server_version_num')::int \
+           c.relhassubclass, has_table_privilege(c.oid, 'select'), current_setting('server_version_num')::int, \
+           pg_relation_filenode(c.oid)::bigint \
          from pg_class c join pg_namespace n on n.oid = c.relnamespace \
          where {relation_filter} order by n.nspname, c.relname"
     );
@@ -273,6 +278,7 @@ pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<LiveCatalog
             has_children: get(row, 5, "pg_class")?,
             table_select: get(row, 6, "pg_class")?,
             server_version: get(row, 7, "pg_class")?,
+            relfilenode: get::<Option<i64>>(row, 8, "pg_class")?.map(|f| f as u64),
             columns: Vec::new(),
             unreadable: Vec::new(),
             primary_key: Vec::new(),

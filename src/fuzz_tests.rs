@@ -550,7 +550,7 @@ fn state_parse_never_panics_and_round_trips() {
             let _ = state.currently_syncing();
             let alias = id.split_once('-').map_or("", |(_, rest)| rest).to_string();
             let bookmark = state.take_bookmark(&id, &alias);
-            state.set_bookmark(&id, bookmark);
+            state.set_bookmark(&id, &bookmark);
             state.set_currently_syncing(Some(&id));
             let _ = State::parse(&state.to_value().to_string()).expect("an updated state parses");
         });

@@ -507,6 +507,42 @@ fn bad_states_are_refused_before_any_output() {
     assert_eq!(out.records("items").iter().map(|r| r["n"].clone()).collect::<Vec<_>>(), vec![json!(20), json!(30)]);
 }
 
+/// A composite key's `last_pk_fetched` is checked for every column before any output (the
+/// server's casts go out together): the refusal names the first column, in key order, whose
+/// value does not fit, whether the JSON kind or the server's cast refuses it.
+#[test]
+fn composite_last_pk_fetched_is_refused_at_its_first_misfit_column() {
+    let db = TestDb::new();
+    db.exec(
+        "create table pairs (a int, b date, note text, primary key (a, b)); \
+         insert into pairs select g, date '2024-01-01' + g, 'row ' || g from generate_series(1, 4) g",
+    );
+    db.grant_reader();
+    let config = db.config_file(json!({}));
+    let catalog = write_json(&selected(&support::discover(&config), "pairs", "FULL_TABLE", None, |_| {}));
+    let id = format!("{}-public-pairs", db.name);
+    let state = |last: Value| {
+        write_text(
+            &json!({"bookmarks": {id.clone(): {"last_replication_method": "FULL_TABLE", "version": 1, "last_pk_fetched": last}}})
+                .to_string(),
+        )
+    };
+    // (label, last_pk_fetched, the column named)
+    let cases = [
+        ("the server refuses the second column", json!({"a": 1, "b": "not a date"}), "column \"b\""),
+        ("the kind of the first refuses it before the server's cast of the second", json!({"a": "one", "b": "not a date"}), "column \"a\""),
+        ("the server's cast of the first comes before the kind of the second", json!({"a": 99_999_999_999_i64, "b": 5}), "column \"a\""),
+    ];
+    for (label, last, column) in cases {
+        let out = tap(&["--config", arg(&config), "--catalog", arg(&catalog), "--state", arg(&state(last))]);
+        assert_refused(&out, label, 65, &[&id, "last_pk_fetched", column], &["bookmark"]);
+    }
+    // A fitting key resumes after it.
+    let out =
+        tap(&["--config", arg(&config), "--catalog", arg(&catalog), "--state", arg(&state(json!({"a": 2, "b": "2024-01-03"})))]).success();
+    assert_eq!(out.records("pairs").iter().map(|r| r["a"].clone()).collect::<Vec<_>>(), vec![json!(3), json!(4)]);
+}
+
 // ---- secrets -------------------------------------------------------------------------------
 
 #[test]

@@ -21,47 +21,16 @@
 //!
 //! This module knows the queries and the storage checks; the pipeline runs them.
 
-use serde_json::{Value, json};
 use tokio_postgres::types::Type;
 
-use crate::connect::classify_query;
-use crate::error::{Error, ErrorKind, Result};
-use crate::pg::Client;
 use crate::query;
 
-/// The mark after the last block: past every block a table can have.
-pub const END_BLOCK: u64 = u32::MAX as u64;
+/// The bookmark's form of a read's position lives with the bookmark (`block_resume`).
+pub use crate::state::{BlockMark, END_BLOCK};
+
 /// How many transaction ids may pass before a resume point is too old to compare 32-bit xmins
 /// with (half of the 2^31 that `age()` can tell apart).
 pub const MAX_RESUME_XID_AGE: u64 = 1 << 30;
-
-/// Where a block-range read stands: rows visible to the snapshot whose xmin horizon is
-/// `snapshot_xmin` in blocks before `next_block` have been sent; the table's storage is
-/// `relfilenode`. Kept in the bookmark as `block_resume`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BlockMark {
-    /// First block not yet read.
-    pub next_block: u64,
-    /// `pg_relation_filenode` of the table when it was read.
-    pub relfilenode: u64,
-    /// `txid_snapshot_xmin` (epoch-qualified) of that run's snapshot.
-    pub snapshot_xmin: u64,
-}
-
-impl BlockMark {
-    /// The bookmark form.
-    pub fn to_value(self) -> Value {
-        json!({"next_block": self.next_block, "relfilenode": self.relfilenode, "snapshot_xmin": self.snapshot_xmin})
-    }
-
-    /// Reads the bookmark form; `None` when it is not one.
-    pub fn from_value(value: &Value) -> Option<BlockMark> {
-        let field = |name: &str| value.get(name).and_then(Value::as_u64);
-        // Block numbers are 32-bit; END_BLOCK is the mark after the last block.
-        let next_block = field("next_block").filter(|&b| b <= END_BLOCK)?;
-        Some(BlockMark { next_block, relfilenode: field("relfilenode")?, snapshot_xmin: field("snapshot_xmin")? })
-    }
-}
 
 /// A tuple's place: block and line pointer (offsets start at 1, so `(b, 0)` is before every
 /// tuple of block `b`).
@@ -202,19 +171,20 @@ impl Start {
     }
 }
 
-/// Whether `mark` can still be resumed from: the table has the same storage and not too many
-/// transactions passed for 32-bit xmin comparisons.
-pub fn resumable(client: &mut Client, oid: u32, mark: &BlockMark) -> Result<bool> {
-    let row = client
-        .query_opt("select pg_relation_filenode($1::oid)::bigint, txid_snapshot_xmax(txid_current_snapshot())", &[(&oid, Type::OID)])
-        .map_err(|e| classify_query(e, "checking the table's storage for resuming"))?;
-    let Some(row) = row else { return Ok(false) };
-    let internal = |e| Error::new(ErrorKind::Internal, "checking the table's storage").with_source(e);
-    let relfilenode: Option<i64> = row.try_get(0).map_err(internal)?;
-    let xmax: i64 = row.try_get(1).map_err(internal)?;
-    let same_storage = relfilenode.is_some_and(|f| f as u64 == mark.relfilenode);
-    let recent = (xmax as u64).checked_sub(mark.snapshot_xmin).is_some_and(|age| age < MAX_RESUME_XID_AGE);
-    Ok(same_storage && recent)
+/// Whether `mark` can still be resumed from: the table has the same storage (`relfilenode`,
+/// `pg_relation_filenode` as read with the catalog) and not too many transactions passed for
+/// 32-bit xmin comparisons (`next_xid`, the next transaction id read with the catalog).
+///
+/// Both were read with the catalog at the start of the run, which costs no query here, and is
+/// no less safe than asking now: the read's own [`begin`] checks the storage again inside its
+/// transaction, after its lock, and starts over with a new version when the table was
+/// rewritten in between; and the few transaction ids that pass between the catalog read and
+/// this read are nothing against the margin `MAX_RESUME_XID_AGE` keeps (half of the 2^31 that
+/// `age()` tells apart).
+pub fn resumable(mark: &BlockMark, relfilenode: Option<u64>, next_xid: u64) -> bool {
+    let same_storage = relfilenode == Some(mark.relfilenode);
+    let recent = next_xid.checked_sub(mark.snapshot_xmin).is_some_and(|age| age < MAX_RESUME_XID_AGE);
+    same_storage && recent
 }
 
 /// The statements that open a read, in the stream's REPEATABLE READ transaction, before its
@@ -267,18 +237,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn marks_round_trip_and_reject_other_shapes() {
-        let mark = BlockMark { next_block: 12, relfilenode: 16388, snapshot_xmin: 4_294_967_300 };
-        assert_eq!(BlockMark::from_value(&mark.to_value()), Some(mark));
-        assert_eq!(BlockMark::from_value(&json!({"next_block": 1, "relfilenode": 2})), None);
-        assert_eq!(BlockMark::from_value(&json!({"next_block": -1, "relfilenode": 2, "snapshot_xmin": 3})), None);
-        assert_eq!(BlockMark::from_value(&json!("12")), None);
-        let end = BlockMark { next_block: END_BLOCK, ..mark };
-        assert_eq!(BlockMark::from_value(&end.to_value()), Some(end));
-        assert_eq!(BlockMark::from_value(&json!({"next_block": END_BLOCK + 1, "relfilenode": 2, "snapshot_xmin": 3})), None);
-    }
-
-    #[test]
     fn tids_order_decode_and_step() {
         assert_eq!(Tid::from_wire(&[0, 0, 1, 0, 0, 7]), Some(Tid { block: 256, offset: 7 }));
         assert_eq!(Tid::from_wire(&[0, 0, 1]), None);
@@ -289,5 +247,16 @@ mod tests {
         assert_eq!(Tid::block_start(END_BLOCK), Tid { block: u32::MAX, offset: 0 });
         let resume = Resume::from(BlockMark { next_block: 4, relfilenode: 1, snapshot_xmin: (1 << 32) + 5 });
         assert_eq!(catch_up_params(&resume), ["(4,0)".to_string(), "5".to_string()]);
+    }
+
+    #[test]
+    fn marks_resume_on_the_same_storage_within_the_xid_margin() {
+        let mark = BlockMark { next_block: 9, relfilenode: 16388, snapshot_xmin: 1000 };
+        assert!(resumable(&mark, Some(16388), 1000));
+        assert!(resumable(&mark, Some(16388), 1000 + MAX_RESUME_XID_AGE - 1));
+        assert!(!resumable(&mark, Some(16388), 1000 + MAX_RESUME_XID_AGE), "too old for 32-bit xmins");
+        assert!(!resumable(&mark, Some(16388), 999), "ahead of the server");
+        assert!(!resumable(&mark, Some(16389), 1000), "rewritten");
+        assert!(!resumable(&mark, None, 1000), "no storage");
     }
 }

@@ -7,7 +7,7 @@
 //! A bookmark that does not fit is a `State` error; a key of a type that cannot be compared or
 //! bookmarked is a `Catalog` error.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio_postgres::types::Type;
 
 use crate::catalog::SelectedStream;
@@ -15,18 +15,19 @@ use crate::connect::classify_query;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::Client;
 use crate::query::{self, KeyColumn};
+use crate::state::Bookmark;
 use crate::typemap::Encoder;
 
 /// Refuses, before any output, a `block_resume` that is not a block mark.
-pub(super) fn check_block_resume(bookmark: &Map<String, Value>) -> Result<()> {
-    match bookmark.get("block_resume").filter(|v| !v.is_null()) {
-        Some(resume) if super::blocks::BlockMark::from_value(resume).is_none() => Err(Error::new(
+pub(super) fn check_block_resume(bookmark: &Bookmark) -> Result<()> {
+    if bookmark.misfit("block_resume") {
+        return Err(Error::new(
             ErrorKind::State,
             "the state's bookmark block_resume is not an object of next_block, relfilenode and snapshot_xmin",
         )
-        .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning).")),
-        _ => Ok(()),
+        .with_hint("Remove this stream's bookmark from the state file (it will sync from the beginning)."));
     }
+    Ok(())
 }
 
 /// Whether values of this encoder can serve as a bookmark that the server reads back.
@@ -126,19 +127,40 @@ fn cast_answer(answer: std::result::Result<(), tokio_postgres::Error>, key: &Key
     }
 }
 
-/// Refuses, before anything is written, a bookmark value that cannot be a value of the key
-/// column: a JSON type the column's values never take, or text the server cannot cast to the
-/// column's type (the cast the sync query will make).
-pub(super) fn check_bookmark_value(
-    client: &mut Client,
-    value: Option<&Value>,
-    encoder: &Encoder,
-    key: &KeyColumn<'_>,
-    field: &str,
-) -> Result<()> {
-    let Some(param) = bookmark_text(value, encoder, key, field)? else { return Ok(()) };
-    let answer = client.query(&format!("select cast($1::text as {}) is not null", key.cast_type), &[(&param, Type::TEXT)]);
-    cast_answer(answer.map(|_| ()), key, field)
+/// Refuses, before anything is written, a bookmark value of a key (`field`'s value of each
+/// column of a composite key) that cannot be a value of its key column: a JSON type the
+/// column's values never take, or text the server cannot cast to the column's type (the cast
+/// the sync query will make). The casts go out together, one round trip for every column; the
+/// refusal names the first column, in key order, whose value does not fit.
+pub(super) fn check_bookmark_values(client: &mut Client, keys: &[(Option<&Value>, &Encoder, KeyColumn<'_>)], field: &str) -> Result<()> {
+    // The values of a JSON kind their column takes, up to the first that is not (whose refusal
+    // comes after those of the columns before it).
+    let mut casts: Vec<(usize, String, String)> = Vec::with_capacity(keys.len());
+    let mut refused = None;
+    for (i, (value, encoder, key)) in keys.iter().enumerate() {
+        match bookmark_text(*value, encoder, key, field) {
+            Ok(Some(param)) => casts.push((i, format!("select cast($1::text as {}) is not null", key.cast_type), param)),
+            Ok(None) => {}
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    if !casts.is_empty() {
+        let answers = client
+            .run(|c| {
+                let queries =
+                    casts.iter().map(move |(_, sql, param)| async move { c.query_typed(sql, &[(param, Type::TEXT)]).await.map(|_| ()) });
+                async move { Ok::<_, std::convert::Infallible>(futures_util::future::join_all(queries).await) }
+            })
+            .map_err(|e| classify_query(e, "checking the state's bookmark"))?
+            .unwrap_or_else(|never| match never {});
+        for ((i, _, _), answer) in casts.iter().zip(answers) {
+            cast_answer(answer, &keys[*i].2, field)?;
+        }
+    }
+    refused.map_or(Ok(()), Err)
 }
 
 /// The text a bookmark value is bound as; the server casts it to the key's type, so it must be

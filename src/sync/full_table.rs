@@ -14,8 +14,6 @@
 
 use std::io::Write;
 
-use serde_json::{Map, Value, json};
-
 use super::blocks::{self, BlockMark, BlockRead, Resume};
 use super::bookmarks::bookmark_param;
 use super::pipeline::{self, Context, Event, Reached, Source};
@@ -25,7 +23,7 @@ use super::{Outcome, now_version};
 use crate::error::Result;
 use crate::message::MessageWriter;
 use crate::query::{self, KeyColumn, KeyStart};
-use crate::state::State;
+use crate::state::{Bookmark, State};
 
 /// Syncs one FULL_TABLE stream.
 pub(super) fn sync<W: Write>(
@@ -45,14 +43,15 @@ pub(super) fn sync_as<W: Write>(
     plan: &mut StreamPlan,
     state: &mut State,
     writer: &mut MessageWriter<W>,
-    (method, finish): (&str, impl FnOnce(&mut Map<String, Value>)),
+    (method, finish): (&str, impl FnOnce(&mut Bookmark)),
 ) -> Result<Outcome> {
     let id = plan.selected.tap_stream_id.clone();
     let stream = plan.selected.stream.clone();
     let mut bookmark = plan.bookmark.clone();
-    let previous_version = bookmark.get("version").and_then(Value::as_i64);
+    let previous_version = bookmark.version;
     let ResumePoints { resume_from, block_reads, block_resume } = resume_points(cx, plan, &bookmark, previous_version)?;
-    if bookmark.get("xmin").is_some_and(|x| !x.is_null()) {
+    // tap-postgres's own resume point, which is not ours.
+    if bookmark.extra.remove("xmin").is_some_and(|x| !x.is_null()) {
         log::info!("stream {id}: the state holds an xmin resume point from tap-postgres; the table is read again from the start");
     }
     let resuming = resume_from.is_some() || block_resume.is_some();
@@ -72,15 +71,14 @@ pub(super) fn sync_as<W: Write>(
     // Resume points are kept while resuming, so a run that dies before its first batch resumes
     // at the same point.
     if resume_from.is_none() {
-        bookmark.remove("last_pk_fetched");
+        bookmark.clear_last_pk_fetched();
     }
     if block_resume.is_none() {
-        bookmark.remove("block_resume");
+        bookmark.clear_block_resume();
     }
-    bookmark.remove("xmin");
-    bookmark.insert("last_replication_method".into(), json!(method));
-    bookmark.insert("version".into(), json!(version));
-    state.set_bookmark(&id, bookmark.clone());
+    bookmark.last_replication_method = Some(method.to_string());
+    bookmark.version = Some(version);
+    state.set_bookmark(&id, &bookmark);
     writer.write_state(&state.to_value())?;
     if previous_version.is_none() {
         writer.write_activate_version(&stream, version)?;
@@ -105,7 +103,7 @@ pub(super) fn sync_as<W: Write>(
                     // Rewritten since the resume point: the rows sent before may be gone, so this
                     // read is a new version, which ACTIVATE_VERSION ends.
                     version = now_version();
-                    bookmark.insert("version".into(), json!(version));
+                    bookmark.version = Some(version);
                     sink.set_version(version);
                 }
             },
@@ -114,10 +112,10 @@ pub(super) fn sync_as<W: Write>(
         read_in_key_order(cx, plan, writer, (state, &id, &mut bookmark), resume_from, version)?
     };
     if outcome == Outcome::Complete {
-        bookmark.remove("last_pk_fetched");
-        bookmark.remove("block_resume");
+        bookmark.clear_last_pk_fetched();
+        bookmark.clear_block_resume();
         finish(&mut bookmark);
-        state.set_bookmark(&id, bookmark);
+        state.set_bookmark(&id, &bookmark);
         writer.write_activate_version(&stream, version)?;
         state.set_currently_syncing(None);
         writer.write_state(&state.to_value())?;
@@ -128,15 +126,10 @@ pub(super) fn sync_as<W: Write>(
 /// Where an interrupted sync resumes: after the last primary key sent (a sync interrupted in key
 /// order is finished that way, whatever the config says now), or at a block mark that still
 /// holds; with the table's oid when it is read in storage order.
-fn resume_points(
-    cx: &mut Context<'_>,
-    plan: &StreamPlan,
-    bookmark: &Map<String, Value>,
-    previous_version: Option<i64>,
-) -> Result<ResumePoints> {
+fn resume_points(cx: &mut Context<'_>, plan: &StreamPlan, bookmark: &Bookmark, previous_version: Option<i64>) -> Result<ResumePoints> {
     // A sync interrupted in primary key order is finished that way, whatever the config says now.
-    let resume_from: Option<Vec<String>> = match bookmark.get("last_pk_fetched") {
-        Some(Value::Object(last)) if !plan.order_keys.is_empty() && previous_version.is_some() => plan
+    let resume_from: Option<Vec<String>> = match &bookmark.last_pk_fetched {
+        Some(last) if !plan.order_keys.is_empty() && previous_version.is_some() => plan
             .order_keys
             .iter()
             .map(|(i, _)| {
@@ -147,12 +140,12 @@ fn resume_points(
         _ => None,
     };
     let block_reads = plan.block_reads.filter(|_| resume_from.is_none());
-    let mut block_resume = match (block_reads, bookmark.get("block_resume").and_then(BlockMark::from_value)) {
+    let mut block_resume = match (block_reads, bookmark.block_resume) {
         (Some(oid), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
         _ => None,
     };
-    if let Some((oid, mark)) = block_resume
-        && !blocks::resumable(&mut cx.session.client, oid, &mark)?
+    if let Some((_, mark)) = block_resume
+        && !blocks::resumable(&mark, plan.relfilenode, cx.session.transaction_ids.0)
     {
         log::info!(
             "stream {}: the table was rewritten (VACUUM FULL, CLUSTER, TRUNCATE, ...) or too many transactions passed since the interrupted sync; it is read again from the start",
@@ -181,7 +174,7 @@ fn read_in_key_order<W: Write>(
     cx: &mut Context<'_>,
     plan: &mut StreamPlan,
     writer: &mut MessageWriter<W>,
-    (state, id, bookmark): (&mut State, &str, &mut Map<String, Value>),
+    (state, id, bookmark): (&mut State, &str, &mut Bookmark),
     resume_from: Option<Vec<String>>,
     version: i64,
 ) -> Result<Outcome> {
@@ -227,17 +220,17 @@ fn read_in_key_order<W: Write>(
         },
         |sink, writer, _| {
             if !key_names.is_empty() {
-                let mut last = Map::new();
+                let mut last = serde_json::Map::new();
                 for (t, name) in key_names.iter().enumerate() {
                     if let Some(v) = sink.last_value(t) {
                         last.insert(name.clone(), v);
                     }
                 }
                 if last.len() == key_names.len() {
-                    bookmark.insert("last_pk_fetched".into(), Value::Object(last));
+                    bookmark.last_pk_fetched = Some(last);
                 }
             }
-            state.set_bookmark(id, bookmark.clone());
+            state.set_bookmark(id, bookmark);
             writer.write_state(&state.to_value())
         },
     )
@@ -253,10 +246,10 @@ pub(super) fn read_in_storage_order<W: Write>(
     cx: &mut Context<'_>,
     (plan, search_path): (&mut StreamPlan, &str),
     writer: &mut MessageWriter<W>,
-    (state, id, bookmark): (&mut State, &str, &mut Map<String, Value>),
+    (state, id, bookmark): (&mut State, &str, &mut Bookmark),
     (new_read, resume): (impl Fn(Option<Resume>) -> BlockRead, Option<Resume>),
     version: i64,
-    mut on_event: impl FnMut(&Event, &mut RowSink, &mut Map<String, Value>),
+    mut on_event: impl FnMut(&Event, &mut RowSink, &mut Bookmark),
 ) -> Result<Outcome> {
     let mut sink = RowSink::new(plan, version, Vec::new()).skip_columns(1);
     pipeline::run(
@@ -271,15 +264,11 @@ pub(super) fn read_in_storage_order<W: Write>(
         |sink, writer, event| {
             on_event(&event, sink, bookmark);
             match event {
-                Event::Batch(Some(mark)) => {
-                    bookmark.insert("block_resume".into(), mark.to_value());
-                }
-                Event::StartOver => {
-                    bookmark.remove("block_resume");
-                }
+                Event::Batch(Some(mark)) => bookmark.block_resume = Some(mark),
+                Event::StartOver => bookmark.clear_block_resume(),
                 Event::Batch(None) => {}
             }
-            state.set_bookmark(id, bookmark.clone());
+            state.set_bookmark(id, bookmark);
             writer.write_state(&state.to_value())
         },
     )

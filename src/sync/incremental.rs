@@ -9,8 +9,6 @@
 
 use std::io::Write;
 
-use serde_json::{Value, json};
-
 use super::bookmarks::bookmark_param;
 use super::pipeline::{self, Context, Reached, Source};
 use super::plan::StreamPlan;
@@ -36,12 +34,12 @@ pub(super) fn sync<W: Write>(
     let key_name = plan.columns[key_index].name.clone();
     let encoder = plan.columns[key_index].encoder.clone();
     let mut bookmark = plan.bookmark.clone();
-    let version = bookmark.get("version").and_then(Value::as_i64).unwrap_or_else(now_version);
-    let start_value = bookmark.get("replication_key_value").filter(|v| !v.is_null()).map(|v| bookmark_param(v, &encoder));
-    bookmark.insert("last_replication_method".into(), json!("INCREMENTAL"));
-    bookmark.insert("replication_key".into(), json!(key_name));
-    bookmark.insert("version".into(), json!(version));
-    state.set_bookmark(&id, bookmark.clone());
+    let version = bookmark.version.unwrap_or_else(now_version);
+    let start_value = bookmark.replication_key_value.as_ref().map(|v| bookmark_param(v, &encoder));
+    bookmark.last_replication_method = Some("INCREMENTAL".to_string());
+    bookmark.replication_key = Some(key_name.clone());
+    bookmark.version = Some(version);
+    state.set_bookmark(&id, &bookmark);
     writer.write_state(&state.to_value())?;
     writer.write_activate_version(&stream, version)?;
 
@@ -69,9 +67,9 @@ pub(super) fn sync<W: Write>(
         },
         |sink, writer, _| {
             if let Some(v) = sink.last_value(0) {
-                bookmark.insert("replication_key_value".into(), v);
+                bookmark.replication_key_value = Some(v);
             }
-            state.set_bookmark(&id, bookmark.clone());
+            state.set_bookmark(&id, &bookmark);
             writer.write_state(&state.to_value())
         },
     )?;

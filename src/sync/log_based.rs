@@ -59,7 +59,6 @@ use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
-use serde_json::{Map, Value, json};
 use tokio_postgres::types::{PgLsn, ToSql, Type};
 
 use super::full_table;
@@ -79,7 +78,7 @@ use crate::pg::Client;
 use crate::pgoutput::{self, Datum, Message, OldKind};
 use crate::query;
 use crate::signals;
-use crate::state::State;
+use crate::state::{Bookmark, State};
 use crate::typemap::{Cast, Encoder, OutOfRangeDates};
 
 /// The column deletes carry their commit time in (singer-io's name).
@@ -104,15 +103,10 @@ pub fn slot_name(config: &Config, database: &str) -> String {
     config.logical_slot.clone().unwrap_or_else(|| default_slot_name(database))
 }
 
-/// A bookmark's LSN field, when present and an integer.
-fn bookmark_lsn(bookmark: &Map<String, Value>, key: &str) -> Option<u64> {
-    bookmark.get(key).and_then(Value::as_u64)
-}
-
 /// The position the slot must keep for this bookmark: its `lsn`, or while the first read is
 /// under way its `snapshot_lsn`.
-fn needed_lsn(bookmark: &Map<String, Value>) -> Option<u64> {
-    bookmark_lsn(bookmark, "lsn").or_else(|| bookmark_lsn(bookmark, "snapshot_lsn"))
+fn needed_lsn(bookmark: &Bookmark) -> Option<u64> {
+    bookmark.lsn.or(bookmark.snapshot_lsn)
 }
 
 /// `X/Y`, as PostgreSQL prints an LSN (for logs and errors).
@@ -129,7 +123,7 @@ fn lsn_text(lsn: u64) -> String {
 pub fn check_stream(
     client: &mut Client,
     (selected, relation): (&SelectedStream, &Relation),
-    bookmark: &Map<String, Value>,
+    bookmark: &Bookmark,
     config: &Config,
 ) -> Result<()> {
     let table = query::qualified_name(&selected.schema_name, &selected.table_name);
@@ -143,7 +137,7 @@ pub fn check_stream(
             .with_hint("Use FULL_TABLE or XMIN for it (for a partitioned table: add its partitions to the publication and select them)."));
     }
     for key in ["lsn", "snapshot_lsn"] {
-        if bookmark.get(key).is_some_and(|v| !v.is_null() && !v.is_u64()) {
+        if bookmark.misfit(key) {
             return Err(Error::new(ErrorKind::State, format!("the state's bookmark {key} is not a non-negative integer"))
                 .with_hint("Remove this stream's bookmark from the state file (it will start with a new snapshot)."));
         }
@@ -322,7 +316,7 @@ pub(super) fn sync<W: Write>(
     state: &mut State,
     writer: &mut MessageWriter<W>,
 ) -> Result<Outcome> {
-    match bookmark_lsn(&plan.bookmark, "lsn") {
+    match plan.bookmark.lsn {
         None => snapshot(cx, plan, state, writer),
         Some(lsn) => changes(cx, plan, state, writer, lsn),
     }
@@ -332,7 +326,7 @@ pub(super) fn sync<W: Write>(
 fn snapshot<W: Write>(cx: &mut Context<'_>, plan: &mut StreamPlan, state: &mut State, writer: &mut MessageWriter<W>) -> Result<Outcome> {
     let id = plan.selected.tap_stream_id.clone();
     // An interrupted first read keeps its position: the older, the more changes sent twice.
-    let snapshot_lsn = match bookmark_lsn(&plan.bookmark, "snapshot_lsn") {
+    let snapshot_lsn = match plan.bookmark.snapshot_lsn {
         Some(lsn) => lsn,
         None => flush_lsn_after_commits(cx)?,
     };
@@ -341,15 +335,15 @@ fn snapshot<W: Write>(cx: &mut Context<'_>, plan: &mut StreamPlan, state: &mut S
         lsn_text(snapshot_lsn),
         slot_name(cx.config, cx.database)
     );
-    plan.bookmark.insert("snapshot_lsn".into(), json!(snapshot_lsn));
+    plan.bookmark.snapshot_lsn = Some(snapshot_lsn);
     full_table::sync_as(
         cx,
         plan,
         state,
         writer,
-        ("LOG_BASED", move |bookmark: &mut Map<String, Value>| {
-            bookmark.remove("snapshot_lsn");
-            bookmark.insert("lsn".into(), json!(snapshot_lsn));
+        ("LOG_BASED", move |bookmark: &mut Bookmark| {
+            bookmark.clear_snapshot_lsn();
+            bookmark.lsn = Some(snapshot_lsn);
         }),
     )
 }
@@ -422,10 +416,10 @@ fn changes<W: Write>(
     let slot = slot_name(cx.config, cx.database);
     let upto = flush_lsn(cx)?;
     let mut bookmark = plan.bookmark.clone();
-    let version = bookmark.get("version").and_then(Value::as_i64).unwrap_or_else(now_version);
-    bookmark.insert("last_replication_method".into(), json!("LOG_BASED"));
-    bookmark.insert("version".into(), json!(version));
-    state.set_bookmark(&id, bookmark.clone());
+    let version = bookmark.version.unwrap_or_else(now_version);
+    bookmark.last_replication_method = Some("LOG_BASED".to_string());
+    bookmark.version = Some(version);
+    state.set_bookmark(&id, &bookmark);
     writer.write_state(&state.to_value())?;
     log::info!("stream {id}: reading changes from WAL position {} to {} through slot {slot}", lsn_text(lsn), lsn_text(upto));
 
@@ -490,8 +484,8 @@ fn changes<W: Write>(
     // Every transaction that commits before `upto` was decoded.
     decoder.lsn = decoder.lsn.max(upto);
     decoder.sink.finish(true);
-    decoder.bookmark.insert("lsn".into(), json!(decoder.lsn));
-    state.set_bookmark(&id, decoder.bookmark.clone());
+    decoder.bookmark.lsn = Some(decoder.lsn);
+    state.set_bookmark(&id, &decoder.bookmark);
     state.set_currently_syncing(None);
     writer.write_state(&state.to_value())?;
     Ok(Outcome::Complete)
@@ -686,7 +680,7 @@ struct Decoder<'p> {
     /// tap_stream_id.
     id: String,
     /// The stream's bookmark.
-    bookmark: Map<String, Value>,
+    bookmark: Bookmark,
     /// A TRUNCATE of the table was warned about in this run.
     truncated: bool,
     /// Rows waiting for the server to convert some of their values, in order.
@@ -1000,8 +994,8 @@ impl Decoder<'_> {
 
     /// Writes a STATE with the bookmark at the last transaction written.
     fn write_state<W: Write>(&mut self, state: &mut State, writer: &mut MessageWriter<W>) -> Result<()> {
-        self.bookmark.insert("lsn".into(), json!(self.lsn));
-        state.set_bookmark(&self.id, self.bookmark.clone());
+        self.bookmark.lsn = Some(self.lsn);
+        state.set_bookmark(&self.id, &self.bookmark);
         writer.write_state(&state.to_value())?;
         self.rows_since_state = 0;
         self.sink.stated_row_count = self.sink.row_count;
@@ -1022,7 +1016,7 @@ impl Decoder<'_> {
 
     /// After a failure: a STATE for the transactions written, when it says more than the last.
     fn fail<W: Write>(&mut self, state: &mut State, writer: &mut MessageWriter<W>) {
-        if bookmark_lsn(&self.bookmark, "lsn") != Some(self.lsn)
+        if self.bookmark.lsn != Some(self.lsn)
             && let Err(e) = self.write_state(state, writer)
         {
             log::warn!("could not write a STATE after the failure: {}", e.chain());

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 use super::Session;
-use super::bookmarks::{bookmarkable, check_block_resume, check_bookmark_value, check_replication_key};
+use super::bookmarks::{bookmarkable, check_block_resume, check_bookmark_values, check_replication_key};
 use crate::catalog::{ReplicationMethod, SelectedStream};
 use crate::config::{Config, FullTableOrder};
 use crate::discover::{self, Column, Relation};
@@ -19,7 +19,7 @@ use crate::encode::write_json_str;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::Client;
 use crate::query::{self, KeyColumn};
-use crate::state::State;
+use crate::state::{Bookmark, State};
 use crate::typemap::{self, Cast, Encoder, TypeMap};
 
 /// Most key columns a FULL_TABLE resume point can hold (wider keys sync without resume).
@@ -68,9 +68,11 @@ pub struct StreamPlan {
     /// and the server TID range scans (PostgreSQL 14+).
     pub block_reads: Option<u32>,
     /// The bookmark this run starts from (already adopted from a pipelinewise-style id).
-    pub bookmark: Map<String, Value>,
+    pub bookmark: Bookmark,
     /// `pg_class.oid` of the relation (LOG_BASED matches decoded changes by it).
     pub relid: u32,
+    /// The relation's storage when the catalog was read ([`Relation::relfilenode`]).
+    pub relfilenode: Option<u64>,
     /// estimated rows (reltuples), for progress.
     pub row_estimate: i64,
     /// `search_path` for the stream's transaction: `public` plus the schemas of the key types'
@@ -123,6 +125,7 @@ pub fn plan_stream(
         block_reads: None,
         bookmark,
         relid: relation.oid,
+        relfilenode: relation.relfilenode,
         row_estimate: relation.row_count,
         search_path: String::new(),
     };
@@ -226,11 +229,11 @@ fn plan_full_table(
     let (selected, columns) = (&plan.selected, &plan.columns);
     let index_of = |name: &str| columns.iter().position(|c| c.name == name);
     let method = selected.method.as_str();
-    if plan.bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != method) {
+    if plan.bookmark.last_replication_method.as_deref().is_some_and(|m| m != method) {
         if selected.method == ReplicationMethod::LogBased {
             log::info!("stream {}: replication method changed; starting with a new snapshot", selected.tap_stream_id);
         }
-        plan.bookmark = Map::new();
+        plan.bookmark = Bookmark::default();
     }
     if selected.method == ReplicationMethod::LogBased {
         super::log_based::check_stream(client, (selected, relation), &plan.bookmark, config)?;
@@ -257,12 +260,16 @@ fn plan_full_table(
         }
     }
     check_block_resume(&plan.bookmark)?;
-    if let Some(Value::Object(last)) = plan.bookmark.get("last_pk_fetched") {
-        for (i, cast_type) in &plan.order_keys {
-            let column = &columns[*i];
-            let key = KeyColumn { name: &column.name, cast_type };
-            check_bookmark_value(client, last.get(&column.name), &column.encoder, &key, "last_pk_fetched")?;
-        }
+    if let Some(last) = &plan.bookmark.last_pk_fetched {
+        let keys: Vec<_> = plan
+            .order_keys
+            .iter()
+            .map(|(i, cast_type)| {
+                let column = &columns[*i];
+                (last.get(&column.name), &column.encoder, KeyColumn { name: &column.name, cast_type })
+            })
+            .collect();
+        check_bookmark_values(client, &keys, "last_pk_fetched")?;
     }
     Ok(())
 }
@@ -281,9 +288,9 @@ fn plan_xmin(plan: &mut StreamPlan, (relation, facts): (&Relation, &TableFacts),
         )
         .with_hint(format!("Grant it: GRANT SELECT ON {table} TO <role>; or use FULL_TABLE or INCREMENTAL.")));
     }
-    if plan.bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != "XMIN") {
+    if plan.bookmark.last_replication_method.as_deref().is_some_and(|m| m != "XMIN") {
         log::info!("stream {}: replication method changed; starting from the beginning", plan.selected.tap_stream_id);
-        plan.bookmark = Map::new();
+        plan.bookmark = Bookmark::default();
     }
     match facts.block_reads_refused(relation.relkind) {
         None => plan.block_reads = Some(relation.oid),
@@ -300,11 +307,11 @@ fn plan_incremental(plan: &mut StreamPlan, client: &mut Client, relation: &Relat
     let selected = &plan.selected;
     let key = selected.replication_key.as_deref().expect("INCREMENTAL streams have a key");
     let i = plan.columns.iter().position(|c| c.name == key).expect("the replication key is a selected column");
-    let changed_method = plan.bookmark.get("last_replication_method").and_then(Value::as_str).is_some_and(|m| m != "INCREMENTAL");
-    let changed_key = plan.bookmark.get("replication_key").and_then(Value::as_str).is_some_and(|k| k != key);
+    let changed_method = plan.bookmark.last_replication_method.as_deref().is_some_and(|m| m != "INCREMENTAL");
+    let changed_key = plan.bookmark.replication_key.as_deref().is_some_and(|k| k != key);
     if changed_method || changed_key {
         log::info!("stream {}: replication method or key changed; starting from the beginning", selected.tap_stream_id);
-        plan.bookmark = Map::new();
+        plan.bookmark = Bookmark::default();
     }
     let key_column = KeyColumn { name: key, cast_type: &cast_types[i] };
     if !bookmarkable(&plan.columns[i].encoder) {
@@ -319,7 +326,7 @@ fn plan_incremental(plan: &mut StreamPlan, client: &mut Client, relation: &Relat
         (selected, relation.oid),
         &key_column,
         &plan.columns[i].encoder,
-        plan.bookmark.get("replication_key_value"),
+        plan.bookmark.replication_key_value.as_ref(),
     )?;
     if !selected.is_view && !has_index {
         log::warn!(

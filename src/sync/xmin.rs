@@ -27,9 +27,7 @@
 
 use std::io::Write;
 
-use serde_json::{Map, Value, json};
-
-use super::blocks::{self, BlockMark, BlockRead};
+use super::blocks::{self, BlockRead};
 use super::full_table::read_in_storage_order;
 use super::pipeline::{self, Context, Event, Source};
 use super::plan::StreamPlan;
@@ -39,7 +37,7 @@ use crate::connect::classify_query;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::MessageWriter;
 use crate::query;
-use crate::state::State;
+use crate::state::{Bookmark, State};
 
 /// Syncs one XMIN stream.
 pub(super) fn sync<W: Write>(
@@ -51,7 +49,7 @@ pub(super) fn sync<W: Write>(
     let id = plan.selected.tap_stream_id.clone();
     let stream = plan.selected.stream.clone();
     let mut bookmark = plan.bookmark.clone();
-    let previous_version = bookmark.get("version").and_then(Value::as_i64);
+    let previous_version = bookmark.version;
     // A storage-order read takes the next horizon from its own snapshot, so the ids read with
     // the catalog serve (the wraparound check tolerates their age); a single statement's pass
     // starts from a snapshot taken now.
@@ -59,7 +57,7 @@ pub(super) fn sync<W: Write>(
         Some(_) => cx.session.transaction_ids,
         None => transaction_ids(cx)?,
     };
-    let mut horizon = bookmark.get("xmin_horizon").and_then(Value::as_u64).filter(|_| previous_version.is_some());
+    let mut horizon = bookmark.xmin_horizon.filter(|_| previous_version.is_some());
     if let Some(h) = horizon
         && next_xid.checked_sub(h).is_none_or(|age| age >= blocks::MAX_RESUME_XID_AGE)
     {
@@ -68,12 +66,12 @@ pub(super) fn sync<W: Write>(
         );
         horizon = None;
     }
-    let mut block_resume = match (plan.block_reads, bookmark.get("block_resume").and_then(BlockMark::from_value)) {
+    let mut block_resume = match (plan.block_reads, bookmark.block_resume) {
         (Some(oid), Some(mark)) if previous_version.is_some() => Some((oid, mark)),
         _ => None,
     };
-    if let Some((oid, mark)) = block_resume
-        && !blocks::resumable(&mut cx.session.client, oid, &mark)?
+    if let Some((_, mark)) = block_resume
+        && !blocks::resumable(&mark, plan.relfilenode, next_xid)
     {
         log::info!(
             "stream {id}: the table was rewritten or too many transactions passed since the interrupted run; this pass reads it from the start"
@@ -91,11 +89,11 @@ pub(super) fn sync<W: Write>(
         None => log::info!("stream {id}: reading every row (first XMIN run)"),
     }
     if block_resume.is_none() {
-        bookmark.remove("block_resume");
+        bookmark.clear_block_resume();
     }
-    bookmark.insert("last_replication_method".into(), json!("XMIN"));
-    bookmark.insert("version".into(), json!(version));
-    state.set_bookmark(&id, bookmark.clone());
+    bookmark.last_replication_method = Some("XMIN".to_string());
+    bookmark.version = Some(version);
+    state.set_bookmark(&id, &bookmark);
     writer.write_state(&state.to_value())?;
     if previous_version.is_none() {
         writer.write_activate_version(&stream, version)?;
@@ -124,7 +122,7 @@ pub(super) fn sync<W: Write>(
                     // A pass over every row read again is a new version; a pass over changes is not.
                     Event::StartOver if full => {
                         version = now_version();
-                        bookmark.insert("version".into(), json!(version));
+                        bookmark.version = Some(version);
                         sink.set_version(version);
                     }
                     _ => {}
@@ -135,9 +133,9 @@ pub(super) fn sync<W: Write>(
         read_by_query(cx, plan, writer, (state, &id, &bookmark), horizon, version)?
     };
     if outcome == Outcome::Complete {
-        bookmark.remove("block_resume");
-        bookmark.insert("xmin_horizon".into(), json!(next_horizon));
-        state.set_bookmark(&id, bookmark);
+        bookmark.clear_block_resume();
+        bookmark.xmin_horizon = Some(next_horizon);
+        state.set_bookmark(&id, &bookmark);
         if full {
             writer.write_activate_version(&stream, version)?;
         }
@@ -154,7 +152,7 @@ fn read_by_query<W: Write>(
     cx: &mut Context<'_>,
     plan: &mut StreamPlan,
     writer: &mut MessageWriter<W>,
-    (state, id, bookmark): (&mut State, &str, &Map<String, Value>),
+    (state, id, bookmark): (&mut State, &str, &Bookmark),
     horizon: Option<u64>,
     version: i64,
 ) -> Result<Outcome> {
@@ -182,7 +180,7 @@ fn read_by_query<W: Write>(
         // No resume point: the pass is read again (its rows sent again).
         |_| Some(source()),
         |_, writer, _| {
-            state.set_bookmark(id, bookmark.clone());
+            state.set_bookmark(id, bookmark);
             writer.write_state(&state.to_value())
         },
     )
