@@ -156,7 +156,10 @@ pub fn check_stream(
                 and e.typsend = 0 \
                 and not exists (select 1 from pg_publication_tables pt where pt.pubname = $1 and pt.schemaname = $2 \
                     and pt.tablename = $3 and jsonb_typeof(to_jsonb(pt) -> 'attnames') = 'array' \
-                    and not (to_jsonb(pt) -> 'attnames') ? a.attname::text))";
+                    and not (to_jsonb(pt) -> 'attnames') ? a.attname::text)), \
+               (select array(select jsonb_array_elements_text(to_jsonb(pt) -> 'attnames')) from pg_publication_tables pt \
+                where pt.pubname = $1 and pt.schemaname = $2 and pt.tablename = $3 \
+                and jsonb_typeof(to_jsonb(pt) -> 'attnames') = 'array' limit 1)";
     let publication = &config.logical_publication;
     let params: [(&(dyn ToSql + Sync), Type); 3] =
         [(publication, Type::TEXT), (&selected.schema_name, Type::TEXT), (&selected.table_name, Type::TEXT)];
@@ -175,6 +178,9 @@ pub fn check_stream(
     // without a binary send function: array_send fails for their elements, so the server cannot
     // decode a change of the table in binary.
     let unsendable: Option<String> = row.try_get(6).map_err(internal)?;
+    // The columns the publication sends (all of them unless it has a column list; `None` before
+    // PostgreSQL 15, which has no column lists).
+    let published: Option<Vec<String>> = row.try_get(7).map_err(internal)?;
     if version < MIN_SERVER_VERSION {
         return Err(Error::new(ErrorKind::Config, format!("LOG_BASED needs PostgreSQL 14 or later, and the server is version {version}"))
             .with_hint("Use XMIN (every insert and update, no slot needed) or FULL_TABLE on this server."));
@@ -201,17 +207,34 @@ pub fn check_stream(
             Err(Error::new(ErrorKind::Config, format!("table {table} is not in publication {quoted_publication}"))
                 .with_hint(format!("As the table's owner or a superuser: ALTER PUBLICATION {quoted_publication} ADD TABLE {table};")))
         }
-        Some(_) => match unsendable {
-            Some(columns) => Err(Error::new(
+        // A selected column the publication's column list leaves out would be missing from every
+        // change's RECORD (a target that upserts whole rows would null it).
+        Some(_) => match (unsendable, unpublished(&selected.columns, published.as_deref())) {
+            (None, Some(missing)) => Err(Error::new(
+                ErrorKind::Config,
+                format!("publication {quoted_publication} does not send column {missing} of {table} (its column list leaves it out)"),
+            )
+            .with_hint(format!(
+                "Deselect the column in the catalog, or add it to the column list as the table's owner: ALTER PUBLICATION {quoted_publication} SET TABLE {table} (<every column to send>);"
+            ))),
+            (Some(columns), _) => Err(Error::new(
                 ErrorKind::Catalog,
                 format!(
                     "LOG_BASED cannot read {table}: the server cannot send column {columns} in binary (an array of a type without a binary send function, such as aclitem[] or seg[])"
                 ),
             )
-            .with_hint("Use XMIN or FULL_TABLE for it (on PostgreSQL 15 or later, a publication column list without that column also works).")),
-            None => Ok(()),
+            .with_hint("Use XMIN or FULL_TABLE for it (or, on PostgreSQL 15 or later, a publication column list without that column, and the column deselected).")),
+            (None, None) => Ok(()),
         },
     }
+}
+
+/// The selected columns (comma-separated) that a publication's column list leaves out; `None`
+/// when it sends them all or has no list.
+fn unpublished(selected: &[String], published: Option<&[String]>) -> Option<String> {
+    let published = published?;
+    let missing: Vec<&str> = selected.iter().filter(|c| !published.contains(c)).map(String::as_str).collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
 }
 
 /// Before any output, for the LOG_BASED streams of one database: creates the slot when missing,

@@ -13,9 +13,10 @@ pub const TAP_APPLICATION_NAME: &str = "tap-heroku";
 /// Pause between two looks at `pg_stat_activity` (polling, not timing).
 const POLL: Duration = Duration::from_millis(10);
 
-/// Waits until a backend of `usename` with `application_name` is active in a statement whose
-/// text matches the SQL `like` pattern `query_like`, and returns its pid. Panics after `limit`
-/// with what each of that role's backends was doing.
+/// Waits until a backend of `usename` with `application_name`, connected to `db`'s database, is
+/// active in a statement whose text matches the SQL `like` pattern `query_like`, and returns its
+/// pid. Panics after `limit` with what each of that role's backends there was doing. (Tests run
+/// in parallel and some share a role: the database tells this test's tap apart.)
 pub fn wait_for_query(db: &TestDb, usename: &str, application_name: &str, query_like: &str, limit: Duration) -> i32 {
     let mut admin = db.admin();
     let start = Instant::now();
@@ -23,8 +24,8 @@ pub fn wait_for_query(db: &TestDb, usename: &str, application_name: &str, query_
         let row = admin
             .query_opt(
                 "select pid from pg_stat_activity where usename = $1 and application_name = $2 and state = 'active' \
-                 and query like $3 limit 1",
-                &[&usename, &application_name, &query_like],
+                 and query like $3 and datname = $4 limit 1",
+                &[&usename, &application_name, &query_like, &db.name],
             )
             .expect("reading pg_stat_activity");
         if let Some(row) = row {
@@ -34,8 +35,8 @@ pub fn wait_for_query(db: &TestDb, usename: &str, application_name: &str, query_
             let seen: Vec<String> = admin
                 .query(
                     "select coalesce(state, '?') || ' [' || coalesce(wait_event, '-') || ']: ' || left(query, 200) \
-                     from pg_stat_activity where usename = $1 and application_name = $2",
-                    &[&usename, &application_name],
+                     from pg_stat_activity where usename = $1 and application_name = $2 and datname = $3",
+                    &[&usename, &application_name, &db.name],
                 )
                 .expect("reading pg_stat_activity")
                 .iter()
@@ -60,14 +61,14 @@ pub fn terminate_tap_backends(db: &TestDb) -> i64 {
     terminate_backends_of(db, &db.role)
 }
 
-/// Terminates every tap-heroku backend of `usename` (in any database); returns how many were
-/// ended.
+/// Terminates every tap-heroku backend of `usename` connected to `db`'s database (never another
+/// test's, which may share the role); returns how many were ended.
 pub fn terminate_backends_of(db: &TestDb, usename: &str) -> i64 {
     db.admin()
         .query_one(
             "select count(*) from (select pg_terminate_backend(pid) as ok from pg_stat_activity \
-             where usename = $1 and application_name = $2) t where ok",
-            &[&usename, &TAP_APPLICATION_NAME],
+             where usename = $1 and application_name = $2 and datname = $3) t where ok",
+            &[&usename, &TAP_APPLICATION_NAME, &db.name],
         )
         .expect("terminating the tap's backend")
         .get(0)
