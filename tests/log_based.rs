@@ -47,6 +47,11 @@ impl LogicalDb {
         LogicalDb { config: write_json(&config), db }
     }
 
+    /// The config as JSON.
+    fn config_value(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&self.config).expect("reading the config")).expect("the config is JSON")
+    }
+
     /// The catalog with `table` selected as LOG_BASED.
     fn catalog(&self, table: &str) -> Value {
         let mut catalog = discover(&self.config);
@@ -195,6 +200,38 @@ fn log_based_snapshot_then_changes_deletes_toast_replay_and_confirm() {
 /// test servers run with synchronous_commit off, and a run decodes the WAL flushed when it starts.
 fn db_exec(ldb: &LogicalDb, sql: &str) {
     ldb.db.exec(&format!("set synchronous_commit = on; {sql}"));
+}
+
+#[test]
+fn log_based_warns_when_the_slot_holds_back_more_wal_than_allowed() {
+    let ldb = LogicalDb::new(
+        "create table notes (id int primary key, v text)",
+        "create publication tap_heroku for table notes",
+        json!({"logical_max_retained_wal_mb": 1}),
+    );
+    let catalog = ldb.catalog("notes");
+    let (_, state, _) = run(&ldb.config, &catalog, None);
+    // About 4 MiB of WAL after the position the state confirms: the slot keeps all of it.
+    db_exec(&ldb, "insert into notes select g, repeat(md5(g::text), 4) from generate_series(1, 20000) g");
+    let (messages, _, stderr) = run(&ldb.config, &catalog, Some(&state));
+    assert_eq!(records(&messages, "notes").len(), 20000);
+    let warnings = log_lines_of(&stderr, "WARN", "holds back");
+    assert_eq!(warnings.len(), 1, "one warning about the retained WAL:\n{stderr}");
+    assert!(
+        warnings[0].contains("logical_max_retained_wal_mb, 1") && warnings[0].contains("pg_drop_replication_slot('tap_heroku_"),
+        "{}",
+        warnings[0]
+    );
+    // The default limit (1,024 MiB) is far above what this test and its neighbours write.
+    let mut quiet = ldb.config_value();
+    quiet.as_object_mut().unwrap().remove("logical_max_retained_wal_mb");
+    let (_, _, stderr) = run(&write_json(&quiet), &catalog, Some(&state));
+    assert!(log_lines_of(&stderr, "WARN", "holds back").is_empty(), "{stderr}");
+}
+
+/// The lines of `stderr` at `level` that contain `text`.
+fn log_lines_of<'a>(stderr: &'a str, level: &str, text: &str) -> Vec<&'a str> {
+    stderr.lines().filter(|l| l.contains(level) && l.contains(text)).collect()
 }
 
 #[test]
