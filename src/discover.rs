@@ -333,7 +333,7 @@ const XMIN_VIEW_NOTE: &str = "not available: a view has no stored rows whose xmi
 
 /// See [`FULL_TABLE_NOTE`].
 const LOG_BASED_NOTE: &str = "inserts, updates and deletes (a record with the key and _sdc_deleted_at) in commit order, from a logical replication slot (pgoutput); needs wal_level = logical, a role with REPLICATION and a publication that holds the table (Heroku's classic plans allow no slots)";
-/// See [`FULL_TABLE_NOTE`]; the sync refuses LOG_BASED for these (src/sync/log_based.rs).
+/// See [`FULL_TABLE_NOTE`]; the sync refuses LOG_BASED for these (src/sync/log_based/setup.rs).
 const LOG_BASED_UNAVAILABLE_NOTE: &str = "not available: only tables with storage of their own are published row by row (for a partitioned table, select and publish its partitions); use FULL_TABLE, INCREMENTAL or XMIN";
 
 /// The [`REPLICATION_NOTES_KEY`] object for a relation of `relkind`.

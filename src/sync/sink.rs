@@ -1,6 +1,7 @@
 //! The row sink: one stream's rows encoded straight into the output buffer as RECORD lines,
 //! the values of the tracked columns (the key a resume point is made of) noted on the way, and
-//! the progress and METRIC lines logged while it runs.
+//! the progress and METRIC lines logged while it runs. One value is encoded by [`encode_column`],
+//! which LOG_BASED's decoder calls too.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -129,18 +130,13 @@ impl RowSink {
             let raw: Option<Raw<'_>> = row
                 .try_get(self.first_column + i)
                 .map_err(|e| Error::new(ErrorKind::Internal, format!("reading column {}", column.name)).with_source(e))?;
-            let mut notes = 0;
-            match raw {
-                None => line.extend_from_slice(b"null"),
-                Some(Raw(bytes)) => {
-                    encode::encode_value(&column.encoder, bytes, line, &mut notes).map_err(|e| {
-                        Error::new(ErrorKind::Encode, format!("encoding column {} ({:?})", column.name, column.encoder))
-                            .with_source(e)
-                            .with_hint("This value could not be encoded faithfully; please report it, or deselect the column.")
-                    })?;
-                    column.notes |= notes;
+            let notes = match raw {
+                None => {
+                    line.extend_from_slice(b"null");
+                    0
                 }
-            }
+                Some(Raw(bytes)) => encode_column(column, bytes, line)?,
+            };
             if let Some(t) = self.tracked.iter().position(|&c| c == i) {
                 spans[t] = (start, line.len(), notes);
             }
@@ -213,4 +209,21 @@ impl RowSink {
             );
         }
     }
+}
+
+/// Appends the JSON text of one value of `column` to `line` and adds the special values met to
+/// the column's notes (for one warning per column); returns them (see `encode::NOTE_*`).
+///
+/// # Errors
+/// A value that cannot be encoded faithfully: an `Encode` error naming the column.
+#[inline]
+pub(super) fn encode_column(column: &mut ColumnPlan, bytes: &[u8], line: &mut Vec<u8>) -> Result<u8> {
+    let mut notes = 0;
+    encode::encode_value(&column.encoder, bytes, line, &mut notes).map_err(|e| {
+        Error::new(ErrorKind::Encode, format!("encoding column {} ({:?})", column.name, column.encoder))
+            .with_source(e)
+            .with_hint("This value could not be encoded faithfully; please report it, or deselect the column.")
+    })?;
+    column.notes |= notes;
+    Ok(notes)
 }
