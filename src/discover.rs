@@ -263,10 +263,21 @@ pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<LiveCatalog
         operator_schemas.entry(get(row, 0, "pg_opclass")?).or_default().push(get(row, 1, "pg_opclass")?);
     }
     let types = types_from_rows(&type_rows)?;
+    let relations = relations_from_rows(&rel_rows, &col_rows, &key_rows)?;
+    Ok(LiveCatalog { types, relations, operator_schemas, transaction_ids })
+}
 
+/// The relations of `pg_class` rows, with their readable columns (`pg_attribute`), the names of
+/// those the role may not read, and their primary keys (`pg_index`), as [`load_catalog`] reads
+/// them.
+fn relations_from_rows(
+    rel_rows: &[tokio_postgres::Row],
+    col_rows: &[tokio_postgres::Row],
+    key_rows: &[tokio_postgres::Row],
+) -> Result<Vec<Relation>> {
     let mut relations = Vec::with_capacity(rel_rows.len());
     let mut index_of: HashMap<u32, usize> = HashMap::with_capacity(rel_rows.len());
-    for row in &rel_rows {
+    for row in rel_rows {
         let oid = get::<u32>(row, 0, "pg_class")?;
         index_of.insert(oid, relations.len());
         relations.push(Relation {
@@ -284,7 +295,7 @@ pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<LiveCatalog
             primary_key: Vec::new(),
         });
     }
-    for row in &col_rows {
+    for row in col_rows {
         let Some(&i) = index_of.get(&get::<u32>(row, 0, "pg_attribute")?) else { continue };
         if !get::<bool>(row, 6, "pg_attribute")? {
             relations[i].unreadable.push(get(row, 1, "pg_attribute")?);
@@ -298,12 +309,12 @@ pub fn load_catalog(client: &mut Client, scope: Scope<'_>) -> Result<LiveCatalog
             cast_type: get(row, 5, "pg_attribute")?,
         });
     }
-    for row in &key_rows {
+    for row in key_rows {
         if let Some(&i) = index_of.get(&get::<u32>(row, 0, "pg_index")?) {
             relations[i].primary_key.push(get(row, 1, "pg_index")?);
         }
     }
-    Ok(LiveCatalog { types, relations, operator_schemas, transaction_ids })
+    Ok(relations)
 }
 
 /// Reads column `i` of a catalog row; a type mismatch is a bug, not bad input.

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::catalog::{Catalog, ReplicationMethod, select_streams};
+use crate::catalog::{Catalog, ReplicationMethod, SelectedStream, select_streams};
 use crate::config::Config;
 use crate::connect::Connector;
 use crate::discover::{self, Relation, Scope};
@@ -78,76 +78,10 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
         );
     }
     let connector = Connector::new(config)?;
-    // One session per database, and its types and the live state of all its selected tables,
-    // read in one round trip before any stream is planned.
-    let mut sessions: HashMap<String, Session> = HashMap::new();
-    let mut relations: HashMap<(String, String, String), Relation> = HashMap::new();
-    for stream in &selected {
-        if sessions.contains_key(&stream.database) {
-            continue;
-        }
-        let tables: Vec<(String, String)> =
-            selected.iter().filter(|s| s.database == stream.database).map(|s| (s.schema_name.clone(), s.table_name.clone())).collect();
-        let mut client = connector.connect(&stream.database)?;
-        let live = discover::load_catalog(&mut client, Scope::Tables(&tables))?;
-        for relation in live.relations {
-            relations.insert((stream.database.clone(), relation.schema.clone(), relation.name.clone()), relation);
-        }
-        sessions.insert(
-            stream.database.clone(),
-            Session { client, types: live.types, operator_schemas: live.operator_schemas, transaction_ids: live.transaction_ids },
-        );
-    }
-    let mut plans = Vec::with_capacity(selected.len());
+    let (mut sessions, relations) = open_sessions(&connector, &selected)?;
     let mut skipped: Vec<Error> = Vec::new();
-    for stream in selected {
-        let Some(session) = sessions.get_mut(&stream.database) else {
-            return Err(Error::new(ErrorKind::Internal, format!("stream {} has no session", stream.tap_stream_id)));
-        };
-        let id = stream.tap_stream_id.clone();
-        let relation = relations.get(&(stream.database.clone(), stream.schema_name.clone(), stream.table_name.clone()));
-        match plan_stream(session, (stream, relation), &mut state, config) {
-            Ok(plan) => plans.push(plan),
-            Err(e) if matches!(e.kind(), ErrorKind::Query | ErrorKind::Auth) => {
-                let e = e.within(format!("stream {id}"));
-                log::error!("skipping stream: {}", e.chain());
-                if let Some(hint) = e.hint() {
-                    log::error!("{hint}");
-                }
-                skipped.push(e);
-            }
-            Err(e) => return Err(e.within(format!("stream {id}"))),
-        }
-    }
-    // LOG_BASED: each database's slot, made ready before any output.
-    let mut databases: Vec<String> =
-        plans.iter().filter(|p| p.selected.method == ReplicationMethod::LogBased).map(|p| p.selected.database.clone()).collect();
-    databases.sort();
-    databases.dedup();
-    for database in databases {
-        let Some(session) = sessions.get_mut(&database) else {
-            return Err(Error::new(ErrorKind::Internal, format!("database {database} has no session")));
-        };
-        let indices: Vec<usize> = (0..plans.len())
-            .filter(|&i| plans[i].selected.method == ReplicationMethod::LogBased && plans[i].selected.database == database)
-            .collect();
-        let of_database: Vec<&StreamPlan> = indices.iter().map(|&i| &plans[i]).collect();
-        let behind = log_based::prepare_slot(&mut session.client, config, &database, &of_database)?;
-        let mut dropped: Vec<usize> = Vec::new();
-        for (i, e) in behind {
-            let e = e.within(format!("stream {}", plans[indices[i]].selected.tap_stream_id));
-            log::error!("skipping stream: {}", e.chain());
-            if let Some(hint) = e.hint() {
-                log::error!("{hint}");
-            }
-            skipped.push(e);
-            dropped.push(indices[i]);
-        }
-        dropped.sort_unstable();
-        for i in dropped.into_iter().rev() {
-            plans.remove(i);
-        }
-    }
+    let mut plans = plan_streams(selected, (&mut sessions, &relations), &mut state, config, &mut skipped)?;
+    prepare_slots(&mut plans, &mut sessions, config, &mut skipped)?;
 
     // Beyond what an Instant can hold means no deadline.
     let deadline = config.max_run_seconds.and_then(|s| run_started.checked_add(Duration::from_secs(s)));
@@ -188,6 +122,102 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
         return Err(first);
     }
     Ok(())
+}
+
+/// The live relations of the selected streams, by (database, schema, table).
+type Relations = HashMap<(String, String, String), Relation>;
+
+/// One session per database, and its types and the live state of all its selected tables,
+/// read in one round trip before any stream is planned.
+fn open_sessions(connector: &Connector, selected: &[SelectedStream]) -> Result<(HashMap<String, Session>, Relations)> {
+    let mut sessions: HashMap<String, Session> = HashMap::new();
+    let mut relations = Relations::new();
+    for stream in selected {
+        if sessions.contains_key(&stream.database) {
+            continue;
+        }
+        let tables: Vec<(String, String)> =
+            selected.iter().filter(|s| s.database == stream.database).map(|s| (s.schema_name.clone(), s.table_name.clone())).collect();
+        let mut client = connector.connect(&stream.database)?;
+        let live = discover::load_catalog(&mut client, Scope::Tables(&tables))?;
+        for relation in live.relations {
+            relations.insert((stream.database.clone(), relation.schema.clone(), relation.name.clone()), relation);
+        }
+        sessions.insert(
+            stream.database.clone(),
+            Session { client, types: live.types, operator_schemas: live.operator_schemas, transaction_ids: live.transaction_ids },
+        );
+    }
+    Ok((sessions, relations))
+}
+
+/// Plans every stream; a stream whose table, column or privilege is gone is skipped (its error
+/// kept for the end of the run), any other problem stops the run before output.
+fn plan_streams(
+    selected: Vec<SelectedStream>,
+    (sessions, relations): (&mut HashMap<String, Session>, &Relations),
+    state: &mut State,
+    config: &Config,
+    skipped: &mut Vec<Error>,
+) -> Result<Vec<StreamPlan>> {
+    let mut plans = Vec::with_capacity(selected.len());
+    for stream in selected {
+        let Some(session) = sessions.get_mut(&stream.database) else {
+            return Err(Error::new(ErrorKind::Internal, format!("stream {} has no session", stream.tap_stream_id)));
+        };
+        let id = stream.tap_stream_id.clone();
+        let relation = relations.get(&(stream.database.clone(), stream.schema_name.clone(), stream.table_name.clone()));
+        match plan_stream(session, (stream, relation), state, config) {
+            Ok(plan) => plans.push(plan),
+            Err(e) if matches!(e.kind(), ErrorKind::Query | ErrorKind::Auth) => skip(e, &id, skipped),
+            Err(e) => return Err(e.within(format!("stream {id}"))),
+        }
+    }
+    Ok(plans)
+}
+
+/// LOG_BASED: each database's slot, made ready before any output; a stream whose bookmark is
+/// behind its slot is skipped.
+fn prepare_slots(
+    plans: &mut Vec<StreamPlan>,
+    sessions: &mut HashMap<String, Session>,
+    config: &Config,
+    skipped: &mut Vec<Error>,
+) -> Result<()> {
+    let mut databases: Vec<String> =
+        plans.iter().filter(|p| p.selected.method == ReplicationMethod::LogBased).map(|p| p.selected.database.clone()).collect();
+    databases.sort();
+    databases.dedup();
+    for database in databases {
+        let Some(session) = sessions.get_mut(&database) else {
+            return Err(Error::new(ErrorKind::Internal, format!("database {database} has no session")));
+        };
+        let indices: Vec<usize> = (0..plans.len())
+            .filter(|&i| plans[i].selected.method == ReplicationMethod::LogBased && plans[i].selected.database == database)
+            .collect();
+        let of_database: Vec<&StreamPlan> = indices.iter().map(|&i| &plans[i]).collect();
+        let behind = log_based::prepare_slot(&mut session.client, config, &database, &of_database)?;
+        let mut dropped: Vec<usize> = Vec::new();
+        for (i, e) in behind {
+            skip(e, &plans[indices[i]].selected.tap_stream_id, skipped);
+            dropped.push(indices[i]);
+        }
+        dropped.sort_unstable();
+        for i in dropped.into_iter().rev() {
+            plans.remove(i);
+        }
+    }
+    Ok(())
+}
+
+/// Logs why stream `id` is skipped and keeps its error for the end of the run.
+fn skip(e: Error, id: &str, skipped: &mut Vec<Error>) {
+    let e = e.within(format!("stream {id}"));
+    log::error!("skipping stream: {}", e.chain());
+    if let Some(hint) = e.hint() {
+        log::error!("{hint}");
+    }
+    skipped.push(e);
 }
 
 /// Milliseconds since the Unix epoch: a new table version, as singer-io makes them.
