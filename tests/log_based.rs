@@ -92,6 +92,27 @@ fn run(config: &Path, catalog: &Value, state: Option<&Value>) -> (Vec<Value>, Va
     (messages, state, out.stderr)
 }
 
+/// Applies change records in order (a record with `_sdc_deleted_at` deletes its key, which must
+/// be `{"id": deleted}` alone) and checks the rows they leave equal `expected`, FULL_TABLE's.
+fn assert_changes_end_as(changes: Vec<Value>, expected: &BTreeMap<i64, Value>, deleted: i64) {
+    let mut last: BTreeMap<i64, Value> = BTreeMap::new();
+    for mut r in changes {
+        let is_delete = r["_sdc_deleted_at"].is_string();
+        r.as_object_mut().unwrap().remove("_sdc_deleted_at");
+        let id = r["id"].as_i64().unwrap();
+        if is_delete {
+            assert_eq!(r, json!({"id": deleted}));
+            last.remove(&id);
+        } else {
+            last.insert(id, r);
+        }
+    }
+    assert_eq!(last.len(), expected.len());
+    for (id, want) in expected {
+        assert_eq!(last.get(id), Some(want), "row {id}: LOG_BASED and FULL_TABLE differ");
+    }
+}
+
 /// The records of `stream` in message order.
 fn records(messages: &[Value], stream: &str) -> Vec<Value> {
     messages.iter().filter(|m| m["type"] == "RECORD" && m["stream"] == stream).map(|m| m["record"].clone()).collect()
@@ -577,22 +598,7 @@ fn log_based_values_equal_full_tables_also_for_columns_read_through_a_cast() {
     want_ids.extend((1..=2500).filter(|g| g % 13 == 0));
     want_ids.extend([5, 6]);
     assert_eq!(ids, want_ids);
-    let mut last: BTreeMap<i64, Value> = BTreeMap::new();
-    for mut r in got {
-        let deleted = r["_sdc_deleted_at"].is_string();
-        r.as_object_mut().unwrap().remove("_sdc_deleted_at");
-        let id = r["id"].as_i64().unwrap();
-        if deleted {
-            assert_eq!(r, json!({"id": 6}));
-            last.remove(&id);
-        } else {
-            last.insert(id, r);
-        }
-    }
-    assert_eq!(last.len(), expected.len());
-    for (id, want) in &expected {
-        assert_eq!(last.get(id), Some(want), "row {id}: LOG_BASED and FULL_TABLE differ");
-    }
+    assert_changes_end_as(got, &expected, 6);
     assert_eq!(expected[&1]["r"], json!("[1,11)"), "a range as its text");
     assert_eq!(expected[&5]["mo"].to_string(), "2.50", "money as a number");
 }
@@ -633,22 +639,7 @@ fn log_based_values_pgoutput_sends_as_text_equal_full_tables() {
     assert_eq!(expected.len(), 1499);
     let got = records(&changes, "texts");
     assert_eq!(got.len(), 1502, "1,500 inserts, an update, a delete");
-    let mut last: BTreeMap<i64, Value> = BTreeMap::new();
-    for mut r in got {
-        let deleted = r["_sdc_deleted_at"].is_string();
-        r.as_object_mut().unwrap().remove("_sdc_deleted_at");
-        let id = r["id"].as_i64().unwrap();
-        if deleted {
-            assert_eq!(r, json!({"id": 6}));
-            last.remove(&id);
-        } else {
-            last.insert(id, r);
-        }
-    }
-    assert_eq!(last.len(), expected.len());
-    for (id, want) in &expected {
-        assert_eq!(last.get(id), Some(want), "row {id}: LOG_BASED and FULL_TABLE differ");
-    }
+    assert_changes_end_as(got, &expected, 6);
     assert_eq!(expected[&1]["a"], json!(format!("{user}=ar*w/{admin}")), "an aclitem as its text");
     assert_eq!(expected[&3]["a"], json!(format!("=r/{admin}")));
     assert_eq!(expected[&5]["s"], json!("-1.5e3 .. 2"), "a seg as its text");
