@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use crate::support::activity::{QUERY_START_LIMIT, TAP_APPLICATION_NAME, terminate_backends_of, wait_for_query};
 use crate::support::live::{Live, WATCHDOG};
 use crate::support::output::log_lines;
-use crate::support::{TapOutput, TestDb, admin_client, assert_records_match_schemas, discover, id, select, server, sync, write_json};
+use crate::support::{
+    TapOutput, TestDb, admin_client, assert_records_match_schemas, discover, id, select, server, stream_mut, sync, write_json,
+};
 
 /// A test database read by the REPLICATION role (`tap_logical`), with the publication
 /// `tap_heroku` created by the admin; drops the database's replication slots before the database.
@@ -679,4 +681,106 @@ fn log_based_refuses_a_published_array_column_pgoutput_cannot_send_before_any_ou
     db_exec(&ldb, &format!("insert into perms values (1, 'x', array['=r/{admin}'::aclitem], null, '=r/{admin}')"));
     let (changes, _, _) = run(&ldb.config, &catalog, Some(&state));
     assert_eq!(records(&changes, "perms"), vec![json!({"id": 1, "v": "x", "ok": format!("=r/{admin}"), "_sdc_deleted_at": null})]);
+}
+
+/// The slot's decoding statistics: `total_txns` and `total_bytes` of pg_stat_replication_slots.
+fn decoded(ldb: &LogicalDb) -> (i64, i64) {
+    let row = ldb
+        .db
+        .admin()
+        .query_one(
+            "select s.total_txns, s.total_bytes from pg_stat_replication_slots s join pg_replication_slots r using (slot_name) \
+             where r.database = current_database()",
+            &[],
+        )
+        .expect("the test's slot's statistics");
+    (row.get(0), row.get(1))
+}
+
+#[test]
+fn log_based_streams_of_one_database_share_one_peek_in_commit_order() {
+    let ldb = LogicalDb::new(
+        "create table a (id int primary key, v text); create table b (id int primary key, v text); \
+         create table c (id int primary key); insert into a values (1, 'a1'); insert into b values (1, 'b1')",
+        "create publication tap_heroku for table a, b, c",
+        json!({}),
+    );
+    let mut catalog = ldb.catalog("a");
+    select(&mut catalog, "b", "LOG_BASED", None);
+    select(&mut catalog, "c", "LOG_BASED", None);
+    let (sa, sb, sc) = (id(&ldb.db, "public", "a"), id(&ldb.db, "public", "b"), id(&ldb.db, "public", "c"));
+    let lsn_of = |state: &Value, sid: &str| state["bookmarks"][sid]["lsn"].as_u64().unwrap_or_else(|| panic!("an lsn: {state}"));
+
+    // First run: three snapshots, as before.
+    let (_, state1, _) = run(&ldb.config, &catalog, None);
+
+    // A run of a and b alone moves their bookmarks past a change c has not read yet.
+    db_exec(&ldb, "insert into c values (1)");
+    db_exec(&ldb, "insert into a values (100, 'early')");
+    let mut ab = catalog.clone();
+    stream_mut(&mut ab, "c")["metadata"][0]["metadata"]["selected"] = json!(false);
+    let (early, state2, _) = run(&ldb.config, &ab, Some(&state1));
+    assert_eq!(record_ids(&early, "a"), vec![100]);
+    assert!(lsn_of(&state2, &sa) > lsn_of(&state1, &sa));
+    assert_eq!(lsn_of(&state2, &sc), lsn_of(&state1, &sc), "c was not run");
+
+    // Interleaved transactions of a, b and c.
+    db_exec(&ldb, "begin; insert into a values (101, 'x'); insert into b values (201, 'x'); commit");
+    db_exec(&ldb, "insert into b values (202, 'x')");
+    db_exec(&ldb, "insert into a values (102, 'x')");
+    db_exec(&ldb, "begin; insert into b values (203, 'x'); update a set v = 'y' where id = 101; insert into c values (2); commit");
+    db_exec(&ldb, "delete from b where id = 1");
+
+    // One peek's worth of decoding: c alone reads from the same slot position (the smallest
+    // bookmark, c's) to the same end.
+    let mut c_only = catalog.clone();
+    for table in ["a", "b"] {
+        stream_mut(&mut c_only, table)["metadata"][0]["metadata"]["selected"] = json!(false);
+    }
+    let before = decoded(&ldb);
+    let (alone, _, _) = run(&ldb.config, &c_only, Some(&state2));
+    assert_eq!(record_ids(&alone, "c"), vec![1, 2]);
+    let one_peek = decoded(&ldb);
+    let (one_txns, one_bytes) = (one_peek.0 - before.0, one_peek.1 - before.1);
+    assert!(one_txns >= 7 && one_bytes > 0, "a peek decodes the changes: {before:?} -> {one_peek:?}");
+
+    // All three: one peek, each stream from its own bookmark, RECORDs in commit order.
+    let out: TapOutput = sync(&ldb.config, &catalog, Some(&state2)).success();
+    let messages = out.messages();
+    assert_records_match_schemas(&messages);
+    let after = decoded(&ldb);
+    let (txns, bytes) = (after.0 - one_peek.0, after.1 - one_peek.1);
+    assert_eq!(log_lines(&out, "INFO", &["in one peek of slot"]).len(), 1, "{}", out.stderr);
+    // Three peeks would decode three times as much; a transaction of another session (autovacuum's)
+    // may slip in between the two runs.
+    assert!(
+        txns < 2 * one_txns && bytes < 2 * one_bytes,
+        "decoded once ({one_txns} txns, {one_bytes} bytes), not per stream: {txns} txns, {bytes} bytes"
+    );
+    let order: Vec<(String, i64)> = messages
+        .iter()
+        .filter(|m| m["type"] == "RECORD")
+        .map(|m| (m["stream"].as_str().unwrap().to_string(), m["record"]["id"].as_i64().unwrap()))
+        .collect();
+    let want: Vec<(String, i64)> = [("c", 1), ("a", 101), ("b", 201), ("b", 202), ("a", 102), ("b", 203), ("a", 101), ("c", 2), ("b", 1)]
+        .into_iter()
+        .map(|(s, i)| (s.to_string(), i))
+        .collect();
+    assert_eq!(order, want, "each stream's own changes, in commit order; a's 100 is not sent again");
+    for stream in ["a", "b", "c"] {
+        let schema = messages.iter().position(|m| m["type"] == "SCHEMA" && m["stream"] == stream).expect("a SCHEMA");
+        let first = messages.iter().position(|m| m["type"] == "RECORD" && m["stream"] == stream).expect("a RECORD");
+        assert!(schema < first, "{stream}: the SCHEMA comes before its first RECORD");
+    }
+    let state3 = out.last_state();
+    for sid in [&sa, &sb, &sc] {
+        assert!(lsn_of(&state3, sid) > lsn_of(&state2, sid), "{sid}: its bookmark advanced");
+    }
+    assert_eq!(state3["currently_syncing"], Value::Null);
+    // Every STATE is the whole state.
+    for m in messages.iter().filter(|m| m["type"] == "STATE") {
+        for sid in [&sa, &sb, &sc] {
+            assert!(m["value"]["bookmarks"][sid]["lsn"].is_u64(), "{m}");
+        }
+    }
 }

@@ -73,7 +73,7 @@ use std::time::{Duration, Instant};
 use futures_util::TryStreamExt;
 use tokio_postgres::types::{PgLsn, ToSql, Type};
 
-use self::decoder::{Decoder, Step};
+use self::decoder::{Decoder, Step, StreamDecoder};
 use self::setup::slot_name;
 use super::full_table;
 use super::pipeline::{Context, reconnect};
@@ -98,21 +98,14 @@ fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
-/// Syncs one LOG_BASED stream: its first snapshot, or its changes since the bookmark.
-pub(super) fn sync<W: Write>(
+/// The first run of a stream (its bookmark has no `lsn`): the WAL position, then the table read
+/// as FULL_TABLE reads it. Later runs are [`changes`], all streams of a database at once.
+pub(super) fn snapshot<W: Write>(
     cx: &mut Context<'_>,
     plan: &mut StreamPlan,
     state: &mut State,
     writer: &mut MessageWriter<W>,
 ) -> Result<Outcome> {
-    match plan.bookmark.lsn {
-        None => snapshot(cx, plan, state, writer),
-        Some(lsn) => changes(cx, plan, state, writer, lsn),
-    }
-}
-
-/// The first run: the WAL position, then the table read as FULL_TABLE reads it.
-fn snapshot<W: Write>(cx: &mut Context<'_>, plan: &mut StreamPlan, state: &mut State, writer: &mut MessageWriter<W>) -> Result<Outcome> {
     let id = plan.selected.tap_stream_id.clone();
     // An interrupted first read keeps its position: the older, the more changes sent twice.
     let snapshot_lsn = match plan.bookmark.snapshot_lsn {
@@ -185,38 +178,47 @@ fn flush_lsn(cx: &mut Context<'_>) -> Result<u64> {
     Ok(u64::from(row.try_get::<_, PgLsn>(0).map_err(|e| Error::new(ErrorKind::Internal, "reading the WAL position").with_source(e))?))
 }
 
-/// Later runs: the changes since the bookmark's `lsn`, up to the flush position now.
-fn changes<W: Write>(
+/// Later runs: the changes of `plans` (the database's LOG_BASED streams whose bookmarks hold an
+/// `lsn`) since their bookmarks, up to the flush position now, in one peek of the slot.
+pub(super) fn changes<W: Write>(
     cx: &mut Context<'_>,
-    plan: &mut StreamPlan,
+    plans: Vec<&mut StreamPlan>,
     state: &mut State,
     writer: &mut MessageWriter<W>,
-    lsn: u64,
 ) -> Result<Outcome> {
-    let id = plan.selected.tap_stream_id.clone();
     let slot = slot_name(cx.config, cx.database);
     let upto = flush_lsn(cx)?;
-    let mut bookmark = plan.bookmark.clone();
-    let version = bookmark.version.unwrap_or_else(now_version);
-    bookmark.last_replication_method = Some("LOG_BASED".to_string());
-    bookmark.version = Some(version);
-    state.set_bookmark(&id, &bookmark);
+    let mut streams = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let id = plan.selected.tap_stream_id.clone();
+        let Some(lsn) = plan.bookmark.lsn else {
+            return Err(Error::new(ErrorKind::Internal, format!("stream {id} reads changes without an lsn")));
+        };
+        let mut bookmark = plan.bookmark.clone();
+        let version = bookmark.version.unwrap_or_else(now_version);
+        bookmark.last_replication_method = Some("LOG_BASED".to_string());
+        bookmark.version = Some(version);
+        state.set_bookmark(&id, &bookmark);
+        log::info!("stream {id}: changes from WAL position {} to {}", lsn_text(lsn), lsn_text(upto));
+        streams.push(StreamDecoder::new(plan, bookmark, (version, lsn)));
+    }
     writer.write_state(&state.to_value())?;
-    log::info!("stream {id}: reading changes from WAL position {} to {} through slot {slot}", lsn_text(lsn), lsn_text(upto));
+    let ids: Vec<&str> = streams.iter().map(|s| s.id.as_str()).collect();
+    log::info!("reading the changes of {} stream(s) ({}) in one peek of slot {slot}", ids.len(), ids.join(", "));
 
-    let mut decoder = Decoder::new(cx, plan, bookmark, (version, lsn));
+    let mut decoder = Decoder::new(cx, streams);
     let publication = query::quote_ident(&cx.config.logical_publication);
     let mut attempt = 0;
-    // The bookmark's lsn when the last reconnect was made: attempts count failures without a
-    // transaction written in between (rows of a transaction cut short are sent again, so they
-    // are no progress).
-    let mut lsn_at_reconnect = decoder.lsn;
+    // The furthest-behind bookmark's lsn when the last reconnect was made: attempts count
+    // failures without a transaction written in between (rows of a transaction cut short are
+    // sent again, so they are no progress).
+    let mut lsn_at_reconnect = decoder.lsn();
     let outcome = loop {
         let failure = match peek(cx, &mut decoder, (state, writer), (&slot, upto, &publication)) {
             Ok(outcome) => break outcome,
             Err(failure) => failure,
         };
-        if decoder.lsn > lsn_at_reconnect {
+        if decoder.lsn() > lsn_at_reconnect {
             attempt = 0;
         }
         if !(failure.transient && attempt < cx.config.reconnect_attempts) {
@@ -228,22 +230,24 @@ fn changes<W: Write>(
             decoder.fail(state, writer);
             return Err(e);
         }
-        lsn_at_reconnect = decoder.lsn;
+        lsn_at_reconnect = decoder.lsn();
         decoder.restart();
     };
     if outcome != Outcome::Complete {
         // Stopped early: the statement may still be running.
         cx.connector.cancel(&cx.session.client.cancel_token());
-        decoder.sink.finish(false);
+        for stream in &mut decoder.streams {
+            stream.sink.finish(false);
+        }
         return Ok(outcome);
     }
     // Every transaction that commits before `upto` was decoded.
-    decoder.lsn = decoder.lsn.max(upto);
-    decoder.sink.finish(true);
-    decoder.bookmark.lsn = Some(decoder.lsn);
-    state.set_bookmark(&id, &decoder.bookmark);
+    for stream in &mut decoder.streams {
+        stream.lsn = stream.lsn.max(upto);
+        stream.sink.finish(true);
+    }
     state.set_currently_syncing(None);
-    writer.write_state(&state.to_value())?;
+    decoder.write_state(state, writer)?;
     Ok(Outcome::Complete)
 }
 

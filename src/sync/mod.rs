@@ -89,14 +89,37 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
     let stdout = std::io::stdout();
     let mut writer = MessageWriter::new(stdout.lock());
     let mut out_of_time = false;
-    for plan in &mut plans {
-        let id = plan.selected.tap_stream_id.clone();
-        let Some(session) = sessions.get_mut(&plan.selected.database) else {
+    let mut ran = vec![false; plans.len()];
+    for i in 0..plans.len() {
+        if ran[i] {
+            continue;
+        }
+        let database = plans[i].selected.database.clone();
+        let Some(session) = sessions.get_mut(&database) else {
+            let id = &plans[i].selected.tap_stream_id;
             return Err(Error::new(ErrorKind::Internal, format!("stream {id} was planned without a session")));
         };
-        let database = plan.selected.database.clone();
         let mut cx = Context { session, connector: &connector, database: &database, config, deadline };
-        let outcome = sync_stream(&mut cx, plan, &mut state, &mut writer).map_err(|e| e.within(format!("stream {id}")))?;
+        // A LOG_BASED stream past its first run brings all such streams of its database: their
+        // changes come from one peek of the slot.
+        let group: Vec<usize> = if reads_changes(&plans[i]) {
+            (i..plans.len()).filter(|&j| !ran[j] && reads_changes(&plans[j]) && plans[j].selected.database == database).collect()
+        } else {
+            vec![i]
+        };
+        for &j in &group {
+            ran[j] = true;
+        }
+        let ids: Vec<String> = group.iter().map(|&j| plans[j].selected.tap_stream_id.clone()).collect();
+        let what = format!("stream {}", ids.join(", "));
+        let outcome = if reads_changes(&plans[i]) {
+            let members: Vec<&mut StreamPlan> =
+                plans.iter_mut().enumerate().filter(|(j, _)| group.contains(j)).map(|(_, plan)| plan).collect();
+            sync_changes(&mut cx, members, &mut state, &mut writer)
+        } else {
+            sync_stream(&mut cx, &mut plans[i], &mut state, &mut writer)
+        }
+        .map_err(|e| e.within(what.clone()))?;
         match outcome {
             Outcome::Complete => {}
             Outcome::OutOfTime => {
@@ -108,7 +131,7 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
                 writer.write_state(&state.to_value())?;
                 let (kind, name) =
                     if signum == signals::SIGINT { (ErrorKind::Interrupted, "SIGINT") } else { (ErrorKind::Terminated, "SIGTERM") };
-                return Err(Error::new(kind, format!("stopped by {name} during stream {id}"))
+                return Err(Error::new(kind, format!("stopped by {name} during {what}"))
                     .with_hint("The last STATE written is resumable: run again with it to continue where this run stopped."));
             }
         }
@@ -225,23 +248,61 @@ fn now_version() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Runs one stream with its strategy.
+/// Whether `plan` is a LOG_BASED stream past its first run: it reads changes from the slot.
+fn reads_changes(plan: &StreamPlan) -> bool {
+    plan.selected.method == ReplicationMethod::LogBased && plan.bookmark.lsn.is_some()
+}
+
+/// Runs one stream with its strategy (a LOG_BASED one: its first snapshot).
 fn sync_stream<W: Write>(cx: &mut Context<'_>, plan: &mut StreamPlan, state: &mut State, writer: &mut MessageWriter<W>) -> Result<Outcome> {
     let id = plan.selected.tap_stream_id.clone();
     log::info!("beginning sync of stream {id} ({})", plan.selected.method.as_str());
     state.set_currently_syncing(Some(&id));
+    write_schema(plan, writer)?;
+    let outcome = match plan.selected.method {
+        ReplicationMethod::FullTable => full_table::sync(cx, plan, state, writer),
+        ReplicationMethod::Xmin => xmin::sync(cx, plan, state, writer),
+        ReplicationMethod::Incremental => incremental::sync(cx, plan, state, writer),
+        ReplicationMethod::LogBased => log_based::snapshot(cx, plan, state, writer),
+    }?;
+    warn_notes(plan);
+    Ok(outcome)
+}
+
+/// Runs the LOG_BASED streams of one database past their first run, in one peek: every SCHEMA
+/// first, then their changes interleaved in commit order. `currently_syncing` names the first of
+/// them while they run (an interrupted run resumes with it first, and so with all of them).
+fn sync_changes<W: Write>(
+    cx: &mut Context<'_>,
+    mut plans: Vec<&mut StreamPlan>,
+    state: &mut State,
+    writer: &mut MessageWriter<W>,
+) -> Result<Outcome> {
+    for plan in &plans {
+        log::info!("beginning sync of stream {} (LOG_BASED)", plan.selected.tap_stream_id);
+        write_schema(plan, writer)?;
+    }
+    state.set_currently_syncing(plans.first().map(|p| p.selected.tap_stream_id.as_str()));
+    let outcome = log_based::changes(cx, plans.iter_mut().map(|p| &mut **p).collect(), state, writer)?;
+    for plan in &plans {
+        warn_notes(plan);
+    }
+    Ok(outcome)
+}
+
+/// Writes the SCHEMA of `plan`'s stream.
+fn write_schema<W: Write>(plan: &StreamPlan, writer: &mut MessageWriter<W>) -> Result<()> {
     let bookmark_properties: Vec<String> = match plan.selected.method {
         // singer-io's tap-postgres names the bookmark's lsn for LOG_BASED streams.
         ReplicationMethod::LogBased => vec!["lsn".to_string()],
         _ => plan.selected.replication_key.iter().cloned().collect(),
     };
-    writer.write_schema(&plan.selected.stream, &plan.schema, &plan.selected.key_properties, &bookmark_properties)?;
-    let outcome = match plan.selected.method {
-        ReplicationMethod::FullTable => full_table::sync(cx, plan, state, writer),
-        ReplicationMethod::Xmin => xmin::sync(cx, plan, state, writer),
-        ReplicationMethod::Incremental => incremental::sync(cx, plan, state, writer),
-        ReplicationMethod::LogBased => log_based::sync(cx, plan, state, writer),
-    }?;
+    writer.write_schema(&plan.selected.stream, &plan.schema, &plan.selected.key_properties, &bookmark_properties)
+}
+
+/// Warns about the values of `plan`'s columns that were written clamped or in expanded form.
+fn warn_notes(plan: &StreamPlan) {
+    let id = &plan.selected.tap_stream_id;
     for column in &plan.columns {
         let (min, max) = encode::sentinels(&column.encoder);
         if column.notes & NOTE_INFINITY_CLAMPED != 0 {
@@ -260,5 +321,4 @@ fn sync_stream<W: Write>(cx: &mut Context<'_>, plan: &mut StreamPlan, state: &mu
             );
         }
     }
-    Ok(outcome)
 }

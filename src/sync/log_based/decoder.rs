@@ -1,8 +1,10 @@
-//! The decoder of one LOG_BASED stream: the pgoutput messages of one peek, in order, into RECORD
-//! lines (inserts and updates as the new row, deletes as the old key or row with
-//! `_sdc_deleted_at`), skipping transactions an earlier run wrote, with a STATE after the commit
-//! that ends every `itersize` rows and a stop at the deadline or on a signal. Rows with values the
-//! server must convert wait in order for [`Converter`]. Reading the slot is the parent module's.
+//! The decoder of the LOG_BASED streams of one database: the pgoutput messages of one peek, in
+//! order, routed by relation oid to their stream's [`StreamDecoder`] and written as RECORD lines
+//! (inserts and updates as the new row, deletes as the old key or row with `_sdc_deleted_at`).
+//! Each stream skips the transactions its own bookmark says an earlier run wrote; one STATE (all
+//! bookmarks) follows the commit after which a stream wrote `itersize` rows since the last one;
+//! the run stops at the deadline or on a signal. Rows with values the server must convert wait in
+//! order, per stream, for the one [`Converter`]. Reading the slot is the parent module's.
 
 use std::io::Write;
 use std::time::Instant;
@@ -43,8 +45,22 @@ struct RelationMap {
     types: Vec<u32>,
 }
 
-/// One stream's decoding state: the messages of one peek in order.
+/// The decoder of one peek: the database's LOG_BASED streams and what they share.
 pub(super) struct Decoder<'p> {
+    /// One per stream, in the run's order.
+    pub(super) streams: Vec<StreamDecoder<'p>>,
+    /// Rows of one stream between STATEs.
+    itersize: u64,
+    /// `max_run_seconds`.
+    deadline: Option<Instant>,
+    /// Messages since the last signal check.
+    messages: u32,
+    /// The second session, which converts values (opened when first needed).
+    converter: Converter<'p>,
+}
+
+/// One stream's decoding state: its changes of the peek in order.
+pub(super) struct StreamDecoder<'p> {
     /// The table's oid.
     relid: u32,
     /// Destination stream name (for warnings).
@@ -66,16 +82,10 @@ pub(super) struct Decoder<'p> {
     pub(super) lsn: u64,
     /// Rows written since the last STATE.
     rows_since_state: u64,
-    /// Rows between STATEs.
-    itersize: u64,
-    /// `max_run_seconds`.
-    deadline: Option<Instant>,
-    /// Messages since the last signal check.
-    messages: u32,
     /// Counts rows and logs progress and METRIC lines.
     pub(super) sink: RowSink,
     /// tap_stream_id.
-    id: String,
+    pub(super) id: String,
     /// The stream's bookmark.
     pub(super) bookmark: Bookmark,
     /// A TRUNCATE of the table was warned about in this run.
@@ -84,39 +94,23 @@ pub(super) struct Decoder<'p> {
     pending: Vec<PendingRow>,
     /// Bytes of the values in `pending`.
     pending_bytes: usize,
-    /// The second session, which converts values (opened when first needed).
-    converter: Converter<'p>,
 }
 
 impl<'p> Decoder<'p> {
-    /// A decoder of `plan`'s changes from `lsn` on (the bookmark's), into RECORDs of table
-    /// version `version`.
-    pub(super) fn new(cx: &Context<'p>, plan: &'p mut StreamPlan, bookmark: Bookmark, (version, lsn): (i64, u64)) -> Decoder<'p> {
-        let sink = RowSink::new(plan, version, Vec::new());
-        let time_extracted = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-        let envelope = RecordEnvelope::new(&plan.selected.stream, version, &time_extracted);
+    /// A decoder of the changes of `streams`, each from its own bookmark's `lsn` on.
+    pub(super) fn new(cx: &Context<'p>, streams: Vec<StreamDecoder<'p>>) -> Decoder<'p> {
         Decoder {
-            relid: plan.relid,
-            stream: plan.selected.stream.clone(),
-            envelope,
-            id: plan.selected.tap_stream_id.clone(),
-            columns: &mut plan.columns,
-            relation: None,
-            skip: false,
-            commit_time: 0,
-            start_lsn: lsn,
-            lsn,
-            rows_since_state: 0,
+            streams,
             itersize: u64::from(cx.config.itersize),
             deadline: cx.deadline,
             messages: 0,
-            sink,
-            bookmark,
-            truncated: false,
-            pending: Vec::new(),
-            pending_bytes: 0,
             converter: Converter::new(cx.connector, cx.database),
         }
+    }
+
+    /// The stream of the table with oid `relid`, if it is one of the peek's.
+    fn stream(&mut self, relid: u32) -> Option<&mut StreamDecoder<'p>> {
+        self.streams.iter_mut().find(|s| s.relid == relid)
     }
 
     /// Handles one pgoutput message.
@@ -134,49 +128,146 @@ impl<'p> Decoder<'p> {
                 self.write_state(state, writer)?;
                 return Ok(Step::Stop(Outcome::Signalled(signum)));
             }
-            self.sink.report(false);
+            for stream in &mut self.streams {
+                stream.sink.report(false);
+            }
         }
         match message {
             Message::Begin { final_lsn, commit_time, .. } => {
-                self.skip = final_lsn < self.start_lsn;
-                self.commit_time = commit_time;
+                for stream in &mut self.streams {
+                    stream.skip = final_lsn < stream.start_lsn;
+                    stream.commit_time = commit_time;
+                }
             }
             Message::Commit { end_lsn, .. } => {
-                self.flush(writer)?;
-                if !self.skip {
-                    self.lsn = self.lsn.max(end_lsn);
+                let mut progress = false;
+                for stream in &mut self.streams {
+                    stream.flush(&mut self.converter, writer)?;
+                    if !stream.skip {
+                        stream.lsn = stream.lsn.max(end_lsn);
+                        progress = true;
+                    }
                 }
-                if self.rows_since_state >= self.itersize {
+                if self.streams.iter().any(|s| s.rows_since_state >= self.itersize) {
                     self.write_state(state, writer)?;
                 }
                 // Only after progress: a run always gets at least one transaction further.
-                if !self.skip && self.deadline.is_some_and(|d| Instant::now() >= d) {
+                if progress && self.deadline.is_some_and(|d| Instant::now() >= d) {
                     self.write_state(state, writer)?;
                     return Ok(Step::Stop(Outcome::OutOfTime));
                 }
             }
-            Message::Relation(relation) if relation.relid == self.relid => self.relation = Some(self.map_relation(&relation)?),
-            Message::Insert { relid, new } if relid == self.relid && !self.skip => self.write_row(&new, None, writer)?,
-            Message::Update { relid, old, new } if relid == self.relid && !self.skip => {
-                // A changed key deletes the row under the old key.
-                if let Some((OldKind::Key, old)) = old {
-                    self.write_row(&old, Some(OldKind::Key), writer)?;
+            Message::Relation(relation) => {
+                if let Some(stream) = self.stream(relation.relid) {
+                    stream.relation = Some(stream.map_relation(&relation)?);
                 }
-                self.write_row(&new, None, writer)?;
             }
-            Message::Delete { relid, old_kind, old } if relid == self.relid && !self.skip => {
-                self.write_row(&old, Some(old_kind), writer)?
+            Message::Insert { relid, new } => {
+                let converter = &mut self.converter;
+                if let Some(stream) = self.streams.iter_mut().find(|s| s.relid == relid && !s.skip) {
+                    stream.write_row(&new, None, converter, writer)?;
+                }
             }
-            Message::Truncate { relids, .. } if relids.contains(&self.relid) && !self.skip && !self.truncated => {
-                self.truncated = true;
-                log::warn!(
-                    "stream {}: the table was truncated; the rows TRUNCATE deleted are not sent as deletes (a FULL_TABLE run, or removing the stream's bookmark for a new snapshot, brings the target in line)",
-                    self.stream
-                );
+            Message::Update { relid, old, new } => {
+                let converter = &mut self.converter;
+                if let Some(stream) = self.streams.iter_mut().find(|s| s.relid == relid && !s.skip) {
+                    // A changed key deletes the row under the old key.
+                    if let Some((OldKind::Key, old)) = old {
+                        stream.write_row(&old, Some(OldKind::Key), converter, writer)?;
+                    }
+                    stream.write_row(&new, None, converter, writer)?;
+                }
+            }
+            Message::Delete { relid, old_kind, old } => {
+                let converter = &mut self.converter;
+                if let Some(stream) = self.streams.iter_mut().find(|s| s.relid == relid && !s.skip) {
+                    stream.write_row(&old, Some(old_kind), converter, writer)?;
+                }
+            }
+            Message::Truncate { relids, .. } => {
+                for stream in self.streams.iter_mut().filter(|s| relids.contains(&s.relid) && !s.skip && !s.truncated) {
+                    stream.truncated = true;
+                    log::warn!(
+                        "stream {}: the table was truncated; the rows TRUNCATE deleted are not sent as deletes (a FULL_TABLE run, or removing the stream's bookmark for a new snapshot, brings the target in line)",
+                        stream.stream
+                    );
+                }
             }
             _ => {}
         }
         Ok(Step::Continue)
+    }
+
+    /// Writes one STATE with every stream's bookmark at its last transaction written.
+    pub(super) fn write_state<W: Write>(&mut self, state: &mut State, writer: &mut MessageWriter<W>) -> Result<()> {
+        for stream in &mut self.streams {
+            stream.bookmark.lsn = Some(stream.lsn);
+            state.set_bookmark(&stream.id, &stream.bookmark);
+        }
+        writer.write_state(&state.to_value())?;
+        for stream in &mut self.streams {
+            stream.rows_since_state = 0;
+            stream.sink.stated_row_count = stream.sink.row_count;
+        }
+        Ok(())
+    }
+
+    /// The end of the last transaction written, of the stream furthest behind.
+    pub(super) fn lsn(&self) -> u64 {
+        self.streams.iter().map(|s| s.lsn).min().unwrap_or(0)
+    }
+
+    /// After a reconnect, before the next peek: each stream starts after its last transaction
+    /// written (one cut short is sent again) and waits for its table to be described again.
+    pub(super) fn restart(&mut self) {
+        for stream in &mut self.streams {
+            stream.start_lsn = stream.lsn;
+            stream.skip = false;
+            stream.relation = None;
+            stream.pending.clear();
+            stream.pending_bytes = 0;
+        }
+        self.converter.close();
+    }
+
+    /// After a failure: a STATE for the transactions written, when it says more than the last.
+    pub(super) fn fail<W: Write>(&mut self, state: &mut State, writer: &mut MessageWriter<W>) {
+        if self.streams.iter().any(|s| s.bookmark.lsn != Some(s.lsn))
+            && let Err(e) = self.write_state(state, writer)
+        {
+            log::warn!("could not write a STATE after the failure: {}", e.chain());
+        }
+        for stream in &mut self.streams {
+            stream.sink.finish(false);
+        }
+    }
+}
+
+impl<'p> StreamDecoder<'p> {
+    /// A decoder of `plan`'s changes from `lsn` on (the bookmark's), into RECORDs of table
+    /// version `version`.
+    pub(super) fn new(plan: &'p mut StreamPlan, bookmark: Bookmark, (version, lsn): (i64, u64)) -> StreamDecoder<'p> {
+        let sink = RowSink::new(plan, version, Vec::new());
+        let time_extracted = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let envelope = RecordEnvelope::new(&plan.selected.stream, version, &time_extracted);
+        StreamDecoder {
+            relid: plan.relid,
+            stream: plan.selected.stream.clone(),
+            envelope,
+            id: plan.selected.tap_stream_id.clone(),
+            columns: &mut plan.columns,
+            relation: None,
+            skip: false,
+            commit_time: 0,
+            start_lsn: lsn,
+            lsn,
+            rows_since_state: 0,
+            sink,
+            bookmark,
+            truncated: false,
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }
     }
 
     /// The mapping of a Relation message's columns to the plan's, checking their types.
@@ -209,7 +300,13 @@ impl<'p> Decoder<'p> {
 
     /// Writes one RECORD: the new row, or (with `old`) a delete with the old key or row; a row
     /// with values the server must convert (and every row after it, to keep the order) waits.
-    fn write_row<W: Write>(&mut self, tuple: &[Datum<'_>], old: Option<OldKind>, writer: &mut MessageWriter<W>) -> Result<()> {
+    fn write_row<W: Write>(
+        &mut self,
+        tuple: &[Datum<'_>],
+        old: Option<OldKind>,
+        converter: &mut Converter<'_>,
+        writer: &mut MessageWriter<W>,
+    ) -> Result<()> {
         let relation = self.relation()?;
         let convert = tuple.iter().zip(&relation.columns).any(|(datum, c)| c.is_some_and(|c| needs_conversion(&self.columns[c], datum)));
         if !convert && self.pending.is_empty() {
@@ -219,20 +316,20 @@ impl<'p> Decoder<'p> {
         self.pending_bytes += values.iter().map(OwnedDatum::len).sum::<usize>();
         self.pending.push(PendingRow { values, old, commit_time: self.commit_time });
         if self.pending.len() >= PENDING_ROWS || self.pending_bytes >= PENDING_BYTES {
-            self.flush(writer)?;
+            self.flush(converter, writer)?;
         }
         Ok(())
     }
 
     /// Converts the waiting rows' values on the server and writes the rows, in order.
-    fn flush<W: Write>(&mut self, writer: &mut MessageWriter<W>) -> Result<()> {
+    fn flush<W: Write>(&mut self, converter: &mut Converter<'_>, writer: &mut MessageWriter<W>) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         let relation = self.relation.as_ref().ok_or_else(no_relation)?;
-        let converted = self.converter.convert((&relation.columns, &relation.types), self.columns, &pending)?;
+        let converted = converter.convert((&relation.columns, &relation.types), self.columns, &pending)?;
         for (row, converted) in pending.iter().zip(&converted) {
             let tuple: Vec<Datum<'_>> = row.values.iter().map(OwnedDatum::datum).collect();
             self.write_line(&tuple, (row.old, row.commit_time), Some(converted), writer)?;
@@ -316,37 +413,6 @@ impl<'p> Decoder<'p> {
         }
         line.extend_from_slice(&self.envelope.suffix);
         Ok(())
-    }
-
-    /// Writes a STATE with the bookmark at the last transaction written.
-    fn write_state<W: Write>(&mut self, state: &mut State, writer: &mut MessageWriter<W>) -> Result<()> {
-        self.bookmark.lsn = Some(self.lsn);
-        state.set_bookmark(&self.id, &self.bookmark);
-        writer.write_state(&state.to_value())?;
-        self.rows_since_state = 0;
-        self.sink.stated_row_count = self.sink.row_count;
-        Ok(())
-    }
-
-    /// After a reconnect, before the next peek: it starts after the last transaction written
-    /// (one cut short is sent again), and describes the table again.
-    pub(super) fn restart(&mut self) {
-        self.start_lsn = self.lsn;
-        self.skip = false;
-        self.relation = None;
-        self.pending.clear();
-        self.pending_bytes = 0;
-        self.converter.close();
-    }
-
-    /// After a failure: a STATE for the transactions written, when it says more than the last.
-    pub(super) fn fail<W: Write>(&mut self, state: &mut State, writer: &mut MessageWriter<W>) {
-        if self.bookmark.lsn != Some(self.lsn)
-            && let Err(e) = self.write_state(state, writer)
-        {
-            log::warn!("could not write a STATE after the failure: {}", e.chain());
-        }
-        self.sink.finish(false);
     }
 }
 
