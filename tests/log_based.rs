@@ -3,7 +3,7 @@
 //! `_sdc_deleted_at`, key changes; a replayed state sends the same changes again, a confirmed
 //! one advances the slot, a bookmark behind the slot is refused; interrupted runs lose nothing;
 //! a big transaction keeps the tap's memory flat; a server or role not set up is refused before
-//! any output. The tests read as the REPLICATION role of tests/server.sh and drop their slots.
+//! any output; the streams of one database share one peek. The tests read as the REPLICATION role of tests/server.sh and drop their slots.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;

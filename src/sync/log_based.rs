@@ -17,15 +17,18 @@
 //! position but which still showed as running (committed, waiting for a synchronous standby) is
 //! waited for before the read, so the read sees it: a change may be sent twice, never missed.
 //!
-//! **Later runs**: one peek from the bookmark's `lsn` to the WAL flush position read at the start
-//! (`upto`), rows streamed one at a time (the server spills a big result to disk; the tap holds
-//! one message), in commit order. Transactions whose commit record starts before the bookmark
-//! are skipped (a replayed older state sends them again). Inserts and updates are RECORDs of the
+//! **Later runs** ([`changes`]): one peek for all the database's LOG_BASED streams past their first
+//! run, from the slot's position (the smallest bookmark) to the WAL flush position read at the
+//! start (`upto`), rows streamed one at a time (the server spills a big result to disk; the tap
+//! holds one message), in commit order; each change goes to its table's stream, so RECORDs of the
+//! streams interleave. Each stream skips the transactions whose commit record starts before its
+//! own bookmark (a replayed older state sends them again). Inserts and updates are RECORDs of the
 //! new row; an unchanged TOASTed value (`u`) is left out of the RECORD (never a false null);
 //! deletes are RECORDs of the replica identity's columns with `_sdc_deleted_at` = the commit
-//! time; an update that changes the key also deletes the old key; TRUNCATE is a warning. The
-//! bookmark's `lsn` is the end of the last transaction written: a STATE follows the commit after
-//! which `itersize` rows were written since the last one, and at the end `lsn` = `upto`. The run
+//! time; an update that changes the key also deletes the old key; TRUNCATE is a warning. Each
+//! bookmark's `lsn` is the end of its stream's last transaction written; every STATE holds all of
+//! them. A STATE follows the commit after which a stream wrote `itersize` rows since the last one,
+//! and at the end every `lsn` = `upto`. The run
 //! stops at the first commit after `max_run_seconds`, or at once on a signal (the transaction in
 //! progress is then sent again by the next run). A lost connection (reset, failover, a
 //! terminated backend) is opened again as FULL_TABLE's are ([`super::pipeline`]'s reconnect: 1,
@@ -45,7 +48,7 @@
 //! binary as the column's type, or `cast($n::text as <type>)` for text), so the values are
 //! exactly FULL_TABLE's.
 //!
-//! Known gaps: each LOG_BASED stream peeks (decodes the WAL) once per run, and once more per
+//! Known gaps: the server decodes the WAL once per database per run, and once more per
 //! reconnect; a partitioned table is refused (publish and
 //! select its partitions). On PostgreSQL 15 the types without a binary send function (so sent as
 //! text) are aclitem and contrib's seg, isn's and intarray's query_int (tested with aclitem,
