@@ -4,7 +4,8 @@
 //! Each stream skips the transactions its own bookmark says an earlier run wrote; one STATE (all
 //! bookmarks) follows the commit after which a stream wrote `itersize` rows since the last one;
 //! the run stops at the deadline or on a signal. Rows with values the server must convert wait in
-//! order, per stream, for the one [`Converter`]. Reading the slot is the parent module's.
+//! order for the one [`Converter`], of one stream at a time: a row of another stream writes them
+//! first, so the RECORDs of all streams keep the WAL's order. Reading the slot is the parent module's.
 
 use std::io::Write;
 use std::time::Instant;
@@ -163,14 +164,12 @@ impl<'p> Decoder<'p> {
                 }
             }
             Message::Insert { relid, new } => {
-                let converter = &mut self.converter;
-                if let Some(stream) = self.streams.iter_mut().find(|s| s.relid == relid && !s.skip) {
+                if let Some((stream, converter)) = self.writing(relid, writer)? {
                     stream.write_row(&new, None, converter, writer)?;
                 }
             }
             Message::Update { relid, old, new } => {
-                let converter = &mut self.converter;
-                if let Some(stream) = self.streams.iter_mut().find(|s| s.relid == relid && !s.skip) {
+                if let Some((stream, converter)) = self.writing(relid, writer)? {
                     // A changed key deletes the row under the old key.
                     if let Some((OldKind::Key, old)) = old {
                         stream.write_row(&old, Some(OldKind::Key), converter, writer)?;
@@ -179,8 +178,7 @@ impl<'p> Decoder<'p> {
                 }
             }
             Message::Delete { relid, old_kind, old } => {
-                let converter = &mut self.converter;
-                if let Some(stream) = self.streams.iter_mut().find(|s| s.relid == relid && !s.skip) {
+                if let Some((stream, converter)) = self.writing(relid, writer)? {
                     stream.write_row(&old, Some(old_kind), converter, writer)?;
                 }
             }
@@ -196,6 +194,25 @@ impl<'p> Decoder<'p> {
             _ => {}
         }
         Ok(Step::Continue)
+    }
+
+    /// The stream of the table with oid `relid` when it writes the transaction under way, and the
+    /// converter; the rows other streams hold for conversion are written first, so the RECORDs of
+    /// all streams keep the WAL's order.
+    fn writing<W: Write>(
+        &mut self,
+        relid: u32,
+        writer: &mut MessageWriter<W>,
+    ) -> Result<Option<(&mut StreamDecoder<'p>, &mut Converter<'p>)>> {
+        let Some(i) = self.streams.iter().position(|s| s.relid == relid && !s.skip) else {
+            return Ok(None);
+        };
+        for (j, stream) in self.streams.iter_mut().enumerate() {
+            if j != i {
+                stream.flush(&mut self.converter, writer)?;
+            }
+        }
+        Ok(Some((&mut self.streams[i], &mut self.converter)))
     }
 
     /// Writes one STATE with every stream's bookmark at its last transaction written.
