@@ -8,7 +8,9 @@
 //! ([`full_table`], [`xmin`], [`incremental`]) on the shared data path ([`pipeline`]): a
 //! statement streamed in a read-only REPEATABLE READ transaction by the [`reader`] thread, rows
 //! encoded by the [`sink`] straight into the output buffer, a STATE after each batch
-//! ([`batches`]). Bookmark values are checked against their key columns in [`bookmarks`].
+//! ([`batches`]). Bookmark values are checked against their key columns in [`bookmarks`]. The
+//! LOG_BASED streams of one database past their first run run together, where the first of them
+//! comes in the order: their changes come from one peek of the slot ([`log_based`]).
 
 mod batches;
 mod blocks;
