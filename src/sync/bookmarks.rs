@@ -37,7 +37,7 @@ pub(super) fn bookmarkable(encoder: &Encoder) -> bool {
 
 /// An INCREMENTAL key's checks, before any output, in one round trip: the server can compare and
 /// order it (the query's comparison and ordering are prepared: json, xml, point, ... fail), the
-/// state's bookmark is a value of its type ([`check_bookmark_value`]'s rule), and whether some
+/// state's bookmark is a value of its type ([`check_bookmark_values`]'s rule), and whether some
 /// index of the table starts with it (the answer).
 pub(super) fn check_replication_key(
     client: &mut Client,

@@ -60,12 +60,13 @@
 //!
 //! This module is the method: the first snapshot, and the peeks of the slot with their reconnects
 //! and the WAL positions they run between. The plan-time checks and the slot are [`setup`]'s,
-//! the messages into RECORD and STATE lines [`decoder`]'s, the server's conversion of values
-//! [`convert`]'s.
+//! routing the peek's messages to their streams and the STATE cadence [`decoder`]'s, one stream's
+//! changes into RECORD lines [`stream`]'s, the server's conversion of values [`convert`]'s.
 
 mod convert;
 mod decoder;
 mod setup;
+mod stream;
 
 pub(super) use setup::{check_stream, prepare_slot};
 
@@ -76,8 +77,9 @@ use std::time::{Duration, Instant};
 use futures_util::TryStreamExt;
 use tokio_postgres::types::{PgLsn, ToSql, Type};
 
-use self::decoder::{Decoder, Step, StreamDecoder};
+use self::decoder::{Decoder, Step};
 use self::setup::slot_name;
+use self::stream::StreamDecoder;
 use super::full_table;
 use super::pipeline::{Context, reconnect};
 use super::plan::StreamPlan;
