@@ -132,51 +132,37 @@ pub(super) fn read(
                     // Boxed so that it can be dropped (its answers discarded) before another
                     // request is awaited: an undrained answer would hold up the ones behind it.
                     let mut main = Box::pin(main);
-                    let (_, start) = if let Some(resume) = &read.resume {
-                        // The catch-up comes first; the main statement is sent behind it (polled
-                        // once so that its request goes out) and awaited after its rows.
-                        let catch_up_params = blocks::catch_up_params(resume);
-                        let mut catch_up = pin!(c.query_typed_raw(&read.catch_up_sql, text_params(&catch_up_params)));
-                        let (opened, start, catch_up) = try_join3(c.batch_execute(&opening), blocks::begin(c, read), async {
+                    // A resumed read's catch-up comes first; the main statement is sent behind it
+                    // (polled once so that its request goes out) and awaited after its rows.
+                    let catch_up_params = read.resume.as_ref().map(blocks::catch_up_params);
+                    let mut catch_up =
+                        catch_up_params.as_ref().map(|params| Box::pin(c.query_typed_raw(&read.catch_up_sql, text_params(params))));
+                    let (_, start, catch_up) = try_join3(c.batch_execute(&opening), blocks::begin(c, read), async {
+                        if let Some(catch_up) = catch_up.as_mut() {
                             send_now(catch_up.as_mut()).await;
-                            send_now(main.as_mut()).await;
-                            catch_up.await
-                        })
-                        .await?;
-                        let Some(start) = start else {
-                            log::info!("the table was rewritten while the read began; starting the read again");
-                            drop((catch_up, main));
-                            c.batch_execute("rollback").await?;
-                            continue;
-                        };
-                        if !target.send(Fetched::Started(start)) {
-                            return Ok(true);
                         }
-                        if start.resume.is_some() {
-                            if !stream(catch_up, target).await? || !target.send(Fetched::StatementEnd) {
-                                return Ok(true);
-                            }
-                        } else {
-                            drop(catch_up);
+                        send_now(main.as_mut()).await;
+                        match catch_up {
+                            Some(catch_up) => catch_up.await.map(Some),
+                            None => Ok(None),
                         }
-                        (opened, start)
-                    } else {
-                        let (opened, start, ()) = try_join3(c.batch_execute(&opening), blocks::begin(c, read), async {
-                            send_now(main.as_mut()).await;
-                            Ok(())
-                        })
-                        .await?;
-                        let Some(start) = start else {
-                            log::info!("the table was rewritten while the read began; starting the read again");
-                            drop(main);
-                            c.batch_execute("rollback").await?;
-                            continue;
-                        };
-                        if !target.send(Fetched::Started(start)) {
-                            return Ok(true);
-                        }
-                        (opened, start)
+                    })
+                    .await?;
+                    let Some(start) = start else {
+                        log::info!("the table was rewritten while the read began; starting the read again");
+                        drop((catch_up, main));
+                        c.batch_execute("rollback").await?;
+                        continue;
                     };
+                    if !target.send(Fetched::Started(start)) {
+                        return Ok(true);
+                    }
+                    // The check may have dropped the resume point: then its catch-up is not read.
+                    if let Some(catch_up) = catch_up.filter(|_| start.resume.is_some())
+                        && (!stream(catch_up, target).await? || !target.send(Fetched::StatementEnd))
+                    {
+                        return Ok(true);
+                    }
                     let from = start.resume.map_or(Tid::block_start(0), |r| r.from);
                     let rows = if from == expected_from {
                         main.await?
