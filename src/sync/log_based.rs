@@ -31,7 +31,7 @@
 //! and at the end every `lsn` = `upto`. The run
 //! stops at the first commit after `max_run_seconds`, or at once on a signal (the transaction in
 //! progress is then sent again by the next run). A lost connection (reset, failover, a
-//! terminated backend) is opened again as FULL_TABLE's are ([`super::pipeline`]'s reconnect: 1,
+//! terminated backend) is opened again as FULL_TABLE's are ([`super::pipeline::Retries`]: 1,
 //! 4, 16 s, `reconnect_attempts` failures without a transaction written in between, one WARN per
 //! retry), and the peek starts again after the last transaction written: one cut short is sent
 //! again (at least once, never lost). When the attempts are spent, a STATE for the transactions
@@ -81,7 +81,7 @@ use self::decoder::{Decoder, Step};
 use self::setup::slot_name;
 use self::stream::StreamDecoder;
 use super::full_table;
-use super::pipeline::{Context, reconnect};
+use super::pipeline::{Context, Retries};
 use super::plan::StreamPlan;
 use super::reader::ReadFailure;
 use super::{Outcome, now_version};
@@ -213,29 +213,22 @@ pub(super) fn changes<W: Write>(
 
     let mut decoder = Decoder::new(cx, streams);
     let publication = query::quote_ident(&cx.config.logical_publication);
-    let mut attempt = 0;
-    // The furthest-behind bookmark's lsn when the last reconnect was made: attempts count
-    // failures without a transaction written in between (rows of a transaction cut short are
-    // sent again, so they are no progress).
-    let mut lsn_at_reconnect = decoder.lsn();
+    // Progress is the furthest-behind bookmark's lsn: a transaction written (rows of one cut
+    // short are sent again, so they are none).
+    let mut retries = Retries::new(cx.config.reconnect_attempts, decoder.lsn());
     let outcome = loop {
         let failure = match peek(cx, &mut decoder, (state, writer), (&slot, upto, &publication)) {
             Ok(outcome) => break outcome,
             Err(failure) => failure,
         };
-        if decoder.lsn() > lsn_at_reconnect {
-            attempt = 0;
-        }
-        if !(failure.transient && attempt < cx.config.reconnect_attempts) {
+        if !retries.allow(&failure, decoder.lsn()) {
             decoder.fail(state, writer);
             return Err(failure.error);
         }
-        attempt += 1;
-        if let Err(e) = reconnect(cx, attempt, &failure.error) {
+        if let Err(e) = retries.reconnect(cx, &failure.error, decoder.lsn()) {
             decoder.fail(state, writer);
             return Err(e);
         }
-        lsn_at_reconnect = decoder.lsn();
         decoder.restart();
     };
     if outcome != Outcome::Complete {

@@ -107,10 +107,7 @@ pub fn run<W: Write>(
     mut on_batch: impl FnMut(&mut RowSink, &mut MessageWriter<W>, Event) -> Result<()>,
 ) -> Result<Outcome> {
     let mut source = source;
-    let mut attempt = 0;
-    // Rows written when the last reconnect was made: attempts count failures without progress,
-    // so a long sync over a link that drops now and then goes on as long as it advances.
-    let mut rows_at_reconnect = sink.row_count;
+    let mut retries = Retries::new(cx.config.reconnect_attempts, sink.row_count);
     loop {
         let (result, reached) = run_once(cx, (&source, search_path), (columns, &mut *sink), writer, &mut on_batch);
         let failure = match result {
@@ -120,12 +117,9 @@ pub fn run<W: Write>(
             }
             Err(failure) => failure,
         };
-        if sink.row_count > rows_at_reconnect {
-            attempt = 0;
-        }
         // `Some(None)`: the same source again (a storage-order read lost before it began read
         // nothing, and starts as it would have).
-        let next = if failure.transient && attempt < cx.config.reconnect_attempts {
+        let next = if retries.allow(&failure, sink.row_count) {
             match (reached, &source) {
                 (Some(resume_point), _) => resume(Reached::Blocks(resume_point)).map(Some),
                 (None, Source::Blocks(_)) => Some(None),
@@ -144,19 +138,57 @@ pub fn run<W: Write>(
             sink.finish(false);
             return Err(failure.error);
         };
-        attempt += 1;
-        reconnect(cx, attempt, &failure.error)?;
-        rows_at_reconnect = sink.row_count;
+        retries.reconnect(cx, &failure.error, sink.row_count)?;
         if let Some(next) = next {
             source = next;
         }
     }
 }
 
+/// The reconnect budget of one read (FULL_TABLE, INCREMENTAL and XMIN here, LOG_BASED's changes
+/// read too): `reconnect_attempts` transient failures without progress in between. Progress is
+/// what the caller counts (rows written; for LOG_BASED, transactions written), so a long sync
+/// over a link that drops now and then goes on as long as it advances.
+pub(super) struct Retries {
+    /// `reconnect_attempts`.
+    limit: u32,
+    /// Reconnects since the last progress.
+    attempt: u32,
+    /// The progress when the last reconnect was made.
+    progress_at_reconnect: u64,
+}
+
+impl Retries {
+    /// A budget of `limit` attempts for a read that has got to `progress`.
+    pub(super) fn new(limit: u32, progress: u64) -> Retries {
+        Retries { limit, attempt: 0, progress_at_reconnect: progress }
+    }
+
+    /// Whether `failure`, met with the read at `progress`, may be retried: a transient one, with
+    /// attempts left (counted afresh when the read advanced since the last reconnect).
+    pub(super) fn allow(&mut self, failure: &ReadFailure, progress: u64) -> bool {
+        if progress > self.progress_at_reconnect {
+            self.attempt = 0;
+        }
+        failure.transient && self.attempt < self.limit
+    }
+
+    /// The next attempt after [`Retries::allow`]: waits and opens the session again ([`reconnect`]).
+    ///
+    /// # Errors
+    /// As [`reconnect`].
+    pub(super) fn reconnect(&mut self, cx: &mut Context<'_>, cause: &Error, progress: u64) -> Result<()> {
+        self.attempt += 1;
+        reconnect(cx, self.attempt, cause)?;
+        self.progress_at_reconnect = progress;
+        Ok(())
+    }
+}
+
 /// Waits (1, 4, 16 s, ...) and opens the stream's session again, counting failed connection
 /// attempts against `reconnect_attempts` too. Errors that another attempt cannot mend (a wrong
-/// password, a vanished database) end the run at once. LOG_BASED's changes read uses it too.
-pub(super) fn reconnect(cx: &mut Context<'_>, mut attempt: u32, cause: &Error) -> Result<()> {
+/// password, a vanished database) end the run at once.
+fn reconnect(cx: &mut Context<'_>, mut attempt: u32, cause: &Error) -> Result<()> {
     loop {
         let delay = FIRST_RECONNECT_DELAY * 4u32.saturating_pow(attempt - 1);
         log::warn!(
