@@ -19,15 +19,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{SslConnector, SslConnectorBuilder, SslMethod, SslVerifyMode};
+use openssl::ssl::{SslContext, SslContextBuilder, SslMethod, SslMode as OpensslMode, SslOptions, SslVerifyMode, SslVersion};
 use openssl::x509::X509;
-use postgres_openssl::MakeTlsConnector;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::config::{Config, SslMode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::Client;
+use crate::tls::MakeTls;
 
 /// Idle time before the first TCP keepalive probe.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
@@ -49,14 +49,13 @@ pub struct Connector {
     /// Host, port, user, password, timeout, application name, sslmode (for the wire protocol).
     base: tokio_postgres::Config,
     /// `None` for `sslmode=disable`.
-    tls: Option<MakeTlsConnector>,
+    tls: Option<MakeTls>,
     /// `user@host:port` for messages.
     endpoint: String,
     /// As configured, for hints.
     sslmode: SslMode,
-    /// The openssl connector behind `tls` when a client certificate is presented, for
-    /// [`Connector::probe_client_certificate`].
-    client_cert: Option<SslConnector>,
+    /// Whether `tls` presents a client certificate, for [`Connector::probe_client_certificate`].
+    client_cert: bool,
     /// Server host, for the probe.
     host: String,
     /// Server port.
@@ -91,28 +90,20 @@ impl Connector {
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
-        let ssl = match config.sslmode {
+        let tls = match config.sslmode {
             SslMode::Disable => None,
-            mode => Some(tls_connector(config, mode)?),
+            mode => Some(MakeTls::new(tls_context(config, mode)?, mode == SslMode::VerifyFull)),
         };
-        let check_host = config.sslmode == SslMode::VerifyFull;
-        let tls = ssl.clone().map(|ssl| {
-            let mut connector = MakeTlsConnector::new(ssl);
-            connector.set_callback(move |connect_config, _domain| {
-                connect_config.set_verify_hostname(check_host);
-                Ok(())
-            });
-            connector
-        });
         if config.sslmode == SslMode::Disable {
             log::warn!("sslmode=disable: the connection is not encrypted (Heroku rejects such connections)");
         }
+        let client_cert = tls.is_some() && config.sslcert.is_some();
         Ok(Connector {
             base,
             tls,
             endpoint: format!("{}@{}:{}", config.user, config.host, config.port),
             sslmode: config.sslmode,
-            client_cert: ssl.filter(|_| config.sslcert.is_some()),
+            client_cert,
             host: config.host.clone(),
             port: config.port,
             connect_timeout: config.connect_timeout,
@@ -139,13 +130,13 @@ impl Connector {
             // A server that refuses the client certificate under TLS 1.3 sends its alert and
             // closes while our startup message is in flight: the write then often fails with
             // "connection reset" before the alert is read. Ask again, reading first.
-            if self.client_cert.is_some()
+            if self.client_cert
                 && is_reset(&e)
                 && let Some(reason) = self.probe_client_certificate()
             {
                 return client_cert_alert(&what(), &reason, true);
             }
-            classify_connection(e, &what(), self.sslmode, self.client_cert.is_some())
+            classify_connection(e, &what(), self.sslmode, self.client_cert)
         })
     }
 
@@ -154,7 +145,7 @@ impl Connector {
     /// unknown ca"`), or `None` when the server does not answer with a certificate alert within
     /// [`PROBE_TIMEOUT`] (it then waits for a startup message: the certificate was accepted).
     fn probe_client_certificate(&self) -> Option<String> {
-        let ssl = self.client_cert.as_ref()?;
+        let tls = self.tls.as_ref().filter(|_| self.client_cert)?;
         log::debug!("connection cut after the tls handshake with a client certificate: asking the server again, reading first");
         let timeout = self.connect_timeout.min(PROBE_TIMEOUT);
         let address = (self.host.as_str(), self.port).to_socket_addrs().ok()?.next()?;
@@ -168,11 +159,10 @@ impl Connector {
         if answer[0] != b'S' {
             return None;
         }
-        let mut ssl_config = ssl.configure().ok()?;
         // The connection that failed has checked the server's name already; this asks only
         // what the server thinks of our certificate.
-        ssl_config.set_verify_hostname(false);
-        let text = match ssl_config.connect(&self.host, tcp) {
+        let ssl = tls.ssl(&self.host, false).ok()?;
+        let text = match ssl.connect(tcp) {
             Err(e) => e.to_string(),
             Ok(mut stream) => match stream.read(&mut answer) {
                 Err(e) => e.to_string(),
@@ -223,11 +213,24 @@ impl Connector {
 /// TLS key exchange groups in order of preference: the first one's key share is sent.
 const TLS_GROUPS: &str = "P-256:X25519:P-384:P-521";
 
-/// The openssl connector for `mode`: no verification for prefer/require (libpq's meaning) unless
-/// a root certificate is given, chain verification for verify-ca, chain and host name for verify-full.
-fn tls_connector(config: &Config, mode: SslMode) -> Result<SslConnector> {
+/// The openssl context for `mode`: no verification for prefer/require (libpq's meaning) unless
+/// a root certificate is given, chain verification for verify-ca, chain and host name for
+/// verify-full (the host is set per connection, [`MakeTls::ssl`]). The system's CA certificates
+/// are loaded only when something is verified against them.
+fn tls_context(config: &Config, mode: SslMode) -> Result<SslContext> {
     let tls_error = |e: openssl::error::ErrorStack| Error::new(ErrorKind::Config, "setting up TLS").with_source(e);
-    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls_error)?;
+    let mut builder = SslContext::builder(SslMethod::tls_client()).map_err(tls_error)?;
+    builder.set_options(SslOptions::ALL | SslOptions::NO_COMPRESSION);
+    // What an async stream needs (a write retried from another buffer, partial writes) and
+    // openssl's own client defaults; TLS 1.2 at least, as libpq asks by default.
+    builder.set_mode(
+        OpensslMode::AUTO_RETRY
+            | OpensslMode::ACCEPT_MOVING_WRITE_BUFFER
+            | OpensslMode::ENABLE_PARTIAL_WRITE
+            | OpensslMode::RELEASE_BUFFERS,
+    );
+    builder.set_min_proto_version(Some(SslVersion::TLS1_2)).map_err(tls_error)?;
+    builder.set_cipher_list("DEFAULT:!aNULL:!eNULL:!MD5:!3DES:!DES:!RC4:!IDEA:!SEED:!aDSS:!SRP:!PSK").map_err(tls_error)?;
     // PostgreSQL up to 17 accepts only the P-256 curve by default (`ssl_ecdh_curve`); a client
     // whose TLS 1.3 key share is X25519 (OpenSSL's default) is sent back to try again, one more
     // round trip per connection. Offering P-256 first avoids it; the others stay acceptable.
@@ -266,7 +269,7 @@ fn tls_connector(config: &Config, mode: SslMode) -> Result<SslConnector> {
 /// it looks for them where it was built to (`/usr/local/ssl`), not where this system keeps them
 /// (`/etc/ssl/certs`, `/etc/pki/tls`, ...). `SSL_CERT_FILE` and `SSL_CERT_DIR` still come first.
 #[cfg(feature = "vendored-openssl")]
-fn add_system_ca_locations(builder: &mut SslConnectorBuilder) {
+fn add_system_ca_locations(builder: &mut SslContextBuilder) {
     let found = openssl_probe::probe();
     // load_verify_locations needs UTF-8 paths; the candidates are ASCII, the variables may not be.
     let file = found.cert_file.filter(|p| p.to_str().is_some());
@@ -292,7 +295,7 @@ const MAX_SSLPASSWORD_BYTES: usize = 1024;
 /// `Config` for a missing, unreadable or malformed file, a key others may read, or a key of
 /// another certificate; `Auth` for an encrypted key without `sslpassword` or with a wrong one.
 /// No error holds the passphrase or the key.
-fn load_client_identity(builder: &mut SslConnectorBuilder, cert: &Path, key: &Path, password: Option<&str>) -> Result<()> {
+fn load_client_identity(builder: &mut SslContextBuilder, cert: &Path, key: &Path, password: Option<&str>) -> Result<()> {
     let bytes = std::fs::read(cert).map_err(|e| file_error("sslcert", cert, e))?;
     let chain = X509::stack_from_pem(&bytes).unwrap_or_default();
     let mut chain = chain.into_iter();

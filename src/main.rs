@@ -22,6 +22,7 @@ mod query;
 mod signals;
 mod state;
 mod sync;
+mod tls;
 mod typemap;
 mod url;
 
