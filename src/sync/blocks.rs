@@ -98,6 +98,9 @@ pub struct BlockRead {
     pub lock: Option<String>,
     /// `select ctid, <items> from <table> where ctid >= $1` (see [`query::full_table_blocks`]).
     pub select_sql: String,
+    /// The same from the table's first block: `select ctid, <items> from <table>` (a plain
+    /// sequential scan, in storage order under [`opening_sql`]'s settings).
+    pub scan_sql: String,
     /// `select ctid, <items> from <table> where ctid < $1 and <xmin newer than $2>`.
     pub catch_up_sql: String,
     /// Where an interrupted read stopped, already checked by [`resumable`].
@@ -132,18 +135,29 @@ impl BlockRead {
                 None => query::full_table_blocks(&with_ctid, schema, table),
                 Some(_) => query::xmin_blocks(&with_ctid, schema, table),
             },
+            scan_sql: match since {
+                None => query::full_table(&with_ctid, schema, table, &[], query::KeyStart::First),
+                Some(_) => query::xmin_query(&with_ctid, schema, table),
+            },
             catch_up_sql: query::full_table_catch_up(&with_ctid, schema, table),
             resume,
             since,
         }
     }
 
-    /// The parameters of the main statement read from `from`. (The catch-up needs no `since`:
-    /// its own rule, rows newer than the interrupted snapshot, is the stricter one.)
-    pub fn select_params(&self, from: Tid) -> Vec<String> {
+    /// The main statement reading from `from`, and its parameters. From the table's first block
+    /// it is a plain sequential scan ([`BlockRead::scan_sql`]): the TID range scan compares
+    /// every tuple's place with the range, about 25 ms per 2,000,000 rows here (144 against
+    /// 117 ms for XMIN's scan that finds nothing). (The catch-up needs no `since`: its own rule,
+    /// rows newer than the interrupted snapshot, is the stricter one.)
+    pub fn select(&self, from: Tid) -> (&str, Vec<String>) {
+        let since = self.since.map(xid32);
+        if from == Tid::block_start(0) {
+            return (&self.scan_sql, since.into_iter().collect());
+        }
         let mut params = vec![from.to_text()];
-        params.extend(self.since.map(xid32));
-        params
+        params.extend(since);
+        (&self.select_sql, params)
     }
 }
 

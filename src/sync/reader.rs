@@ -127,8 +127,8 @@ pub(super) fn read(
                     // round trip, answered in that order.
                     let opening = format!("{begin}; {}", blocks::opening_sql(read));
                     let expected_from = read.resume.map_or(Tid::block_start(0), |r| r.from);
-                    let main_params = read.select_params(expected_from);
-                    let main = c.query_typed_raw(&read.select_sql, text_params(&main_params));
+                    let (main_sql, main_params) = read.select(expected_from);
+                    let main = c.query_typed_raw(main_sql, text_params(&main_params));
                     // Boxed so that it can be dropped (its answers discarded) before another
                     // request is awaited: an undrained answer would hold up the ones behind it.
                     let mut main = Box::pin(main);
@@ -170,7 +170,8 @@ pub(super) fn read(
                         // The resume point the read expected was dropped by the check (the
                         // table's storage changed): read from the start instead.
                         drop(main);
-                        c.query_typed_raw(&read.select_sql, text_params(&read.select_params(from))).await?
+                        let (sql, params) = read.select(from);
+                        c.query_typed_raw(sql, text_params(&params)).await?
                     };
                     return Ok(stream(rows, target).await? && target.send(Fetched::StatementEnd));
                 }
