@@ -15,6 +15,8 @@
 #   f. examples/demo.sh                            the README's demo runs and shows both runs
 #   g. LOG_BASED | target-postgres (pipelinewise,  snapshot, then inserts, updates and deletes:
 #      hard_delete)                                loaded tables equal the source after each run
+#   h. PostgreSQL 16 (binaries of the pgserver     XMIN across VACUUM (FREEZE), VACUUM FULL and
+#      wheel, pinned; no SSL)                      CLUSTER, and LOG_BASED: exactly the changed rows
 #
 # It builds the release binary, starts the Heroku-like servers of tests/server.sh (SSL only,
 # scram passwords) in a temporary directory, installs the Python tools into virtualenvs under
@@ -43,11 +45,11 @@ unset DATABASE_URL
 
 PYTHON=${TAP_HEROKU_E2E_PYTHON:-python3}
 VENV_ROOT=${TAP_HEROKU_E2E_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/tap-heroku-e2e-venv}
-ALL_CHECKS=(a b c d e f g)
+ALL_CHECKS=(a b c d e f g h)
 CHECKS=("$@")
 [[ ${#CHECKS[@]} -gt 0 ]] || CHECKS=("${ALL_CHECKS[@]}")
 for c in "${CHECKS[@]}"; do
-    [[ " ${ALL_CHECKS[*]} " == *" $c "* ]] || { echo "usage: tests/e2e.sh [a] [b] [c] [d] [e] [f] [g]" >&2; exit 64; }
+    [[ " ${ALL_CHECKS[*]} " == *" $c "* ]] || { echo "usage: tests/e2e.sh [a] [b] [c] [d] [e] [f] [g] [h]" >&2; exit 64; }
 done
 
 # --- pinned Python tools ---------------------------------------------------------------------
@@ -1024,6 +1026,131 @@ print("demo output: run 1", {s: n for (r, s), n in counts.items() if r == 1}, "r
 EOF
 }
 
+# --- h. PostgreSQL 16 ------------------------------------------------------------------------------
+
+# tests/server.sh runs the PostgreSQL this machine has (Debian's 15 here). PostgreSQL 16 changed
+# how VACUUM freezes pages (a page is frozen whole, also opportunistically), the change after which
+# other tools' xmin modes missed updates; this check runs XMIN and LOG_BASED against 16. Its
+# server binaries come from the pgserver wheel on PyPI (pinned by hash; built without SSL and
+# without contrib, so the tap connects with sslmode=disable and the fixture uses core types only).
+PG16_WHEEL=pgserver-0.1.4-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+PG16_WHEEL_SHA256=d595789b47624a3d963aa9aa6359da9be31beb7e61f1a45541953242068b8813
+
+# records FILE STREAM: the RECORDs of one stream as "id|v" lines, sorted ("id|v|deleted" with LOG_BASED's deletes).
+records() {
+    "$PYTHON" - "$@" <<'EOF'
+import json, sys
+path, stream = sys.argv[1:]
+out = []
+for line in open(path, encoding="utf-8"):
+    m = json.loads(line)
+    if m.get("type") == "RECORD" and m["stream"] == stream:
+        r = m["record"]
+        out.append((r["id"], r.get("v"), "deleted" if r.get("_sdc_deleted_at") else ""))
+for id_, v, d in sorted(out):
+    print(f"{id_}|{v}|{d}" if d else f"{id_}|{v}")
+EOF
+}
+
+check_h() {
+    local d=$WORK/h cache=$VENV_ROOT/pg16 dir bin port as_pg=()
+    mkdir -p "$d" "$cache"
+    if ! echo "$PG16_WHEEL_SHA256  $cache/$PG16_WHEEL" | sha256sum -c --quiet >/dev/null 2>&1; then
+        "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary :all: \
+            --python-version 3.11 --platform manylinux2014_x86_64 -d "$cache" pgserver==0.1.4
+    fi
+    echo "$PG16_WHEEL_SHA256  $cache/$PG16_WHEEL" | sha256sum -c --quiet || fail "the pgserver wheel's hash is not the pinned one"
+    # The server runs as the "postgres" OS user when we are root (as in tests/server.sh), so its
+    # binaries and directory must be open to it.
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/tap-heroku-e2e-pg16.XXXXXX")
+    chmod 755 "$dir"
+    [[ $(id -u) == 0 ]] && as_pg=(runuser -u postgres --)
+    "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$cache/$PG16_WHEEL" "$dir/pg"
+    bin=$dir/pg/pgserver/pginstall/bin
+    chmod -R a+rX "$dir/pg" && chmod a+x "$bin"/*
+    mkdir "$dir/data" && [[ ${#as_pg[@]} == 0 ]] || chown postgres "$dir/data" "$dir"
+    port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # The server is stopped however the check ends (it runs in a subshell of its own).
+    # shellcheck disable=SC2064 # expanded now: the function's locals are gone when the trap runs
+    trap "$(printf '%q ' "${as_pg[@]}" "$bin/pg_ctl") -D $(printf '%q' "$dir/data") -m immediate -w stop >/dev/null 2>&1 || true; rm -rf $(printf '%q' "$dir")" EXIT
+    "${as_pg[@]}" "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-locale >"$d/initdb.log" 2>&1 \
+        || { cat "$d/initdb.log" >&2; fail "initdb of PostgreSQL 16 failed"; }
+    "${as_pg[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -s \
+        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=logical -c fsync=off" start \
+        || { cat "$dir/server.log" >&2; fail "PostgreSQL 16 did not start"; }
+    local psql16=("$bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres)
+    "${psql16[@]}" -At -c 'select version()'
+    "${psql16[@]}" >/dev/null <<'EOF'
+create table items (id int primary key, v text not null);
+insert into items select g, 'v' || g from generate_series(1, 3000) g;
+create table events (id int primary key, v text);
+insert into events select g, 'e' || g from generate_series(1, 100) g;
+create publication tap_heroku for table events;
+EOF
+    printf '{"host": "127.0.0.1", "port": %s, "user": "postgres", "dbname": "postgres", "sslmode": "disable"}\n' "$port" >"$d/config.json"
+    "$TAP" --config "$d/config.json" --discover >"$d/catalog.json" 2>"$d/discover.log" || { cat "$d/discover.log" >&2; fail "discovery failed"; }
+    select_streams "$d/catalog.json" "$d/selected.json" items=XMIN events=LOG_BASED
+    # run N: the tap with the last state; its output in run$N.out, the state in state.json.
+    run() {
+        local state_arg=()
+        [[ -f $d/state.json ]] && state_arg=(--state "$d/state.json")
+        "$TAP" --config "$d/config.json" --catalog "$d/selected.json" "${state_arg[@]}" >"$d/run$1.out" 2>"$d/run$1.log" \
+            || { cat "$d/run$1.log" >&2; fail "run $1 failed"; }
+        grep '"type":"STATE"' "$d/run$1.out" | tail -n 1 | "$PYTHON" -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["value"]))' >"$d/state.json"
+    }
+    expect() {
+        diff <(records "$d/run$1.out" "$2") <(sort -t '|' -k1,1n) >"$d/diff" || { cat "$d/diff" >&2; fail "run $1, stream $2: not exactly the expected records (diff: sent, expected)"; }
+    }
+    run 1
+    [[ $(count_messages "$d/run1.out" RECORD items) == 3000 && $(count_messages "$d/run1.out" RECORD events) == 100 ]] \
+        || fail "run 1 did not send every row"
+
+    # Inserts, HOT and non-HOT updates, an update in a subtransaction, an aborted insert and
+    # deletes, then VACUUM (FREEZE), which on 16 freezes each page whole: exactly the inserted
+    # and updated rows of items come, and events' changes (the slot's first run took the snapshot).
+    "${psql16[@]}" >/dev/null <<'EOF'
+update items set v = 'hot ' || id where id % 500 = 0;
+update items set v = repeat('wide ', 40) || id where id % 1000 = 1;
+insert into items select g, 'new ' || g from generate_series(3001, 3003) g;
+delete from items where id between 11 and 20;
+begin; savepoint s; update items set v = 'sub 7' where id = 7; release savepoint s; commit;
+begin; insert into items values (9999, 'aborted'); rollback;
+insert into events values (101, 'new');
+update events set v = 'changed' where id = 5;
+delete from events where id = 6;
+vacuum (freeze) items;
+EOF
+    local wide
+    wide=$(printf 'wide %.0s' {1..40})
+    run 2
+    expect 2 items <<EOF
+1001|${wide}1001
+2001|${wide}2001
+3001|new 3001
+3002|new 3002
+3003|new 3003
+500|hot 500
+7|sub 7
+1|${wide}1
+1000|hot 1000
+1500|hot 1500
+2000|hot 2000
+2500|hot 2500
+3000|hot 3000
+EOF
+    expect 2 events <<'EOF'
+101|new
+5|changed
+6|None|deleted
+EOF
+    # A rewrite keeps every row's xmin: after VACUUM FULL and CLUSTER only the row updated since.
+    "${psql16[@]}" -c 'vacuum full items' -c 'cluster items using items_pkey' -c "update items set v = 'after rewrite' where id = 42" >/dev/null
+    run 3
+    expect 3 items <<<'42|after rewrite'
+    expect 3 events </dev/null
+    echo "PostgreSQL 16: run 2 sent the 13 changed rows of items and the 3 changes of events; run 3 the one row updated after VACUUM FULL and CLUSTER"
+}
+
 # --- run ----------------------------------------------------------------------------------------
 
 declare -A TITLE=(
@@ -1034,6 +1161,7 @@ declare -A TITLE=(
     [e]="the types fixture: every RECORD valid against its SCHEMA (jsonschema draft 4/7, singer-python, singer-check-tap)"
     [f]="examples/demo.sh: the demo runs, shows both runs and leaves nothing behind"
     [g]="LOG_BASED | target-postgres (hard_delete): snapshot, then inserts, updates and deletes, tables equal to the source"
+    [h]="PostgreSQL 16: XMIN across VACUUM (FREEZE), VACUUM FULL and CLUSTER, and LOG_BASED, exactly the changed rows"
 )
 passed=0 failed=0 results=()
 for c in "${CHECKS[@]}"; do
