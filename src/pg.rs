@@ -14,18 +14,26 @@
 
 use std::future::Future;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{AsyncMessage, Error, Row, Socket};
+use tokio_postgres::{AsyncMessage, Error, Row, RowStream, Socket};
 
 /// A query parameter with the type the server is told it has.
 pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
 /// The connection's message stream, boxed so the client is one type for every TLS mode.
 type ConnectionStream = Pin<Box<dyn Stream<Item = Result<AsyncMessage, Error>> + Send>>;
+
+/// Requests sent ahead of need ([`Client::send_ahead`]): the opening of a read, answered with
+/// the rows of a check and the stream of the read's statement.
+pub type Ahead = Pin<Box<dyn Future<Output = Result<(Vec<Row>, RowStream), Error>> + Send>>;
+
+/// Makes the [`Ahead`] requests over the shared request handle.
+type MakeAhead = Box<dyn FnOnce(Arc<tokio_postgres::Client>) -> Ahead + Send>;
 
 /// One open session: its runtime, the connection (driven whenever the client runs) and the
 /// request handle.
@@ -35,10 +43,15 @@ pub struct Client {
     /// Socket I/O and asynchronous messages (notices), polled alongside every future.
     connection: ConnectionStream,
     /// Sends requests; `tokio-postgres` pipelines those whose futures are polled together.
-    client: tokio_postgres::Client,
+    /// Shared with requests sent ahead, which outlive the call that sent them.
+    client: Arc<tokio_postgres::Client>,
     /// A read-only transaction was left open by [`Client::commit_later`]: its `commit` goes out
     /// with the next request, in the same round trip.
     commit_pending: bool,
+    /// Requests to send behind the next request's own, with their key ([`Client::send_ahead`]).
+    ahead_queued: Option<(String, MakeAhead)>,
+    /// Requests sent ahead, waiting to be taken by their key ([`Client::take_ahead`]).
+    ahead_sent: Option<(String, Ahead)>,
 }
 
 impl Client {
@@ -56,7 +69,14 @@ impl Client {
     {
         let (client, mut connection) = runtime.block_on(config.connect(tls))?;
         let stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        Ok(Client { runtime, connection: Box::pin(stream), client, commit_pending: false })
+        Ok(Client {
+            runtime,
+            connection: Box::pin(stream),
+            client: Arc::new(client),
+            commit_pending: false,
+            ahead_queued: None,
+            ahead_sent: None,
+        })
     }
 
     /// Runs `work` on the request handle to completion, driving the connection meanwhile: the
@@ -70,10 +90,13 @@ impl Client {
         F: FnOnce(&'a tokio_postgres::Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, E>> + 'a,
     {
-        let commit = self.take_commit();
-        let Client { runtime, connection, client, .. } = self;
+        let end = self.take_end();
+        let mut ahead = self.make_ahead();
+        let Client { runtime, connection, client, ahead_sent, .. } = self;
         let future = work(client);
-        flatten(drive(runtime, connection, after_commit(client, commit, future)))
+        let out = flatten(drive(runtime, connection, around(client, end, future, ahead.as_mut().map(|(_, a)| a))));
+        *ahead_sent = ahead;
+        out
     }
 
     /// Ends the current read-only transaction with the next request instead of now: the commit
@@ -83,9 +106,45 @@ impl Client {
         self.commit_pending = true;
     }
 
-    /// Whether a `commit` must precede the next request; clears the mark.
-    fn take_commit(&mut self) -> bool {
-        std::mem::take(&mut self.commit_pending)
+    /// Queues requests that `make` sends to go out behind the next request's own, in its round
+    /// trip, for the call after it to take by `key` ([`Client::take_ahead`]) instead of sending
+    /// them then: one round trip less when the requests can be known before the answer to the
+    /// one before. `make` must open a transaction of its own (the requests leave it open).
+    /// Requests sent ahead and not taken by the call after the one that sent them are dropped
+    /// (their answers read and discarded) and their transaction rolled back, in that call's
+    /// round trip.
+    pub fn send_ahead(&mut self, key: String, make: impl FnOnce(Arc<tokio_postgres::Client>) -> Ahead + Send + 'static) {
+        self.ahead_queued = Some((key, Box::new(make)));
+    }
+
+    /// The requests sent ahead under `key`, to be awaited in a [`Client::run`] (their answers
+    /// arrive as that call drives the connection); `None` when none were sent or they were sent
+    /// under another key (then they are dropped and rolled back with the next request).
+    pub fn take_ahead(&mut self, key: &str) -> Option<Ahead> {
+        match self.ahead_sent.take() {
+            Some((sent, ahead)) if sent == key => Some(ahead),
+            other => {
+                self.ahead_sent = other;
+                None
+            }
+        }
+    }
+
+    /// How the next request must end the open transaction first: `rollback` when requests sent
+    /// ahead were not taken, `commit` after [`Client::commit_later`]. Clears both.
+    fn take_end(&mut self) -> Option<&'static str> {
+        let commit = std::mem::take(&mut self.commit_pending);
+        if self.ahead_sent.take().is_some() {
+            log::debug!("requests sent ahead were not used: their answers are dropped and their transaction rolled back");
+            return Some("rollback");
+        }
+        commit.then_some("commit")
+    }
+
+    /// The queued requests to send ahead, made now.
+    fn make_ahead(&mut self) -> Option<(String, Ahead)> {
+        let (key, make) = self.ahead_queued.take()?;
+        Some((key, make(Arc::clone(&self.client))))
     }
 
     /// Runs one query (the unnamed statement, one round trip) and collects its rows: for
@@ -95,9 +154,13 @@ impl Client {
     /// The query failed or the connection was lost.
     pub fn query(&mut self, sql: &str, params: &[Param<'_>]) -> std::result::Result<Vec<Row>, Error> {
         let params: Vec<_> = params.iter().map(|(value, ty)| (*value, ty.clone())).collect();
-        let commit = self.take_commit();
+        let end = self.take_end();
+        let mut ahead = self.make_ahead();
         let future = self.client.query_typed(sql, &params);
-        flatten(flatten(drive(&self.runtime, &mut self.connection, after_commit(&self.client, commit, future))))
+        let work = around(&self.client, end, future, ahead.as_mut().map(|(_, a)| a));
+        let out = flatten(flatten(drive(&self.runtime, &mut self.connection, work)));
+        self.ahead_sent = ahead;
+        out
     }
 
     /// Runs several independent queries as one pipeline: all are sent before the first answer
@@ -108,11 +171,15 @@ impl Client {
     pub fn query_pipelined(&mut self, queries: &[(&str, &[Param<'_>])]) -> std::result::Result<Vec<Vec<Row>>, Error> {
         let params: Vec<Vec<_>> =
             queries.iter().map(|(_, params)| params.iter().map(|(value, ty)| (*value, ty.clone())).collect()).collect();
-        let commit = self.take_commit();
+        let end = self.take_end();
+        let mut ahead = self.make_ahead();
         let client = &self.client;
         let futures = queries.iter().zip(&params).map(|((sql, _), params)| client.query_typed(sql, params));
         let future = futures_util::future::try_join_all(futures);
-        flatten(flatten(drive(&self.runtime, &mut self.connection, after_commit(client, commit, future))))
+        let work = around(client, end, future, ahead.as_mut().map(|(_, a)| a));
+        let out = flatten(flatten(drive(&self.runtime, &mut self.connection, work)));
+        self.ahead_sent = ahead;
+        out
     }
 
     /// [`Client::query`] for at most one row: the first, or `None`.
@@ -129,14 +196,42 @@ impl Client {
     }
 }
 
-/// `work`, preceded by a `commit` when `commit`: both are sent together (the commit first, so
-/// the work runs outside the finished transaction), one round trip for the two.
-async fn after_commit<T>(client: &tokio_postgres::Client, commit: bool, work: impl Future<Output = T>) -> std::result::Result<T, Error> {
-    if !commit {
-        return Ok(work.await);
-    }
-    let (committed, out) = futures_util::future::join(client.batch_execute("commit"), work).await;
-    committed.map(|()| out)
+/// `work`, preceded by `end` (`commit` or `rollback`) and followed by the requests sent `ahead`:
+/// all sent together (the end first, so the work runs outside the finished transaction), one
+/// round trip. `ahead` is only sent here (polled once), not awaited.
+async fn around<T>(
+    client: &tokio_postgres::Client,
+    end: Option<&'static str>,
+    work: impl Future<Output = T>,
+    ahead: Option<&mut Ahead>,
+) -> std::result::Result<T, Error> {
+    let ended = async {
+        match end {
+            Some(sql) => client.batch_execute(sql).await,
+            None => Ok(()),
+        }
+    };
+    let sent = async {
+        if let Some(ahead) = ahead {
+            send_now(ahead.as_mut()).await;
+        }
+    };
+    // Joined futures are first polled in order: the end, the work's requests, then those ahead.
+    let (ended, out, ()) = futures_util::future::join3(ended, work, sent).await;
+    ended.map(|()| out)
+}
+
+/// Polls `request` once, which sends it, and leaves it to be awaited later: a request queued
+/// behind the ones in flight, answered when the server gets to it.
+pub async fn send_now<F: Future + ?Sized>(request: Pin<&mut F>) {
+    let mut request = Some(request);
+    std::future::poll_fn(|cx| {
+        if let Some(request) = request.take() {
+            let _ = request.poll(cx);
+        }
+        Poll::Ready(())
+    })
+    .await;
 }
 
 /// Joins the connection's and the work's failure into one.

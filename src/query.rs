@@ -23,6 +23,11 @@ pub fn qualified_name(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
 }
 
+/// `lock table <table> in access share mode`, `table` qualified and quoted.
+pub fn lock_table(table: &str) -> String {
+    format!("lock table {table} in access share mode")
+}
+
 /// One entry of the SELECT list: the quoted column with its cast.
 pub fn select_item(name: &str, cast: Cast) -> String {
     let column = quote_ident(name);

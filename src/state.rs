@@ -93,6 +93,14 @@ impl State {
         self.other.insert("currently_syncing".into(), id.map_or(Value::Null, |s| json!(s)));
     }
 
+    /// The bookmark stored under `id`, if any (without the fallbacks of [`State::take_bookmark`]).
+    pub fn bookmark(&self, id: &str) -> Option<Bookmark> {
+        match self.bookmarks.get(id) {
+            Some(Value::Object(b)) => Some(Bookmark::from_map(b.clone())),
+            _ => None,
+        }
+    }
+
     /// The bookmark of `id`; falls back to pipelinewise's and Meltano's `{schema}-{table}` id,
     /// and moves such a bookmark to `id` so that our STATE continues it.
     pub fn take_bookmark(&mut self, id: &str, alias: &str) -> Bookmark {

@@ -210,6 +210,43 @@ mod oid {
     pub const JSONB: u32 = 3802;
 }
 
+/// Built-in types by the name `format_type` gives them (the catalog's `sql-datatype`).
+const BUILTIN_NAMES: [(&str, u32); 21] = [
+    ("boolean", oid::BOOL),
+    ("smallint", oid::INT2),
+    ("integer", oid::INT4),
+    ("bigint", oid::INT8),
+    ("real", oid::FLOAT4),
+    ("double precision", oid::FLOAT8),
+    ("numeric", oid::NUMERIC),
+    ("money", oid::MONEY),
+    ("text", oid::TEXT),
+    ("character varying", oid::VARCHAR),
+    ("character", oid::BPCHAR),
+    ("uuid", oid::UUID),
+    ("inet", oid::INET),
+    ("cidr", oid::CIDR),
+    ("json", oid::JSON),
+    ("jsonb", oid::JSONB),
+    ("bytea", oid::BYTEA),
+    ("date", oid::DATE),
+    ("timestamp without time zone", oid::TIMESTAMP),
+    ("timestamp with time zone", oid::TIMESTAMPTZ),
+    ("interval", oid::INTERVAL),
+];
+
+/// Whether a column whose catalog `sql-datatype` is `sql_datatype` is read as it is
+/// ([`Cast::None`]), known without pg_type: a built-in scalar type of [`BUILTIN_NAMES`] (or an
+/// array of one) that [`map_column`] reads without a cast. For guessing a SELECT list before the
+/// live catalog is read (XMIN's opening sent ahead); any other name (a domain, an enum, an
+/// extension's type) is not guessed.
+pub fn reads_as_is(sql_datatype: &str) -> bool {
+    let name = sql_datatype.strip_suffix("[]").unwrap_or(sql_datatype);
+    let Some(&(_, oid)) = BUILTIN_NAMES.iter().find(|(n, _)| *n == name) else { return false };
+    let t = TypeInfo { oid, typname: String::new(), typtype: b'b', typcategory: 0, typelem: 0, typbasetype: 0, typtypmod: -1 };
+    map_scalar(&TypeMap::new([]), &t, -1).is_some_and(|c| c.cast == Cast::None)
+}
+
 /// Names of the recursive array definitions every stream schema carries (singer-io's).
 pub const ARRAY_DEFINITIONS: [(&str, &str, bool); 6] = [
     ("sdc_recursive_integer_array", "integer", false),
@@ -491,6 +528,18 @@ mod tests {
     use super::*;
 
     /// A map with the built-in types the tests need plus a domain, an enum, hstore and arrays.
+    #[test]
+    fn common_builtin_types_are_read_as_they_are() {
+        for name in ["bigint", "integer", "text", "numeric", "boolean", "timestamp with time zone", "character varying", "jsonb", "uuid"] {
+            assert!(reads_as_is(name), "{name}");
+            assert!(reads_as_is(&format!("{name}[]")), "{name}[]");
+        }
+        // money is cast (to numeric); unknown names (domains, enums, extensions) are not guessed.
+        for name in ["money", "money[]", "macaddr", "xml", "int4range", "mood", "public.addr", "bit(3)"] {
+            assert!(!reads_as_is(name), "{name}");
+        }
+    }
+
     fn types() -> TypeMap {
         let t = |oid, name: &str, typtype: u8, cat: u8, elem, base, typmod| TypeInfo {
             oid,

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::support::activity::{terminate_tap_backends, wait_for_tap_query};
 use crate::support::live::{Live, WATCHDOG};
 use crate::support::output::log_lines;
-use crate::support::{Rng, TapOutput, TestDb, assert_records_match_schemas, fixture, id, select, sync};
+use crate::support::{Rng, TapOutput, TestDb, assert_records_match_schemas, fixture, id, select, sync, tap, write_json};
 
 /// Rows of `stream`'s RECORDs as (id, v) in message order.
 fn rows(messages: &[Value], stream: &str) -> Vec<(i64, String)> {
@@ -148,6 +148,72 @@ fn xmin_sends_every_insert_and_update_once_per_change_and_keeps_the_version() {
     let (again, _) = run(&config, &catalog, Some(&state));
     assert_eq!(rows(&again, "items").len(), now.len());
     assert_ne!(again.iter().find(|m| m["type"] == "RECORD").unwrap()["version"], version);
+}
+
+/// What the reader logs when it reads with the opening sent with the catalog, and what the
+/// session logs when such an opening was not used (src/sync/reader.rs, src/pg.rs).
+const USED_AHEAD: &str = "reading with the opening sent ahead with the catalog";
+const DROPPED_AHEAD: &str = "requests sent ahead were not used";
+
+/// A later XMIN pass of the run's only stream sends its opening (transaction, lock, storage
+/// check, filtered scan) with the catalog read, one round trip less; the reader uses it only when
+/// it is what the live catalog makes of the stream, and otherwise drops it and rolls its
+/// transaction back before the session's next request. Either way the rows are the pass's.
+#[test]
+fn xmin_later_runs_read_with_the_opening_sent_with_the_catalog_only_when_it_is_the_planned_one() {
+    let (db, config, mut catalog) = fixture(
+        "create table items (id int primary key, v text not null, n integer); \
+         insert into items select g, 'v' || g, g from generate_series(1, 200) g; \
+         create table other (id int primary key, v text not null); insert into other values (1, 'o')",
+        json!({}),
+    );
+    select(&mut catalog, "items", "XMIN", None);
+    let sid = id(&db, "public", "items");
+    let debug_run = |catalog: &Value, state: Option<&Value>| {
+        let catalog = write_json(catalog);
+        let mut args = vec!["--config".to_string(), config.display().to_string(), "--catalog".into(), catalog.display().to_string()];
+        if let Some(state) = state {
+            args.extend(["--state".to_string(), write_json(state).display().to_string()]);
+        }
+        args.extend(["--log-level".to_string(), "debug".to_string()]);
+        let out = tap(&args.iter().map(String::as_str).collect::<Vec<_>>()).success();
+        let messages = out.messages();
+        assert_records_match_schemas(&messages);
+        let state = out.last_state();
+        (out, messages, state)
+    };
+
+    // A first run has no horizon to filter by: nothing is sent ahead.
+    let (out, first, state) = debug_run(&catalog, None);
+    assert_eq!(rows(&first, "items").len(), 200);
+    assert!(!out.stderr.contains("sent ahead"), "{}", out.stderr);
+
+    // A later run: the opening goes with the catalog and is used; only the changed row comes.
+    db.exec("update items set v = 'changed' where id = 7");
+    let may_repeat = newer_than_horizon(&db, "items", &state, &sid);
+    let (out, later, state) = debug_run(&catalog, Some(&state));
+    assert!(out.stderr.contains(USED_AHEAD) && !out.stderr.contains(DROPPED_AHEAD), "{}", out.stderr);
+    let want = BTreeMap::from([(7, "changed".to_string())]);
+    assert_changes(&rows(&later, "items"), &want, &may_repeat, &table(&db, "items"), "sent ahead");
+
+    // Another stream of the same database in the run: nothing is sent ahead (planning it may
+    // query the session, which would drop the opening after its scan).
+    let mut two = catalog.clone();
+    select(&mut two, "other", "FULL_TABLE", None);
+    let (out, _, state) = debug_run(&two, Some(&state));
+    assert!(!out.stderr.contains("sent ahead"), "{}", out.stderr);
+
+    // The catalog says n is an integer, the table now has it as money, which is read through a
+    // cast: the opening sent ahead selects "n", the planned one "n"::numeric. It is dropped,
+    // the read runs after the rollback on the same session, and every row (the ALTER rewrote
+    // them all) comes with its money value.
+    db.exec("alter table items alter column n type money using n::numeric::money");
+    let (out, retyped, _) = debug_run(&catalog, Some(&state));
+    assert!(out.stderr.contains(DROPPED_AHEAD) && !out.stderr.contains(USED_AHEAD), "{}", out.stderr);
+    let records: Vec<&Value> = retyped.iter().filter(|m| m["type"] == "RECORD").collect();
+    assert_eq!(records.len(), 200);
+    let seven = records.iter().find(|m| m["record"]["id"] == 7).expect("row 7");
+    assert_eq!((seven["record"]["v"].as_str(), seven["record"]["n"].to_string()), (Some("changed"), "7.00".to_string()));
 }
 
 #[test]

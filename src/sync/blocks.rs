@@ -214,25 +214,29 @@ pub fn opening_sql(read: &BlockRead) -> String {
     format!("set local synchronize_seqscans = off; set local max_parallel_workers_per_gather = 0; {lock}")
 }
 
-/// After [`opening_sql`]: reads the storage and the snapshot. `None` when the table was
-/// rewritten after this transaction's snapshot was taken (the relfilenode the snapshot sees in
-/// pg_class differs from the one in use now, which `pg_relation_filenode` reads from the
-/// current catalog): the snapshot may not see the new storage's rows, so the read must start
-/// over in a new transaction.
+/// After [`opening_sql`]: the storage and the snapshot of the table named by `$1` (its qualified
+/// name), read by [`begin`] (or sent ahead by XMIN, [`super::reader::Opening`]).
+pub const STORAGE_CHECK_SQL: &str = "select pg_relation_filenode(c.oid)::bigint, txid_snapshot_xmin(txid_current_snapshot()), c.oid, \
+     c.relfilenode::bigint = pg_relation_filenode(c.oid)::bigint \
+     from pg_class c where c.oid = cast($1::text as regclass)";
+
+/// Runs [`STORAGE_CHECK_SQL`] for `read`: see [`start_from`].
 pub async fn begin(client: &tokio_postgres::Client, read: &BlockRead) -> std::result::Result<Option<Start>, tokio_postgres::Error> {
-    let rows = client
-        .query_typed(
-            "select pg_relation_filenode(c.oid)::bigint, txid_snapshot_xmin(txid_current_snapshot()), c.oid = $1, \
-             c.relfilenode::bigint = pg_relation_filenode(c.oid)::bigint \
-             from pg_class c where c.oid = cast($2::text as regclass)",
-            &[(&read.oid, Type::OID), (&read.table, Type::TEXT)],
-        )
-        .await?;
+    let rows = client.query_typed(STORAGE_CHECK_SQL, &[(&read.table, Type::TEXT)]).await?;
+    start_from(&rows, read)
+}
+
+/// What [`STORAGE_CHECK_SQL`] found for `read`: `None` when the table was rewritten after this
+/// transaction's snapshot was taken (the relfilenode the snapshot sees in pg_class differs from
+/// the one in use now, which `pg_relation_filenode` reads from the current catalog): the
+/// snapshot may not see the new storage's rows, so the read must start over in a new
+/// transaction. A resume point is kept only for the same table (oid) and storage.
+pub fn start_from(rows: &[tokio_postgres::Row], read: &BlockRead) -> std::result::Result<Option<Start>, tokio_postgres::Error> {
     let Some(row) = rows.first() else { return Ok(None) };
     let relfilenode = row.try_get::<_, Option<i64>>(0)?.unwrap_or(0) as u64;
     let snapshot_xmin = row.try_get::<_, i64>(1)? as u64;
     // A table dropped and created again under the same name since the plan is a new table.
-    let same_table: bool = row.try_get(2)?;
+    let same_table = row.try_get::<_, u32>(2)? == read.oid;
     if !row.try_get::<_, Option<bool>>(3)?.unwrap_or(true) {
         return Ok(None);
     }

@@ -80,7 +80,7 @@ pub fn run(config: &Config, catalog: &Catalog, mut state: State) -> Result<()> {
         );
     }
     let connector = Connector::new(config)?;
-    let (mut sessions, relations) = open_sessions(&connector, &selected)?;
+    let (mut sessions, relations) = open_sessions(&connector, &selected, &state)?;
     let mut skipped: Vec<Error> = Vec::new();
     let mut plans = plan_streams(selected, (&mut sessions, &relations), &mut state, config, &mut skipped)?;
     prepare_slots(&mut plans, &mut sessions, config, &mut skipped)?;
@@ -154,7 +154,7 @@ type Relations = HashMap<(String, String, String), Relation>;
 
 /// One session per database, and its types and the live state of all its selected tables,
 /// read in one round trip before any stream is planned.
-fn open_sessions(connector: &Connector, selected: &[SelectedStream]) -> Result<(HashMap<String, Session>, Relations)> {
+fn open_sessions(connector: &Connector, selected: &[SelectedStream], state: &State) -> Result<(HashMap<String, Session>, Relations)> {
     let mut sessions: HashMap<String, Session> = HashMap::new();
     let mut relations = Relations::new();
     for stream in selected {
@@ -164,6 +164,12 @@ fn open_sessions(connector: &Connector, selected: &[SelectedStream]) -> Result<(
         let tables: Vec<(String, String)> =
             selected.iter().filter(|s| s.database == stream.database).map(|s| (s.schema_name.clone(), s.table_name.clone())).collect();
         let mut client = connector.connect(&stream.database)?;
+        // The run's first stream, when it is alone in its database, may have its read sent with
+        // the catalog (XMIN; see xmin::send_ahead). Not a later database's: its transaction would
+        // hold its lock and snapshot while the streams before it sync.
+        if sessions.is_empty() && tables.len() == 1 {
+            xmin::send_ahead(&mut client, stream, state);
+        }
         let live = discover::load_catalog(&mut client, Scope::Tables(&tables))?;
         for relation in live.relations {
             relations.insert((stream.database.clone(), relation.schema.clone(), relation.name.clone()), relation);

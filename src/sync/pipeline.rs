@@ -8,7 +8,8 @@
 //! Round trips: each statement is sent once and its rows arrive as the server produces them
 //! (one `Execute` without a row limit), so a stream costs one round trip whatever its size: the
 //! opening of the transaction, its checks and the statement go out together and are answered
-//! in order, and the commit goes out with the session's next request. The server is kept
+//! in order, and the commit goes out with the session's next request (the run's first XMIN pass
+//! may even have sent its opening with the catalog: [`super::xmin::send_ahead`]). The server is kept
 //! from running ahead by TCP flow control: the reader stops reading the socket while
 //! [`CHANNEL_CHUNKS`] chunks of [`reader::CHUNK_ROWS`] rows wait for the encoder, which bounds memory.
 //! Batches are counted here, not fetched: `itersize` rows of a query, or the first block
@@ -22,7 +23,7 @@ use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use super::batches::Encoder;
-use super::blocks::{BlockMark, BlockRead, Resume};
+use super::blocks::{BlockMark, BlockRead, Resume, Tid};
 use super::plan::ColumnPlan;
 use super::reader::{self, CHANNEL_CHUNKS, Fetched, ReadFailure, Target};
 use super::sink::RowSink;
@@ -224,7 +225,9 @@ fn run_once<W: Write>(
 ) -> (std::result::Result<Outcome, ReadFailure>, Option<Resume>) {
     match source {
         Source::Query { sql, .. } => log::debug!("query: {sql}"),
-        Source::Blocks(read) => log::debug!("query in storage order: {}", read.select_sql),
+        Source::Blocks(read) => {
+            log::debug!("query in storage order: {}", read.select(read.resume.map_or(Tid::block_start(0), |r| r.from)).0)
+        }
     }
     let itersize = u64::from(cx.config.itersize);
     let cancel_token = cx.session.client.cancel_token();

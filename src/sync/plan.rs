@@ -112,8 +112,7 @@ pub fn plan_stream(
     // the read locks the table before its first statement takes the snapshot. LOCK TABLE takes
     // tables, partitioned tables and views (their tables too), and needs table-wide SELECT; a
     // materialized view's REFRESH writes frozen rows, which every snapshot sees.
-    let lock =
-        (facts.table_select && matches!(relation.relkind, b'r' | b'p' | b'v')).then(|| format!("lock table {table} in access share mode"));
+    let lock = (facts.table_select && matches!(relation.relkind, b'r' | b'p' | b'v')).then(|| query::lock_table(&table));
     let mut plan = StreamPlan {
         selected,
         columns,
@@ -377,7 +376,7 @@ impl TableFacts {
 
 /// `public` plus, quoted, every schema (other than pg_catalog and public) that holds the default
 /// btree comparison operators of the key types.
-fn key_search_path(operator_schemas: &HashMap<u32, Vec<String>>, key_types: &[u32]) -> String {
+pub(super) fn key_search_path(operator_schemas: &HashMap<u32, Vec<String>>, key_types: &[u32]) -> String {
     let mut schemas: Vec<&String> = key_types.iter().filter_map(|t| operator_schemas.get(t)).flatten().collect();
     schemas.sort();
     schemas.dedup();

@@ -7,19 +7,19 @@
 //! A failure is classified here ([`ReadFailure`]) and ends the channel; the pipeline decides
 //! whether to connect again.
 
-use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::pin;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::task::Poll;
 
 use futures_util::TryStreamExt;
 use futures_util::future::{try_join, try_join3};
 use tokio_postgres::types::Type;
 
-use super::blocks::{self, Start, Tid};
+use super::blocks::{self, BlockRead, Start, Tid};
 use super::pipeline::Source;
 use crate::connect::{classify_query, is_transient};
 use crate::error::{Error, ErrorKind};
+use crate::pg::{Ahead, send_now};
 
 /// Rows per message from the reader thread to the encoder.
 pub(super) const CHUNK_ROWS: usize = 1024;
@@ -78,23 +78,74 @@ impl Target {
     }
 }
 
-/// Polls `request` once, which sends it, and leaves it to be awaited later: a request queued
-/// behind the ones in flight, answered when the server gets to it.
-async fn send_now<F: Future>(request: Pin<&mut F>) {
-    let mut request = Some(request);
-    std::future::poll_fn(|cx| {
-        if let Some(request) = request.take() {
-            let _ = request.poll(cx);
-        }
-        Poll::Ready(())
-    })
-    .await;
-}
-
 /// Text parameters as `query_typed_raw` takes them (every parameter is sent as text and cast in
 /// the statement).
 fn text_params(params: &[String]) -> impl ExactSizeIterator<Item = (&String, Type)> {
     params.iter().map(|p| (p, Type::TEXT))
+}
+
+/// The opening of a storage-order read from `from`, in one round trip: the transaction's
+/// opening statements, the storage check ([`blocks::STORAGE_CHECK_SQL`]) and the main
+/// statement. Sent by the reader, or ahead of it with the catalog ([`Opening::send_ahead`]):
+/// requests sent ahead are used only when their key, every text and parameter they sent, is
+/// that of the opening the reader would send.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Opening {
+    /// `begin ...; set local ...; lock table ...`.
+    statements: String,
+    /// The storage check's parameter: the table's qualified name.
+    table: String,
+    /// The main statement.
+    main_sql: String,
+    /// Its parameters.
+    main_params: Vec<String>,
+}
+
+impl Opening {
+    /// The opening of `read` from `from` in a transaction with `search_path`.
+    pub(super) fn new(read: &BlockRead, search_path: &str, from: Tid) -> Opening {
+        let (main_sql, main_params) = read.select(from);
+        Opening {
+            statements: format!("{}; {}", begin_sql(search_path), blocks::opening_sql(read)),
+            table: read.table.clone(),
+            main_sql: main_sql.to_string(),
+            main_params,
+        }
+    }
+
+    /// Every text and parameter sent, as one string.
+    fn key(&self) -> String {
+        let mut key = format!("{}\0{}\0{}", self.statements, self.table, self.main_sql);
+        for param in &self.main_params {
+            key.push('\0');
+            key.push_str(param);
+        }
+        key
+    }
+
+    /// Queues this opening to go out with the session's next request (the catalog, read right
+    /// after the session opens), for the reader to take ([`read`]): the read's answers then
+    /// come one round trip sooner.
+    pub(super) fn send_ahead(self, client: &mut crate::pg::Client) {
+        let key = self.key();
+        client.send_ahead(key, move |c: Arc<tokio_postgres::Client>| -> Ahead {
+            Box::pin(async move {
+                let Opening { statements, table, main_sql, main_params } = self;
+                let (_, check, rows) = try_join3(
+                    c.batch_execute(&statements),
+                    c.query_typed(blocks::STORAGE_CHECK_SQL, &[(&table, Type::TEXT)]),
+                    c.query_typed_raw(&main_sql, text_params(&main_params)),
+                )
+                .await?;
+                Ok((check, rows))
+            })
+        });
+    }
+}
+
+/// The start of every read's transaction.
+fn begin_sql(search_path: &str) -> String {
+    format!("begin isolation level repeatable read read only; set local search_path = {search_path}")
 }
 
 /// The reader thread: the stream's transaction and its source, as one piece of work on the
@@ -107,8 +158,31 @@ pub(super) fn read(
     target: &Target,
 ) -> std::result::Result<(), ReadFailure> {
     let failure = |e: tokio_postgres::Error| ReadFailure::of(e, "reading rows");
-    let begin = format!("begin isolation level repeatable read read only; set local search_path = {search_path}");
+    let begin = begin_sql(search_path);
+    // A fresh storage-order read whose opening was sent ahead (with the catalog) takes its
+    // answers instead of sending it.
+    let mut ahead = match source {
+        Source::Blocks(read) if read.resume.is_none() => client.take_ahead(&Opening::new(read, search_path, Tid::block_start(0)).key()),
+        _ => None,
+    };
     let work = client.run(|c| async move {
+        if let (Some(ahead), Source::Blocks(read)) = (ahead.take(), source) {
+            let (check, rows) = ahead.await?;
+            match blocks::start_from(&check, read)? {
+                Some(start) => {
+                    log::debug!("reading with the opening sent ahead with the catalog");
+                    if !target.send(Fetched::Started(start)) {
+                        return Ok(true);
+                    }
+                    return Ok(stream(rows, target).await? && target.send(Fetched::StatementEnd));
+                }
+                None => {
+                    log::info!("the table was rewritten while the read began; starting the read again");
+                    drop(rows);
+                    c.batch_execute("rollback").await?;
+                }
+            }
+        }
         for _ in 0..STORAGE_CHANGED_ATTEMPTS {
             match source {
                 Source::Query { sql, params, lock } => {
@@ -125,10 +199,9 @@ pub(super) fn read(
                     // The opening statements, the storage check and the statement that reads
                     // on from where the read is expected to resume (checked by `begin`) in one
                     // round trip, answered in that order.
-                    let opening = format!("{begin}; {}", blocks::opening_sql(read));
                     let expected_from = read.resume.map_or(Tid::block_start(0), |r| r.from);
-                    let (main_sql, main_params) = read.select(expected_from);
-                    let main = c.query_typed_raw(main_sql, text_params(&main_params));
+                    let opening = Opening::new(read, search_path, expected_from);
+                    let main = c.query_typed_raw(&opening.main_sql, text_params(&opening.main_params));
                     // Boxed so that it can be dropped (its answers discarded) before another
                     // request is awaited: an undrained answer would hold up the ones behind it.
                     let mut main = Box::pin(main);
@@ -137,7 +210,7 @@ pub(super) fn read(
                     let catch_up_params = read.resume.as_ref().map(blocks::catch_up_params);
                     let mut catch_up =
                         catch_up_params.as_ref().map(|params| Box::pin(c.query_typed_raw(&read.catch_up_sql, text_params(params))));
-                    let (_, start, catch_up) = try_join3(c.batch_execute(&opening), blocks::begin(c, read), async {
+                    let (_, start, catch_up) = try_join3(c.batch_execute(&opening.statements), blocks::begin(c, read), async {
                         if let Some(catch_up) = catch_up.as_mut() {
                             send_now(catch_up.as_mut()).await;
                         }

@@ -25,19 +25,24 @@
 //! 2^30 transactions old cannot be compared with 32-bit xmins: that run reads every row with a
 //! new version, and says so.
 
+use std::collections::HashMap;
 use std::io::Write;
 
-use super::blocks::{self, BlockRead};
+use super::blocks::{self, BlockRead, Tid};
 use super::full_table::read_in_storage_order;
 use super::pipeline::{self, Context, Event, Source};
-use super::plan::StreamPlan;
+use super::plan::{StreamPlan, key_search_path};
+use super::reader::Opening;
 use super::sink::RowSink;
 use super::{Outcome, now_version};
+use crate::catalog::{ReplicationMethod, SelectedStream};
 use crate::connect::classify_query;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::MessageWriter;
+use crate::pg::Client;
 use crate::query;
 use crate::state::{Bookmark, State};
+use crate::typemap::{self, Cast};
 
 /// Syncs one XMIN stream.
 pub(super) fn sync<W: Write>(
@@ -143,6 +148,32 @@ pub(super) fn sync<W: Write>(
         writer.write_state(&state.to_value())?;
     }
     Ok(outcome)
+}
+
+/// Sends the opening of `stream`'s pass (its transaction, lock, storage check and filtered scan)
+/// ahead with the session's catalog read ([`Opening::send_ahead`]), when it can be known without
+/// the live catalog: an XMIN stream past its first run and not interrupted in a pass, of a table
+/// (a materialized view is not locked), every selected column of a type read as it is
+/// ([`typemap::reads_as_is`]). A run that finds nothing then costs one round trip less. The
+/// plan builds its own opening from the live catalog, and the reader takes the one sent ahead
+/// only when it is the same to the byte; otherwise it is dropped (its scan wasted) and rolled
+/// back with the session's next request.
+pub(super) fn send_ahead(client: &mut Client, stream: &SelectedStream, state: &State) {
+    let Some(bookmark) = state.bookmark(&stream.tap_stream_id) else { return };
+    let later_pass =
+        bookmark.last_replication_method.as_deref() == Some("XMIN") && bookmark.version.is_some() && bookmark.block_resume.is_none();
+    let (Some(horizon), true) = (bookmark.xmin_horizon, later_pass) else { return };
+    if stream.method != ReplicationMethod::Xmin
+        || stream.is_view
+        || !stream.columns.iter().all(|c| stream.sql_datatypes.get(c).is_some_and(|t| typemap::reads_as_is(t)))
+    {
+        return;
+    }
+    let items: Vec<String> = stream.columns.iter().map(|c| query::select_item(c, Cast::None)).collect();
+    let lock = query::lock_table(&query::qualified_name(&stream.schema_name, &stream.table_name));
+    // The oid is not part of what is sent (the storage check returns it).
+    let read = BlockRead::since(0, (&stream.schema_name, &stream.table_name), Some(lock), &items, None, Some(horizon));
+    Opening::new(&read, &key_search_path(&HashMap::new(), &[]), Tid::block_start(0)).send_ahead(client);
 }
 
 /// Reads the pass as one query on the pipeline (a relation without blocks of its own): the rows
