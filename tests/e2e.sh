@@ -1118,8 +1118,11 @@ begin; insert into items values (9999, 'aborted'); rollback;
 insert into events values (101, 'new');
 update events set v = 'changed' where id = 5;
 delete from events where id = 6;
-vacuum (freeze) items;
 EOF
+    # PostgreSQL 16's VACUUM VERBOSE reports the pages it froze: all of them, the updated rows' too.
+    "${psql16[@]}" -c 'vacuum (freeze, verbose) items' 2>"$d/vacuum.log"
+    grep -E 'frozen: [0-9]+ pages from table \(100\.00% of total\)' "$d/vacuum.log" \
+        || { cat "$d/vacuum.log" >&2; fail "VACUUM (FREEZE) did not freeze every page of items"; }
     local wide
     wide=$(printf 'wide %.0s' {1..40})
     run 2
