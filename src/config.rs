@@ -80,6 +80,34 @@ impl SslMode {
     }
 }
 
+/// libpq's `sslnegotiation` (PostgreSQL 17): how a TLS connection starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslNegotiation {
+    /// An SSLRequest first, answered before the TLS handshake: every server, one round trip more.
+    Postgres,
+    /// The TLS handshake at once (ALPN `postgresql`): PostgreSQL 17 and later only.
+    Direct,
+}
+
+impl SslNegotiation {
+    /// Parses libpq's spelling.
+    pub fn parse(text: &str) -> Option<SslNegotiation> {
+        match text {
+            "postgres" => Some(SslNegotiation::Postgres),
+            "direct" => Some(SslNegotiation::Direct),
+            _ => None,
+        }
+    }
+
+    /// libpq's spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SslNegotiation::Postgres => "postgres",
+            SslNegotiation::Direct => "direct",
+        }
+    }
+}
+
 /// How FULL_TABLE reads a table (`full_table_order`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FullTableOrder {
@@ -115,6 +143,8 @@ pub struct Config {
     pub dbname: String,
     /// TLS policy.
     pub sslmode: SslMode,
+    /// How a TLS connection starts.
+    pub sslnegotiation: SslNegotiation,
     /// CA certificate file for verify-ca / verify-full (and require, as libpq does).
     pub sslrootcert: Option<PathBuf>,
     /// Client certificate (PEM chain) for mutual TLS; set together with `sslkey`.
@@ -230,7 +260,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "database_url",
         kind: "string",
-        description: "postgres://user:password@host:port/dbname?sslmode=... URL (parameters read: sslmode, sslrootcert, sslcert, sslkey, sslpassword); discrete keys override its parts. Without host and database_url, the DATABASE_URL environment variable is read.",
+        description: "postgres://user:password@host:port/dbname?sslmode=... URL (parameters read: sslmode, sslnegotiation, sslrootcert, sslcert, sslkey, sslpassword); discrete keys override its parts. Without host and database_url, the DATABASE_URL environment variable is read.",
         default: None,
         secret: true,
     },
@@ -239,6 +269,13 @@ pub const SETTINGS: &[Setting] = &[
         kind: "string",
         description: "disable, prefer, require, verify-ca or verify-full, with libpq's meaning (alias: ssl_mode).",
         default: Some(DefaultValue::Text(DEFAULT_SSLMODE.as_str())),
+        secret: false,
+    },
+    Setting {
+        name: "sslnegotiation",
+        kind: "string",
+        description: "postgres (an SSLRequest, then TLS: every server) or direct (TLS at once, one round trip less per connection; PostgreSQL 17 and later, sslmode require or stricter), with libpq's meaning.",
+        default: Some(DefaultValue::Text(SslNegotiation::Postgres.as_str())),
         secret: false,
     },
     Setting {
@@ -447,6 +484,7 @@ impl Config {
         check_connection_keys(host.as_deref(), user.as_deref(), dbname.as_deref())?;
 
         let sslmode = read_sslmode(map, url.sslmode.as_deref())?;
+        let sslnegotiation = read_sslnegotiation(map, url.sslnegotiation.as_deref(), sslmode)?;
         let tls = TlsFiles::read(map, (url.sslrootcert, url.sslcert, url.sslkey, url.sslpassword), sslmode)?;
 
         let connect_timeout = match map.get("connect_timeout") {
@@ -492,6 +530,7 @@ impl Config {
             password,
             dbname: dbname.unwrap_or_default(),
             sslmode,
+            sslnegotiation,
             sslrootcert: tls.sslrootcert,
             sslcert: tls.sslcert,
             sslkey: tls.sslkey,
@@ -620,6 +659,29 @@ fn read_sslmode(map: &Map<String, Value>, url_sslmode: Option<&str>) -> Result<S
             },
         },
     })
+}
+
+/// `sslnegotiation`, else the URL's, else `postgres`; `direct` needs TLS for certain, so not with
+/// `sslmode` disable or prefer (libpq refuses those too).
+fn read_sslnegotiation(map: &Map<String, Value>, url_value: Option<&str>, sslmode: SslMode) -> Result<SslNegotiation> {
+    let (text, within) = match opt_string(map, "sslnegotiation")? {
+        Some(text) => (Some(text), None),
+        None => (url_value.map(str::to_string), Some("database_url")),
+    };
+    let Some(text) = text else { return Ok(SslNegotiation::Postgres) };
+    let negotiation = SslNegotiation::parse(&text).ok_or_else(|| {
+        let e = Error::new(ErrorKind::Config, "sslnegotiation is not postgres or direct")
+            .with_hint("Set \"sslnegotiation\" to \"direct\" (PostgreSQL 17 and later) or \"postgres\" (every server; the default).");
+        match within {
+            Some(w) => e.within(w),
+            None => e,
+        }
+    })?;
+    if negotiation == SslNegotiation::Direct && matches!(sslmode, SslMode::Disable | SslMode::Prefer) {
+        return Err(Error::new(ErrorKind::Config, format!("sslnegotiation direct needs TLS, and sslmode is {}", sslmode.as_str()))
+            .with_hint("Set \"sslmode\" to \"require\" (or verify-ca, verify-full), or remove sslnegotiation."));
+    }
+    Ok(negotiation)
 }
 
 /// The TLS files and passphrase: the config's keys, else the URL's parameters; the client
@@ -912,6 +974,10 @@ mod tests {
             json!({"host": "postgres://alice:hunter2@db.example.com:5432/d1", "user": "alice", "dbname": "d1"}),
             json!({"host": "h", "user": "u", "dbname": "postgres://alice:hunter2@h/d"}),
             json!({"database_url": "postgres://alice:12?hunter2@db.example.com/d1"}),
+            json!({"host": "h", "user": "u", "dbname": "d", "sslnegotiation": "quick"}),
+            json!({"host": "h", "user": "u", "dbname": "d", "sslnegotiation": "direct", "sslmode": "prefer"}),
+            json!({"database_url": "postgres://u:hunter2@h/d?sslmode=disable&sslnegotiation=direct"}),
+            json!({"database_url": "postgres://u:hunter2@h/d?sslnegotiation=fast"}),
         ];
         for case in cases {
             let err = parse(case.clone(), None).unwrap_err();
@@ -919,6 +985,19 @@ mod tests {
             assert!(err.hint().is_some(), "{case}");
             assert!(!err.chain().contains("hunter2"), "{case}");
         }
+    }
+
+    #[test]
+    fn sslnegotiation_from_the_config_or_the_url() {
+        let base = json!({"host": "h", "user": "u", "dbname": "d"});
+        assert_eq!(parse(base.clone(), None).unwrap().sslnegotiation, SslNegotiation::Postgres);
+        let direct = parse(json!({"host": "h", "user": "u", "dbname": "d", "sslnegotiation": "direct"}), None).unwrap();
+        assert_eq!((direct.sslnegotiation, direct.sslmode), (SslNegotiation::Direct, SslMode::Require));
+        let url = parse(json!({"database_url": "postgres://u:p@h/d?sslmode=verify-full&sslnegotiation=direct"}), None).unwrap();
+        assert_eq!(url.sslnegotiation, SslNegotiation::Direct);
+        // The config's key wins over the URL's parameter.
+        let both = parse(json!({"database_url": "postgres://u:p@h/d?sslnegotiation=direct", "sslnegotiation": "postgres"}), None).unwrap();
+        assert_eq!(both.sslnegotiation, SslNegotiation::Postgres);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use openssl::x509::X509;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-use crate::config::{Config, SslMode};
+use crate::config::{Config, SslMode, SslNegotiation};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::Client;
 use crate::tls::MakeTls;
@@ -56,6 +56,8 @@ pub struct Connector {
     sslmode: SslMode,
     /// Whether `tls` presents a client certificate, for [`Connector::probe_client_certificate`].
     client_cert: bool,
+    /// `sslnegotiation=direct`: a failed handshake may be a server that predates it.
+    direct_tls: bool,
     /// Server host, for the probe.
     host: String,
     /// Server port.
@@ -90,6 +92,10 @@ impl Connector {
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
+        base.ssl_negotiation(match config.sslnegotiation {
+            SslNegotiation::Postgres => tokio_postgres::config::SslNegotiation::Postgres,
+            SslNegotiation::Direct => tokio_postgres::config::SslNegotiation::Direct,
+        });
         let tls = match config.sslmode {
             SslMode::Disable => None,
             mode => Some(MakeTls::new(tls_context(config, mode)?, mode == SslMode::VerifyFull)),
@@ -104,6 +110,7 @@ impl Connector {
             endpoint: format!("{}@{}:{}", config.user, config.host, config.port),
             sslmode: config.sslmode,
             client_cert,
+            direct_tls: config.sslnegotiation == SslNegotiation::Direct,
             host: config.host.clone(),
             port: config.port,
             connect_timeout: config.connect_timeout,
@@ -135,6 +142,13 @@ impl Connector {
                 && let Some(reason) = self.probe_client_certificate()
             {
                 return client_cert_alert(&what(), &reason, true);
+            }
+            // A server before PostgreSQL 17 (or a pooler) reads the TLS ClientHello as a
+            // startup packet of absurd length and closes the connection without a word.
+            if self.direct_tls && e.as_db_error().is_none() && (error_text(&e).contains("TLS handshake") || is_reset(&e)) {
+                return Error::new(ErrorKind::Connect, what()).with_source(e).with_hint(
+                    "The server did not take a direct TLS handshake: \"sslnegotiation\": \"direct\" needs PostgreSQL 17 or later, with nothing older (a pooler, a proxy) in front. Remove sslnegotiation (or set it to \"postgres\").",
+                );
             }
             classify_connection(e, &what(), self.sslmode, self.client_cert)
         })
@@ -261,6 +275,10 @@ fn tls_context(config: &Config, mode: SslMode) -> Result<SslContext> {
     }
     if let (Some(cert), Some(key)) = (&config.sslcert, &config.sslkey) {
         load_client_identity(&mut builder, cert, key, config.sslpassword.as_deref())?;
+    }
+    // A direct TLS handshake must name the protocol (ALPN), or PostgreSQL 17 refuses it.
+    if config.sslnegotiation == SslNegotiation::Direct {
+        builder.set_alpn_protos(b"\x0apostgresql").map_err(tls_error)?;
     }
     Ok(builder.build())
 }

@@ -30,6 +30,8 @@ pub struct ConnUrl {
     pub sslkey: Option<String>,
     /// `sslpassword` query parameter (a secret, like the password).
     pub sslpassword: Option<String>,
+    /// `sslnegotiation` query parameter.
+    pub sslnegotiation: Option<String>,
 }
 
 impl ConnUrl {
@@ -93,6 +95,7 @@ impl ConnUrl {
                 "sslcert" => url.sslcert = non_empty(v),
                 "sslkey" => url.sslkey = non_empty(v),
                 "sslpassword" => url.sslpassword = non_empty(v),
+                "sslnegotiation" => url.sslnegotiation = non_empty(v),
                 "user" => url.user = non_empty(v),
                 "password" => url.password = Some(v),
                 "dbname" => url.dbname = non_empty(v),
@@ -109,7 +112,7 @@ impl ConnUrl {
                 }
                 // Not named: only the parameters above are read, the rest may hold anything.
                 _ => log::warn!(
-                    "a URL parameter other than sslmode, sslrootcert, sslcert, sslkey, sslpassword, user, password, dbname, host and port is ignored"
+                    "a URL parameter other than sslmode, sslnegotiation, sslrootcert, sslcert, sslkey, sslpassword, user, password, dbname, host and port is ignored"
                 ),
             }
         }

@@ -250,6 +250,34 @@ fn certificate_verification_modes() {
     }
 }
 
+/// `sslnegotiation: direct` starts TLS at once, without the SSLRequest (one round trip less):
+/// PostgreSQL 17 and later take it; an older server reads the TLS ClientHello as a startup
+/// packet of absurd length and closes the connection, and the tap says why. Which of the two
+/// this checks follows the test server's version (15 here; 17 with `TAP_HEROKU_TEST_PGBIN`, see
+/// docs/testing.md).
+#[test]
+fn direct_tls_negotiation_connects_to_17_and_is_explained_on_older_servers() {
+    let db = TestDb::new();
+    db.exec("create table tls_probe (id int primary key)");
+    db.grant_reader();
+    let id = format!("{}-public-tls_probe", db.name);
+    let version: i32 = db.admin().query_one("select current_setting('server_version_num')::int", &[]).expect("version").get(0);
+    let s = server();
+    for (mode, host) in [("require", "127.0.0.1"), ("verify-full", "localhost")] {
+        let label = format!("direct, {mode}, PostgreSQL {version}");
+        let out =
+            discover_with(&merged(&db.config(), json!({"sslnegotiation": "direct", "sslmode": mode, "sslrootcert": s.ca, "host": host})));
+        if version >= 170_000 {
+            assert_catalog_lists(&out, &label, &id);
+        } else {
+            assert_refused(&out, &label, 69, &["connecting to"], &["PostgreSQL 17", "sslnegotiation"]);
+        }
+    }
+    // Never without TLS: refused before connecting.
+    let out = discover_with(&merged(&db.config(), json!({"sslnegotiation": "direct", "sslmode": "prefer"})));
+    assert_refused(&out, "direct with prefer", 78, &["sslnegotiation direct needs TLS"], &["sslmode"]);
+}
+
 #[test]
 fn prefer_and_disable_work_against_a_server_without_ssl() {
     let role = PlainRole::new();
