@@ -225,12 +225,19 @@ fn sslmode_require_against_a_server_without_ssl() {
     assert_hidden(&out, "require vs plain", &[WRONG_PASSWORD]);
 }
 
-#[test]
-fn certificate_verification_modes() {
+/// A database with an empty table `tls_probe` its role may read, and that stream's id: what the
+/// TLS tests discover.
+fn tls_probe_db() -> (TestDb, String) {
     let db = TestDb::new();
     db.exec("create table tls_probe (id int primary key)");
     db.grant_reader();
     let id = format!("{}-public-tls_probe", db.name);
+    (db, id)
+}
+
+#[test]
+fn certificate_verification_modes() {
+    let (db, id) = tls_probe_db();
     let s = server();
     let cases: [TlsCase; 6] = [
         ("verify-full", &s.ca, "127.0.0.1", Err(&["host", "sslrootcert"])),
@@ -257,10 +264,7 @@ fn certificate_verification_modes() {
 /// docs/testing.md).
 #[test]
 fn direct_tls_negotiation_connects_to_17_and_is_explained_on_older_servers() {
-    let db = TestDb::new();
-    db.exec("create table tls_probe (id int primary key)");
-    db.grant_reader();
-    let id = format!("{}-public-tls_probe", db.name);
+    let (db, id) = tls_probe_db();
     let version: i32 = db.admin().query_one("select current_setting('server_version_num')::int", &[]).expect("version").get(0);
     let s = server();
     for (mode, host) in [("require", "127.0.0.1"), ("verify-full", "localhost")] {
