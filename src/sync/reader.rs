@@ -161,27 +161,15 @@ pub(super) fn read(
     let begin = begin_sql(search_path);
     // A fresh storage-order read whose opening was sent ahead (with the catalog) takes its
     // answers instead of sending it.
-    let mut ahead = match source {
+    let ahead = match source {
         Source::Blocks(read) if read.resume.is_none() => client.take_ahead(&Opening::new(read, search_path, Tid::block_start(0)).key()),
         _ => None,
     };
     let work = client.run(|c| async move {
-        if let (Some(ahead), Source::Blocks(read)) = (ahead.take(), source) {
-            let (check, rows) = ahead.await?;
-            match blocks::start_from(&check, read)? {
-                Some(start) => {
-                    log::debug!("reading with the opening sent ahead with the catalog");
-                    if !target.send(Fetched::Started(start)) {
-                        return Ok(true);
-                    }
-                    return Ok(stream(rows, target).await? && target.send(Fetched::StatementEnd));
-                }
-                None => {
-                    log::info!("the table was rewritten while the read began; starting the read again");
-                    drop(rows);
-                    c.batch_execute("rollback").await?;
-                }
-            }
+        if let (Some(ahead), Source::Blocks(read)) = (ahead, source)
+            && let Some(finished) = read_ahead(c, ahead, read, target).await?
+        {
+            return Ok(finished);
         }
         for _ in 0..STORAGE_CHANGED_ATTEMPTS {
             match source {
@@ -265,6 +253,29 @@ pub(super) fn read(
         }),
         Ok(Err(e)) | Err(e) => Err(failure(e)),
     }
+}
+
+/// Reads `read` with the answers of its opening sent ahead: `Some` with what [`read`]'s work
+/// returns for a read, or `None` when the table was rewritten under that opening's snapshot
+/// (then it is rolled back, and the read opens as usual).
+async fn read_ahead(
+    c: &tokio_postgres::Client,
+    ahead: Ahead,
+    read: &BlockRead,
+    target: &Target,
+) -> std::result::Result<Option<bool>, tokio_postgres::Error> {
+    let (check, rows) = ahead.await?;
+    let Some(start) = blocks::start_from(&check, read)? else {
+        log::info!("the table was rewritten while the read began; starting the read again");
+        drop(rows);
+        c.batch_execute("rollback").await?;
+        return Ok(None);
+    };
+    log::debug!("reading with the opening sent ahead with the catalog");
+    if !target.send(Fetched::Started(start)) {
+        return Ok(Some(true));
+    }
+    Ok(Some(stream(rows, target).await? && target.send(Fetched::StatementEnd)))
 }
 
 /// Sends a statement's rows on in chunks of [`CHUNK_ROWS`] as they arrive: one request, no
