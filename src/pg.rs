@@ -154,13 +154,7 @@ impl Client {
     /// The query failed or the connection was lost.
     pub fn query(&mut self, sql: &str, params: &[Param<'_>]) -> std::result::Result<Vec<Row>, Error> {
         let params: Vec<_> = params.iter().map(|(value, ty)| (*value, ty.clone())).collect();
-        let end = self.take_end();
-        let mut ahead = self.make_ahead();
-        let future = self.client.query_typed(sql, &params);
-        let work = around(&self.client, end, future, ahead.as_mut().map(|(_, a)| a));
-        let out = flatten(flatten(drive(&self.runtime, &mut self.connection, work)));
-        self.ahead_sent = ahead;
-        out
+        flatten(self.run(|c| c.query_typed(sql, &params)))
     }
 
     /// Runs several independent queries as one pipeline: all are sent before the first answer
@@ -171,15 +165,11 @@ impl Client {
     pub fn query_pipelined(&mut self, queries: &[(&str, &[Param<'_>])]) -> std::result::Result<Vec<Vec<Row>>, Error> {
         let params: Vec<Vec<_>> =
             queries.iter().map(|(_, params)| params.iter().map(|(value, ty)| (*value, ty.clone())).collect()).collect();
-        let end = self.take_end();
-        let mut ahead = self.make_ahead();
-        let client = &self.client;
-        let futures = queries.iter().zip(&params).map(|((sql, _), params)| client.query_typed(sql, params));
-        let future = futures_util::future::try_join_all(futures);
-        let work = around(client, end, future, ahead.as_mut().map(|(_, a)| a));
-        let out = flatten(flatten(drive(&self.runtime, &mut self.connection, work)));
-        self.ahead_sent = ahead;
-        out
+        flatten(
+            self.run(|c| {
+                futures_util::future::try_join_all(queries.iter().zip(&params).map(|((sql, _), params)| c.query_typed(sql, params)))
+            }),
+        )
     }
 
     /// [`Client::query`] for at most one row: the first, or `None`.

@@ -104,8 +104,8 @@ impl State {
     /// The bookmark of `id`; falls back to pipelinewise's and Meltano's `{schema}-{table}` id,
     /// and moves such a bookmark to `id` so that our STATE continues it.
     pub fn take_bookmark(&mut self, id: &str, alias: &str) -> Bookmark {
-        if let Some(Value::Object(b)) = self.bookmarks.get(id) {
-            return Bookmark::from_map(b.clone());
+        if let Some(bookmark) = self.bookmark(id) {
+            return bookmark;
         }
         match self.bookmarks.remove(alias) {
             Some(Value::Object(b)) => {
